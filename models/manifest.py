@@ -1,0 +1,188 @@
+"""The model bundle contract between the offline and the online path.
+
+A bundle is a directory ``<models_dir>/<name>/<version>/`` holding ``model.onnx`` and ``manifest.json``.
+This module is torch-free: the service imports it (and ``models.scoring``) and nothing else of the
+offline code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be served: missing files, bad manifest, manifest and graph disagree."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Normalisation(_Frozen):
+    """Per-feature affine normalisation fitted on training data only: ``z = (x - mean) / scale``."""
+
+    mean: list[float]
+    scale: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> Normalisation:
+        if len(self.mean) != len(self.scale):
+            raise ValueError("normalisation mean and scale differ in length")
+        if any(not math.isfinite(s) or s <= 0 for s in self.scale):
+            raise ValueError("normalisation scale must be finite and > 0")
+        return self
+
+
+class ScoreDefinition(_Frozen):
+    """How a window and its reconstruction become per-point scores (see ``models.scoring``)."""
+
+    kind: Literal["reconstruction_mse", "association_weighted_mse"] = "reconstruction_mse"
+    description: str = (
+        "mean over sensors of the squared reconstruction error in normalised space; "
+        "a sensor's contribution is its share of that sum"
+    )
+    temperature: float | None = None
+
+
+class ThresholdLevel(_Frozen):
+    name: str
+    value: float
+    method: Literal["pot", "quantile"]
+    params: dict[str, float]
+
+
+class Thresholds(_Frozen):
+    """Alert levels calibrated on held-out normal (validation) scores, never on test data."""
+
+    warning: float
+    critical: float
+    levels: list[ThresholdLevel]
+    validation_stats: dict[str, float]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not (math.isfinite(self.warning) and math.isfinite(self.critical)):
+            raise ValueError("thresholds must be finite")
+        if self.critical < self.warning:
+            raise ValueError("critical threshold below warning threshold")
+        return self
+
+
+class ONNXInfo(_Frozen):
+    file: str = ONNX_FILE
+    input_name: str
+    output_names: list[str]
+    opset: int
+    dynamic_batch: bool = True
+    sha256: str
+
+
+class Parity(_Frozen):
+    """Max |torch - ONNX Runtime| of the reconstruction per batch size tried at export."""
+
+    max_abs_diff: dict[str, float]
+    tolerance: float
+    passed: bool
+
+
+class TrainingInfo(_Frozen):
+    data_path: str
+    data_sha256: str
+    n_rows: int
+    n_train_rows: int
+    n_validation_rows: int
+    epochs_run: int
+    best_validation_loss: float
+    wall_time_s: float
+    config: dict[str, Any]
+    history: list[dict[str, float]] = Field(default_factory=list)
+
+
+class Manifest(_Frozen):
+    """Everything the service needs to serve a bundle, and everything a reader needs to trust it."""
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    architecture: str
+    hyperparameters: dict[str, Any]
+    window_length: int = Field(ge=2)
+    stride: int = Field(ge=1)
+    n_features: int = Field(ge=1)
+    feature_names: list[str]
+    normalisation: Normalisation
+    score: ScoreDefinition = ScoreDefinition()
+    thresholds: Thresholds
+    onnx: ONNXInfo
+    parity: Parity
+    training: TrainingInfo
+    evaluation: dict[str, Any] | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @field_validator("name")
+    @classmethod
+    def _name_charset(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or len(value) > 64:
+            raise ValueError("model name must be 1-64 characters of [A-Za-z0-9._-]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.stride > self.window_length:
+            raise ValueError("stride must be <= window_length")
+        if len(self.feature_names) != self.n_features:
+            raise ValueError("feature_names length differs from n_features")
+        if len(self.normalisation.mean) != self.n_features:
+            raise ValueError("normalisation length differs from n_features")
+        return self
+
+    def save(self, bundle_dir: Path) -> Path:
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        path = bundle_dir / MANIFEST_FILE
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> Manifest:
+        path = bundle_dir / MANIFEST_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise BundleError(f"{bundle_dir}: no {MANIFEST_FILE}") from exc
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+        try:
+            return cls.model_validate(raw)
+        except ValueError as exc:
+            raise BundleError(f"{path}: invalid manifest: {exc}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_bundles(models_dir: Path) -> dict[str, Path]:
+    """Latest version directory of each model name under ``models_dir`` (versions sort as strings)."""
+    bundles: dict[str, Path] = {}
+    if not models_dir.is_dir():
+        return bundles
+    for name_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        versions = sorted(v for v in name_dir.iterdir() if (v / MANIFEST_FILE).is_file())
+        if versions:
+            bundles[name_dir.name] = versions[-1]
+    return bundles

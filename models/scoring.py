@@ -1,0 +1,133 @@
+"""The one scoring function, shared by calibration, offline evaluation and the service (torch-free).
+
+The parity rule: windows end at stream indices L-1, L-1+s, L-1+2s, ...; the first window scores all its
+L points, each later window scores its s newest points. A point's score is the mean over sensors of the
+squared reconstruction error in normalised space; a sensor's contribution is its share of that sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from models.manifest import Normalisation, ScoreDefinition
+
+F32 = npt.NDArray[np.float32]
+Reconstruct = Callable[[F32], "ModelOutput"]
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What a model returns for windows ``[B, L, C]``.
+
+    ``reconstruction``: [B, L, C] in normalised space. ``association``: [B, L] per-step weights that sum to
+    one over L (only for association-weighted score definitions), else None.
+    """
+
+    reconstruction: F32
+    association: F32 | None = None
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """``scores``: [B, L] per-point scores; ``contributions``: [B, L, C] per-sensor shares (rows sum to 1)."""
+
+    scores: F32
+    contributions: F32
+
+
+@dataclass(frozen=True)
+class SeriesScores:
+    """Per-point scores of a whole series; points no window has reached yet are NaN."""
+
+    scores: F32  # [T]
+    contributions: F32  # [T, C]
+
+
+def normalise(values: npt.NDArray[np.floating], norm: Normalisation) -> F32:
+    """Raw sensor values ``[..., C]`` → normalised float32 ``[..., C]``. Same ops online and offline."""
+    mean = np.asarray(norm.mean, dtype=np.float32)
+    scale = np.asarray(norm.scale, dtype=np.float32)
+    return ((np.asarray(values, dtype=np.float32) - mean) / scale).astype(np.float32, copy=False)
+
+
+def score_windows(windows: F32, output: ModelOutput, definition: ScoreDefinition) -> WindowScores:
+    """Per-point scores and per-sensor shares for windows ``[B, L, C]`` and their model output."""
+    squared = np.square(windows - output.reconstruction, dtype=np.float32)  # [B, L, C]
+    total = squared.sum(axis=-1, dtype=np.float32)  # [B, L]
+    n_features = np.float32(windows.shape[-1])
+    scores = total / n_features
+    if definition.kind == "association_weighted_mse":
+        if output.association is None:
+            raise ValueError("score definition needs the model's association output")
+        scores = scores * output.association
+    safe_total = np.where(total > 0, total, np.float32(1.0))[..., None]
+    contributions = np.where(total[..., None] > 0, squared / safe_total, np.float32(1.0) / n_features)
+    return WindowScores(scores.astype(np.float32, copy=False), contributions.astype(np.float32, copy=False))
+
+
+def window_ends(n_points: int, window_length: int, stride: int, first_index: int = 0) -> list[int]:
+    """Stream indices in ``[first_index, n_points)`` at which a window ends and must be scored."""
+    first_end = window_length - 1
+    if n_points <= first_end:
+        return []
+    start = max(first_index, first_end)
+    offset = (start - first_end) % stride
+    if offset:
+        start += stride - offset
+    return list(range(start, n_points, stride))
+
+
+def scored_span(end_index: int, window_length: int, stride: int) -> int:
+    """How many of the newest points of the window ending at ``end_index`` it scores."""
+    return window_length if end_index == window_length - 1 else stride
+
+
+def pending_points(n_points: int, window_length: int, stride: int) -> int:
+    """Points held but not yet scored: those after the last window end."""
+    if n_points < window_length:
+        return n_points
+    return (n_points - window_length) % stride
+
+
+def score_series(
+    series: F32,
+    window_length: int,
+    stride: int,
+    reconstruct: Reconstruct,
+    definition: ScoreDefinition,
+    batch_size: int = 256,
+) -> SeriesScores:
+    """Offline scoring of a normalised series ``[T, C]`` with exactly the service's windowing."""
+    n_points, n_features = series.shape
+    scores = np.full(n_points, np.nan, dtype=np.float32)
+    contributions = np.full((n_points, n_features), np.nan, dtype=np.float32)
+    ends = window_ends(n_points, window_length, stride)
+    for chunk_start in range(0, len(ends), batch_size):
+        chunk = ends[chunk_start : chunk_start + batch_size]
+        windows = np.stack([series[e - window_length + 1 : e + 1] for e in chunk]).astype(np.float32)
+        result = score_windows(windows, reconstruct(windows), definition)
+        for row, end in enumerate(chunk):
+            span = scored_span(end, window_length, stride)
+            scores[end - span + 1 : end + 1] = result.scores[row, -span:]
+            contributions[end - span + 1 : end + 1] = result.contributions[row, -span:]
+    return SeriesScores(scores, contributions)
+
+
+def level_of(score: float, warning: float, critical: float) -> str:
+    if score >= critical:
+        return "critical"
+    if score >= warning:
+        return "warning"
+    return "normal"
+
+
+def top_contributions(shares: F32, feature_names: list[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` sensors with the largest share, largest first."""
+    k = min(k, shares.shape[-1])
+    idx = np.argpartition(-shares, k - 1)[:k]
+    idx = idx[np.argsort(-shares[idx], kind="stable")]
+    return [(feature_names[i], float(shares[i])) for i in idx]
