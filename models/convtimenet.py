@@ -1,0 +1,237 @@
+"""ConvTimeNet (Cheng et al., arXiv 2403.01493) adapted to window reconstruction: ``[B, L, C] -> [B, L, C]``.
+
+Data path for one batch (B windows, C channels, patches N of P points, stride S, model width D):
+RevIN per sample and channel -> replication pad by S at the end -> deformable patching ``[B*C, N, P]``
+-> shared Linear(P -> D) ``[B*C, D, N]`` -> fully convolutional blocks -> flatten head Linear(D*N -> L)
+-> undo RevIN.
+Channels share weights and never mix; samples never mix in eval mode. Design notes: MODELS.md §2 and §3.2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REVIN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class ConvTimeNetConfig:
+    """Hyper-parameters of :class:`ConvTimeNet`; raises ``ValueError`` on an inconsistent combination.
+
+    ``(window_length - patch_length)`` must be a multiple of ``patch_stride`` so that the regular patches
+    tile the padded window exactly. Kernel sizes are odd (symmetric 'same' padding), at least
+    ``small_kernel`` (it is merged into them) and at most ``2 * n_patches - 1`` (wider taps would only ever
+    see padding).
+    """
+
+    window_length: int
+    n_features: int
+    patch_length: int = 8
+    patch_stride: int = 4
+    d_model: int = 64
+    d_ff: int = 256
+    kernel_sizes: tuple[int, ...] = (5, 7, 9, 11, 15, 19)
+    small_kernel: int = 3
+    dropout: float = 0.05
+    head_dropout: float = 0.0
+    offset_hidden: int = 64
+    residual_scale_init: float = 1e-8
+
+    def __post_init__(self) -> None:
+        # A config read back from a JSON bundle carries a list; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "kernel_sizes", tuple(int(k) for k in self.kernel_sizes))
+        for name in ("window_length", "n_features", "patch_stride", "d_model", "d_ff", "offset_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ConvTimeNet: {name} must be >= 1, got {getattr(self, name)}")
+        length, patch, stride = self.window_length, self.patch_length, self.patch_stride
+        if not 2 <= patch <= length:
+            raise ValueError(f"ConvTimeNet: patch_length must be in [2, window_length={length}], got {patch}")
+        if (length - patch) % stride != 0:
+            raise ValueError(
+                f"ConvTimeNet: (window_length - patch_length) % patch_stride must be 0 so patches tile the "
+                f"window, got ({length} - {patch}) % {stride} = {(length - patch) % stride}; "
+                f"e.g. window_length=100 works with (patch_length, patch_stride) = (8, 4) or (20, 10)"
+            )
+        if self.small_kernel < 1 or self.small_kernel % 2 == 0:
+            raise ValueError(f"ConvTimeNet: small_kernel must be positive and odd, got {self.small_kernel}")
+        if not self.kernel_sizes:
+            raise ValueError("ConvTimeNet: kernel_sizes needs at least one entry (one encoder block each)")
+        widest = 2 * self.n_patches - 1
+        for kernel in self.kernel_sizes:
+            if kernel % 2 == 0 or not self.small_kernel <= kernel <= widest:
+                raise ValueError(
+                    f"ConvTimeNet: every kernel size must be odd and in [small_kernel={self.small_kernel}, "
+                    f"2 * n_patches - 1 = {widest}], got {kernel} in {self.kernel_sizes}"
+                )
+        for name in ("dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ConvTimeNet: {name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def n_patches(self) -> int:
+        """N: regular patches of the window plus the one the end padding adds."""
+        return (self.window_length - self.patch_length) // self.patch_stride + 2
+
+    @property
+    def padded_length(self) -> int:
+        """W = L + S = (N - 1) * S + P."""
+        return self.window_length + self.patch_stride
+
+
+class DeformablePatching(nn.Module):
+    """Per-channel patches whose centre and width are predicted from the series (DePatch sampling).
+
+    ``forward(x: [B', W]) -> [B', N, P]`` where B' = batch * channels and W = (N - 1) * S + P. Box i is
+    centred at ``i*S + (P-1)/2 + dx`` with half-width ``relu(ds + (P-1)/2)``, clamped to [0, W-1]; P evenly
+    spaced points in the box are read by linear interpolation in time. With dx = ds = 0 the patches equal
+    plain unfolding.
+    """
+
+    centres: Tensor  # [N]
+    steps: Tensor  # [P]
+
+    def __init__(self, patch_length: int, patch_stride: int, n_patches: int, hidden: int) -> None:
+        super().__init__()
+        self.patch_length = patch_length
+        self.n_patches = n_patches
+        self.padded_length = (n_patches - 1) * patch_stride + patch_length
+        # A strided conv over the series is Linear(P -> hidden) on every regular patch, without an unfold.
+        self.hidden = nn.Conv1d(1, hidden, patch_length, stride=patch_stride)
+        self.offset = nn.Conv1d(hidden, 2, 1)
+        # Zeroing the output layer alone starts training from uniform patching. The official code also zeroes
+        # the hidden layer, which leaves every weight but the output bias with a zero gradient forever, so its
+        # offsets can never depend on the input.
+        for parameter in self.offset.parameters():
+            nn.init.zeros_(parameter)
+        centres = torch.arange(n_patches, dtype=torch.float32) * patch_stride + (patch_length - 1) / 2
+        steps = torch.arange(patch_length, dtype=torch.float32)
+        self.register_buffer("centres", centres, persistent=False)
+        self.register_buffer("steps", steps, persistent=False)
+
+    def predict_offsets(self, x: Tensor) -> Tensor:
+        """``x: [B', W] -> (dx, ds): [B', 2, N]``, in time steps."""
+        offsets: Tensor = self.offset(F.gelu(self.hidden(x.unsqueeze(1))))
+        return offsets
+
+    def sample(self, x: Tensor, offsets: Tensor) -> Tensor:
+        """``x: [B', W]``, ``offsets: [B', 2, N]`` -> patches ``[B', N, P]``."""
+        last = float(self.padded_length - 1)
+        centre = self.centres + offsets[:, 0]  # [B', N]
+        half_width = F.relu(offsets[:, 1] + (self.patch_length - 1) / 2)  # [B', N]
+        # Out-of-place clamps: in-place writes export as ScatterND, which ORT runs on the CPU.
+        left = (centre - half_width).clamp(0.0, last)
+        right = (centre + half_width).clamp(0.0, last)
+        # Multiply before dividing: zero offsets then give exact integer positions, i.e. exact unfolding.
+        span = (right - left).unsqueeze(-1) * self.steps / (self.patch_length - 1)  # [B', N, P]
+        position = (left.unsqueeze(-1) + span).reshape(-1, self.n_patches * self.patch_length)  # [B', N*P]
+        # Gathers instead of grid_sample: GridSample has no reliable CUDA kernel in ORT (MODELS.md §3.2).
+        # Capping the lower index at W-2 keeps its neighbour in range; position W-1 then gets weight 1.
+        lower = position.floor().clamp(0.0, last - 1.0)
+        weight = position - lower
+        index = lower.long()
+        left_value = torch.gather(x, 1, index)
+        right_value = torch.gather(x, 1, index + 1)
+        # This form is exact at both ends (weight 0 or 1), so integer positions copy samples bit for bit.
+        patches = left_value * (1.0 - weight) + right_value * weight  # [B', N*P]
+        return patches.reshape(-1, self.n_patches, self.patch_length)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.sample(x, self.predict_offsets(x))
+
+
+class ConvBlock(nn.Module):
+    """Depthwise large-kernel conv, then a pointwise FFN; each sub-layer is ``norm(x + dropout(a * f(x)))``.
+
+    ``forward(x: [B', D, N]) -> [B', D, N]``; ``a`` is a learnable scalar. A parallel small depthwise kernel
+    aids training; :meth:`merge_small_kernel` folds it into the large one (structural re-parameterisation).
+    """
+
+    def __init__(self, config: ConvTimeNetConfig, kernel_size: int) -> None:
+        super().__init__()
+        width, small = config.d_model, config.small_kernel
+        self.depthwise = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2, groups=width)
+        self.depthwise_small: nn.Conv1d | None
+        self.depthwise_small = nn.Conv1d(width, width, small, padding=small // 2, groups=width)
+        # Near-zero residual scales make every block start as the identity (then BatchNorm), as in the
+        # official forecasting code; Adam grows them at about the learning rate per step.
+        self.conv_scale = nn.Parameter(torch.tensor(config.residual_scale_init))
+        self.conv_norm = nn.BatchNorm1d(width)
+        self.ffn = nn.Sequential(
+            nn.Conv1d(width, config.d_ff, 1),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Conv1d(config.d_ff, width, 1),
+        )
+        self.ffn_scale = nn.Parameter(torch.tensor(config.residual_scale_init))
+        self.ffn_norm = nn.BatchNorm1d(width)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mixed = self.depthwise(x)
+        if self.depthwise_small is not None:
+            mixed = mixed + self.depthwise_small(x)
+        x = self.conv_norm(x + self.dropout(self.conv_scale * F.gelu(mixed)))
+        # The FFN output feeds the next block (before the official fix 95cfd6d it was computed and dropped).
+        out: Tensor = self.ffn_norm(x + self.dropout(self.ffn_scale * self.ffn(x)))
+        return out
+
+    @torch.no_grad()
+    def merge_small_kernel(self) -> None:
+        """Add the small kernel (zero-padded to the large size) and its bias to the large conv; idempotent."""
+        small = self.depthwise_small
+        if small is None:
+            return
+        pad = (self.depthwise.kernel_size[0] - small.kernel_size[0]) // 2
+        self.depthwise.weight.add_(F.pad(small.weight, (pad, pad)))
+        if self.depthwise.bias is not None and small.bias is not None:
+            self.depthwise.bias.add_(small.bias)
+        self.depthwise_small = None
+
+
+class ConvTimeNet(nn.Module):
+    """Reconstruct normalised windows: ``forward(x: [B, L, C]) -> [B, L, C]``.
+
+    Each window is re-normalised per channel (RevIN without affine, statistics detached) and the statistics
+    are restored after the head, so the model only has to reproduce the shape of each channel.
+    """
+
+    def __init__(self, config: ConvTimeNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        n_patches = config.n_patches
+        self.patching = DeformablePatching(
+            config.patch_length, config.patch_stride, n_patches, config.offset_hidden
+        )
+        self.embed = nn.Linear(config.patch_length, config.d_model)
+        self.blocks = nn.ModuleList(ConvBlock(config, kernel) for kernel in config.kernel_sizes)
+        self.head = nn.Linear(config.d_model * n_patches, config.window_length)
+        self.head_dropout = nn.Dropout(config.head_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        length, channels = self.config.window_length, self.config.n_features
+        mean = x.mean(dim=1, keepdim=True).detach()  # [B, 1, C]
+        centred = x - mean
+        std = torch.sqrt(centred.square().mean(dim=1, keepdim=True) + REVIN_EPS).detach()  # [B, 1, C]
+        series = (centred / std).transpose(1, 2).reshape(-1, 1, length)  # [B*C, 1, L], row = b*C + c
+        series = F.pad(series, (0, self.config.patch_stride), mode="replicate")
+        series = series.reshape(-1, self.config.padded_length)  # [B*C, W]
+        patches = self.patching(series)  # [B*C, N, P]
+        hidden = self.embed(patches).transpose(1, 2)  # [B*C, D, N]
+        for block in self.blocks:
+            hidden = block(hidden)  # [B*C, D, N]
+        flat = hidden.reshape(-1, channels, self.config.d_model * self.config.n_patches)  # [B, C, D*N]
+        out: Tensor = self.head_dropout(self.head(flat)).transpose(1, 2)  # [B, L, C]
+        return out * std + mean
+
+    def prepare_for_export(self) -> None:
+        """Fold every block's small depthwise kernel into its large one, so eval runs one conv; idempotent.
+
+        Afterwards training continues with the single merged kernel per block.
+        """
+        for block in self.blocks:
+            if isinstance(block, ConvBlock):
+                block.merge_small_kernel()

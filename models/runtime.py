@@ -1,0 +1,101 @@
+"""Open a model bundle on ONNX Runtime and check that its manifest and graph agree (torch-free).
+
+Used by calibration, offline evaluation and the service, so all three run the same graph the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from models.manifest import BundleError, Manifest, sha256_file
+from models.scoring import F32, ModelOutput
+
+log = logging.getLogger(__name__)
+
+Provider = Literal["auto", "cuda", "cpu"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # the failed CUDA probe on CPU hosts is expected, not an error
+    return options
+
+
+def open_session(path: Path, provider: Provider = "cpu", intra_op_threads: int = 0) -> ort.InferenceSession:
+    """An ORT session on CUDA when asked (``auto``: when available), else CPU.
+
+    ``get_providers()`` of the result says what is really used: onnxruntime-gpu silently falls back to the
+    CPU when CUDA libraries are missing.
+    """
+    providers = [CPU]
+    if provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
+        providers = [CUDA, CPU]
+    session = ort.InferenceSession(str(path), session_options(intra_op_threads), providers=providers)
+    if provider == "cuda" and session.get_providers()[0] != CUDA:
+        raise BundleError(f"{path}: CUDA provider requested but unavailable")
+    return session
+
+
+def provider_in_use(session: ort.InferenceSession) -> str:
+    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+
+
+@dataclass
+class LoadedBundle:
+    """A manifest with its verified ONNX Runtime session."""
+
+    manifest: Manifest
+    session: ort.InferenceSession
+    path: Path
+
+    @property
+    def provider(self) -> str:
+        return provider_in_use(self.session)
+
+    def run(self, windows: F32) -> ModelOutput:
+        """Normalised windows ``[B, L, C]`` → model output (reconstruction ``[B, L, C]``, association)."""
+        outputs: list[Any] = self.session.run(None, {self.manifest.onnx.input_name: windows})
+        association = outputs[1] if len(outputs) > 1 else None
+        return ModelOutput(np.asarray(outputs[0], dtype=np.float32), association)
+
+
+def verify_graph(manifest: Manifest, session: ort.InferenceSession, path: Path) -> None:
+    """Refuse a bundle whose manifest and graph disagree (names, window length, feature count)."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != manifest.onnx.input_name:
+        raise BundleError(f"{path}: graph input {[i.name for i in inputs]} != manifest {manifest.onnx.input_name}")
+    shape = inputs[0].shape
+    if len(shape) != 3 or shape[1:] != [manifest.window_length, manifest.n_features]:
+        raise BundleError(
+            f"{path}: graph input shape {shape} != [batch, {manifest.window_length}, {manifest.n_features}]"
+        )
+    if isinstance(shape[0], int):
+        raise BundleError(f"{path}: graph has a fixed batch size {shape[0]}; a dynamic batch axis is required")
+    outputs = [o.name for o in session.get_outputs()]
+    if outputs != manifest.onnx.output_names:
+        raise BundleError(f"{path}: graph outputs {outputs} != manifest {manifest.onnx.output_names}")
+
+
+def load_bundle(bundle_dir: Path, provider: Provider = "cpu", intra_op_threads: int = 0) -> LoadedBundle:
+    manifest = Manifest.load(bundle_dir)
+    onnx_path = bundle_dir / manifest.onnx.file
+    if not onnx_path.is_file():
+        raise BundleError(f"{bundle_dir}: missing {manifest.onnx.file}")
+    digest = sha256_file(onnx_path)
+    if digest != manifest.onnx.sha256:
+        raise BundleError(f"{onnx_path}: sha256 {digest[:12]}… differs from the manifest's")
+    session = open_session(onnx_path, provider, intra_op_threads)
+    verify_graph(manifest, session, onnx_path)
+    return LoadedBundle(manifest=manifest, session=session, path=bundle_dir)

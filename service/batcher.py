@@ -1,0 +1,164 @@
+"""Micro-batching: a bounded queue of window jobs, each with a future, drained by one worker thread per model.
+
+The worker takes whatever is queued (greedy drain), waits at most ``max_wait_ms`` for more while the batch is
+below ``max_batch_size``, runs one inference and scoring pass over the stacked windows, and resolves every
+job's future; a failed batch fails every job in it with the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.scoring import F32, WindowScores
+from service.errors import InferenceFailed, Overloaded
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[F32], WindowScores]
+BatchObserver = Callable[[int, float, float], None]  # (windows, queue wait s, inference s)
+
+
+@dataclass
+class WindowJob:
+    """Windows ``[k, L, C]`` (normalised) of one request, and the future that receives their scores."""
+
+    windows: F32
+    future: asyncio.Future[WindowScores]
+    loop: asyncio.AbstractEventLoop
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        name: str,
+        score: ScoreFn,
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_capacity: int,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._score = score
+        self._max_batch = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._capacity = queue_capacity
+        self._observe = observe
+        self._queue: queue.SimpleQueue[WindowJob | object] = queue.SimpleQueue()
+        self._pending = 0  # windows queued or running
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name=f"infer-{name}", daemon=True)
+        self._started = False
+
+    @property
+    def depth(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        if not self._started:
+            self._thread.start()
+            self._started = True
+
+    async def submit(self, windows: F32) -> WindowScores:
+        """Score windows ``[k, L, C]``; raises :class:`Overloaded` at once when the queue is full."""
+        count = len(windows)
+        with self._lock:
+            if self._pending + count > self._capacity and self._pending > 0:
+                raise Overloaded(f"model {self.name!r}: inference queue full ({self._pending} windows waiting)")
+            self._pending += count
+        loop = asyncio.get_running_loop()
+        job = WindowJob(windows=windows, future=loop.create_future(), loop=loop)
+        self._queue.put(job)
+        return await job.future
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish every queued job, then stop the worker."""
+        if self._started:
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+
+    def _collect(self, first: WindowJob) -> tuple[list[WindowJob], bool]:
+        jobs, size, stopping = [first], len(first.windows), False
+        deadline = time.perf_counter() + self._max_wait_s
+        while size < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stopping = True
+                break
+            assert isinstance(item, WindowJob)
+            jobs.append(item)
+            size += len(item.windows)
+        return jobs, stopping
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            assert isinstance(item, WindowJob)
+            jobs, stopping = self._collect(item)
+            self._run(jobs)
+        # Drain what arrived before the stop marker was seen.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, WindowJob):
+                self._run([item])
+
+    def _run(self, jobs: list[WindowJob]) -> None:
+        started = time.perf_counter()
+        wait_s = started - min(job.enqueued_at for job in jobs)
+        count = sum(len(job.windows) for job in jobs)
+        try:
+            stacked = jobs[0].windows if len(jobs) == 1 else np.concatenate([job.windows for job in jobs])
+            scored = self._score(stacked)
+        except Exception as exc:  # noqa: BLE001 - every error fails the whole batch, once
+            log.exception("model %s: batch of %d windows failed", self.name, count)
+            error = InferenceFailed(f"inference failed for model {self.name!r}: {type(exc).__name__}")
+            for job in jobs:
+                job.loop.call_soon_threadsafe(_set_exception, job.future, error)
+        else:
+            offset = 0
+            for job in jobs:
+                n = len(job.windows)
+                part = WindowScores(scored.scores[offset : offset + n], scored.contributions[offset : offset + n])
+                job.loop.call_soon_threadsafe(_set_result, job.future, part)
+                offset += n
+        finally:
+            with self._lock:
+                self._pending -= count
+            if self._observe is not None:
+                self._observe(count, wait_s, time.perf_counter() - started)
+
+
+def _set_result(future: asyncio.Future[WindowScores], value: WindowScores) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[WindowScores], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)

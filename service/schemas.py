@@ -1,0 +1,77 @@
+"""Wire models of the HTTP API (documented in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+StreamId = Annotated[str, StringConstraints(pattern=STREAM_ID_PATTERN)]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+Level = Literal["normal", "warning", "critical"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Point(_Wire):
+    ts: float = Field(description="timestamp (any unit); strictly increasing within a stream")
+    values: list[float] = Field(description="one value per sensor, in the model's feature order")
+
+
+class StreamScoreRequest(_Wire):
+    stream_id: StreamId = Field(description="client-chosen stream id: 1-128 characters of [A-Za-z0-9._:-]")
+    points: list[Point] = Field(min_length=1)
+    model: ModelName | None = Field(None, description="model name; binds to the stream on first use")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"stream_id": "press-7", "points": [{"ts": 1700000000, "values": [0.1, 0.4, 0.3]}], "model": "tvnet"}
+            ]
+        },
+    )
+
+
+class Contribution(_Wire):
+    sensor: str
+    share: float
+
+
+class PointScore(_Wire):
+    ts: float
+    score: float
+    level: Level
+    contributions: list[Contribution]
+
+
+class DroppedPoint(_Wire):
+    ts: float
+    reason: Literal["duplicate", "stale"]
+
+
+class AlertEvent(_Wire):
+    id: str | None = None
+    stream_id: str
+    model: str
+    state: Literal["pending", "firing", "resolved", "cancelled"]
+    severity: Literal["warning", "critical"]
+    ts: float
+    started_ts: float
+    peak_score: float
+    threshold: float
+    sensors: list[str]
+
+
+class StreamScoreResponse(_Wire):
+    stream_id: str
+    model: str
+    version: str
+    accepted: int
+    dropped: list[DroppedPoint]
+    pending: int = Field(description="points held that still wait for their window")
+    scores: list[PointScore]
+    alerts: list[AlertEvent]

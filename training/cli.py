@@ -1,0 +1,137 @@
+"""The ``vigil`` command. Subcommands import what they need lazily: ``serve`` and ``replay`` never load torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import CalibrationConfig, TrainConfig
+    from training.pipeline import train_bundle
+
+    hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    config = TrainConfig(
+        model=args.model,
+        train_path=args.train,
+        out_dir=args.out,
+        name=args.name,
+        version=args.version,
+        window_length=args.window,
+        stride=args.stride,
+        train_stride=args.train_stride,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        max_rows=args.max_rows,
+        hyperparameters=hyper,
+        calibration=CalibrationConfig(method=args.calibration),
+        progress=not args.quiet,
+    )
+    bundle_dir = train_bundle(config)
+    print(f"bundle written: {bundle_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.bundle, args.test, args.labels, args.interpretation, args.threads)
+    metrics = result["metrics"]
+    print(f"model {result['model']} {result['version']} ({result['architecture']}) on {args.test}")
+    for key, value in metrics.items():
+        if isinstance(value, float | int):
+            print(f"  {key:<28} {value:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.server import run_server
+
+    return run_server(models_dir=args.models_dir, redis_url=args.redis_url, host=args.host, port=args.port)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from service.replay import replay
+
+    return replay(
+        url=args.url,
+        stream_id=args.stream_id,
+        data=args.data,
+        rate=args.rate,
+        chunk=args.chunk,
+        model=args.model,
+        api_key=args.api_key,
+        quiet=args.quiet,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description="Streaming anomaly detection for sensor data")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train, export, calibrate and write a model bundle")
+    train.add_argument("--model", default="tvnet", help="tvnet, convtimenet, dense_ae, lstm_ae, pca")
+    train.add_argument("--train", type=Path, required=True, help="CSV/TXT (.gz ok) or .npy, rows = time steps")
+    train.add_argument("--out", type=Path, required=True, help="models directory; the bundle goes to OUT/NAME/VERSION")
+    train.add_argument("--name", default=None)
+    train.add_argument("--version", default=None)
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--window", type=int, default=100, help="window length L")
+    train.add_argument("--stride", type=int, default=10, help="score stride s of the served model")
+    train.add_argument("--train-stride", type=int, default=None, help="step between training windows")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
+    train.add_argument("--hyperparameters", default=None, help='JSON, e.g. \'{"d_model": 64}\'')
+    train.add_argument("--calibration", choices=["pot", "quantile"], default="pot")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a labelled test series offline and print metrics")
+    evaluate.add_argument("--bundle", type=Path, required=True)
+    evaluate.add_argument("--test", type=Path, required=True)
+    evaluate.add_argument("--labels", type=Path, required=True)
+    evaluate.add_argument("--interpretation", type=Path, default=None, help="SMD interpretation_label file")
+    evaluate.add_argument("--threads", type=int, default=0)
+    evaluate.add_argument("--json", type=Path, default=None)
+    evaluate.set_defaults(func=_evaluate)
+
+    serve = sub.add_parser("serve", help="run the scoring service")
+    serve.add_argument("--models-dir", type=Path, default=None)
+    serve.add_argument("--redis-url", default=None)
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=_serve)
+
+    replay = sub.add_parser("replay", help="stream a series into POST /score and print alerts")
+    replay.add_argument("--url", required=True)
+    replay.add_argument("--stream-id", required=True)
+    replay.add_argument("--data", type=Path, required=True)
+    replay.add_argument("--rate", type=float, default=None, help="points per second (default: as fast as possible)")
+    replay.add_argument("--chunk", type=int, default=10, help="points per request")
+    replay.add_argument("--model", default=None)
+    replay.add_argument("--api-key", default=None)
+    replay.add_argument("--quiet", action="store_true", help="print only alerts and the summary")
+    replay.set_defaults(func=_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

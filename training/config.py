@@ -1,0 +1,88 @@
+"""Typed training configuration; the resolved object is saved in the bundle's manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CalibrationConfig(BaseModel):
+    """Threshold calibration on validation scores only (never test data)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["pot", "quantile"] = "pot"
+    warning_risk: float = Field(1e-3, gt=0, lt=1)  # POT risk q, or 1 - quantile
+    critical_risk: float = Field(1e-4, gt=0, lt=1)
+    pot_level: float = Field(0.98, gt=0.5, lt=1)  # initial threshold quantile of the POT fit
+
+
+class TrainConfig(BaseModel):
+    """Everything ``vigil train`` needs; per-family defaults fill what the user leaves out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "tvnet"
+    train_path: Path
+    out_dir: Path
+    name: str | None = None  # defaults to the model family
+    version: str | None = None  # defaults to a UTC timestamp
+    window_length: int = Field(100, ge=2)
+    stride: int = Field(10, ge=1)  # score stride of the served model
+    train_stride: int | None = Field(None, ge=1)  # step between training windows
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(3, ge=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9)
+    min_scale: float = Field(1e-3, gt=0)  # floor of the per-feature scale (constant sensors in training)
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    max_rows: int | None = Field(None, ge=1)  # use only the first rows of the file (tests, quick demos)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationConfig = CalibrationConfig()
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    feature_names: list[str] | None = None
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TrainConfig:
+        if self.stride > self.window_length:
+            raise ValueError("stride must be <= window_length")
+        return self
+
+
+class FamilyDefaults(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    train_stride: int
+
+
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    "tvnet": FamilyDefaults(epochs=8, batch_size=64, learning_rate=1e-3, train_stride=5),
+    "convtimenet": FamilyDefaults(epochs=8, batch_size=64, learning_rate=1e-3, train_stride=5),
+    "dense_ae": FamilyDefaults(epochs=20, batch_size=128, learning_rate=1e-3, train_stride=1),
+    "lstm_ae": FamilyDefaults(epochs=8, batch_size=64, learning_rate=1e-3, train_stride=5),
+    "pca": FamilyDefaults(epochs=1, batch_size=256, learning_rate=1e-3, train_stride=1),
+}
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill the per-family defaults the user did not set."""
+    defaults = FAMILY_DEFAULTS.get(config.model)
+    if defaults is None:
+        raise ValueError(f"unknown model {config.model!r}; known: {sorted(FAMILY_DEFAULTS)}")
+    filled = {
+        "epochs": config.epochs or defaults.epochs,
+        "batch_size": config.batch_size or defaults.batch_size,
+        "learning_rate": config.learning_rate or defaults.learning_rate,
+        "train_stride": config.train_stride or defaults.train_stride,
+        "name": config.name or config.model,
+    }
+    return config.model_copy(update=filled)

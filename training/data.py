@@ -1,0 +1,98 @@
+"""Series loading, the chronological split, normalisation fitted on training data only, windowing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from models.manifest import Normalisation
+
+F32 = npt.NDArray[np.float32]
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, with the reason."""
+
+
+def _open_text(path: Path) -> str:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt") as handle:
+            return handle.read()
+    return path.read_text()
+
+
+def load_series(path: Path, max_rows: int | None = None) -> F32:
+    """``[T, C]`` float32 from a ``.npy`` array or a comma-separated text file (optionally ``.gz``)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".npy":
+        array = np.load(path)
+    else:
+        try:
+            array = np.loadtxt(_open_text(path).splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a comma-separated numeric table ({exc})") from exc
+    if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
+        raise DataError(f"{path}: expected a [time, sensors] table, got shape {array.shape}")
+    if max_rows is not None:
+        array = array[:max_rows]
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def load_labels(path: Path, n_rows: int | None = None) -> npt.NDArray[np.int8]:
+    """One 0/1 label per row (``.npy`` or text, optionally ``.gz``)."""
+    if path.suffix == ".npy":
+        labels = np.load(path).reshape(-1)
+    else:
+        labels = np.loadtxt(_open_text(path).splitlines(), dtype=np.float64, ndmin=1)
+    if not np.isin(labels, (0, 1)).all():
+        raise DataError(f"{path}: labels must be 0 or 1")
+    if n_rows is not None and labels.shape[0] != n_rows:
+        raise DataError(f"{path}: {labels.shape[0]} labels for {n_rows} rows")
+    return labels.astype(np.int8)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    train: F32
+    validation: F32
+
+
+def split_chronological(series: F32, validation_fraction: float, window_length: int) -> Split:
+    """The last ``validation_fraction`` of the rows is held out (never trained on)."""
+    n_validation = int(round(series.shape[0] * validation_fraction))
+    n_train = series.shape[0] - n_validation
+    if n_validation < window_length or n_train < window_length:
+        raise DataError(
+            f"{series.shape[0]} rows cannot give {window_length}-step windows to both the training part and the "
+            f"validation part ({validation_fraction:.0%} held out)"
+        )
+    return Split(train=series[:n_train], validation=series[n_train:])
+
+
+def fit_normalisation(train: F32, min_scale: float) -> Normalisation:
+    """Per-feature mean and std of the training part; std floored so constant sensors stay finite."""
+    mean = train.astype(np.float64).mean(axis=0)
+    std = train.astype(np.float64).std(axis=0)
+    scale = np.maximum(std, min_scale)
+    return Normalisation(mean=[float(v) for v in mean], scale=[float(v) for v in scale])
+
+
+def make_windows(series: F32, window_length: int, step: int) -> F32:
+    """All windows ``[N, L, C]`` of a normalised series taken every ``step`` rows (the last one included)."""
+    view = np.lib.stride_tricks.sliding_window_view(series, window_length, axis=0)  # [T-L+1, C, L]
+    starts = np.arange(0, view.shape[0], step)
+    if starts[-1] != view.shape[0] - 1:
+        starts = np.append(starts, view.shape[0] - 1)
+    return np.ascontiguousarray(view[starts].transpose(0, 2, 1), dtype=np.float32)

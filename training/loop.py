@@ -1,0 +1,102 @@
+"""Gradient training with early stopping on the held-out validation loss (or a closed-form fit)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.data import F32
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_validation_loss: float
+    wall_time_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    """Fixed seeds and deterministic kernels: the same config gives the same weights on CPU."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def validation_loss(module: nn.Module, windows: F32, batch_size: int) -> float:
+    """Mean squared reconstruction error over validation windows ``[N, L, C]`` (eval mode)."""
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            x = torch.from_numpy(windows[start : start + batch_size])
+            total += float(nn.functional.mse_loss(module(x), x, reduction="sum"))
+            count += x.numel()
+    return total / max(count, 1)
+
+
+def train_module(
+    module: nn.Module,
+    train_windows: F32,
+    validation_windows: F32,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    patience: int,
+    seed: int,
+    progress: bool,
+) -> TrainResult:
+    """Fit ``module`` to reconstruct ``train_windows``; keep the weights with the best validation loss."""
+    started = time.perf_counter()
+    if not getattr(module, "trainable", True):
+        module.fit_closed_form(torch.from_numpy(train_windows))  # type: ignore[operator]
+        loss = validation_loss(module, validation_windows, batch_size)
+        history = [{"epoch": 1.0, "train_loss": math.nan, "validation_loss": loss}]
+        return TrainResult(1, loss, time.perf_counter() - started, history)
+
+    optimiser = torch.optim.Adam(module.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(train_windows)
+    best_loss, best_state, stale, history = math.inf, copy.deepcopy(module.state_dict()), 0, []
+    epoch = 0
+    for epoch in range(1, epochs + 1):  # noqa: B007 (epoch is reported after the loop)
+        module.train()
+        order = torch.randperm(len(data), generator=generator)
+        running, seen = 0.0, 0
+        batches = range(0, len(data), batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False)
+        for start in bar:
+            x = data[order[start : start + batch_size]]
+            loss = nn.functional.mse_loss(module(x), x)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+            optimiser.step()
+            running += float(loss.detach()) * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        scheduler.step()
+        val = validation_loss(module, validation_windows, batch_size)
+        history.append({"epoch": float(epoch), "train_loss": running / seen, "validation_loss": val})
+        if progress:
+            tqdm.write(f"epoch {epoch}/{epochs}  train {running / seen:.5f}  validation {val:.5f}")
+        if val < best_loss - 1e-7:
+            best_loss, best_state, stale = val, copy.deepcopy(module.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    module.load_state_dict(best_state)
+    module.eval()
+    return TrainResult(epoch, best_loss, time.perf_counter() - started, history)

@@ -1,0 +1,113 @@
+"""``vigil train``: data → split → scaler → windows → train → export + parity → calibrate → bundle."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from models.manifest import ONNX_FILE, Manifest, ONNXInfo, Parity, ScoreDefinition, TrainingInfo, sha256_file
+from models.registry import build_model
+from models.runtime import open_session
+from models.scoring import F32, ModelOutput, SeriesScores, normalise, score_series
+from training.calibrate import calibrate
+from training.config import TrainConfig, resolve
+from training.data import file_sha256, fit_normalisation, load_series, make_windows, split_chronological
+from training.export import ExportError, check_parity, export_onnx
+from training.loop import seed_everything, train_module
+
+log = logging.getLogger(__name__)
+
+
+def score_with_onnx(onnx_path: Path, series: F32, window_length: int, stride: int, threads: int) -> SeriesScores:
+    """Score a normalised series through the exported graph with the service's windowing."""
+    session = open_session(onnx_path, "cpu", threads)
+    input_name = session.get_inputs()[0].name
+
+    def reconstruct(windows: F32) -> ModelOutput:
+        outputs = session.run(None, {input_name: windows})
+        return ModelOutput(np.asarray(outputs[0], dtype=np.float32), outputs[1] if len(outputs) > 1 else None)
+
+    return score_series(series, window_length, stride, reconstruct, ScoreDefinition())
+
+
+def train_bundle(config: TrainConfig) -> Path:
+    """Train, export, verify and calibrate one model; returns the bundle directory."""
+    config = resolve(config)
+    assert config.name and config.epochs and config.batch_size and config.learning_rate and config.train_stride
+    seed_everything(config.seed, config.threads)
+    series = load_series(config.train_path, config.max_rows)
+    split = split_chronological(series, config.validation_fraction, config.window_length)
+    norm = fit_normalisation(split.train, config.min_scale)
+    train_z, validation_z = normalise(split.train, norm), normalise(split.validation, norm)
+    train_windows = make_windows(train_z, config.window_length, config.train_stride)
+    validation_windows = make_windows(validation_z, config.window_length, config.train_stride)
+    n_features = series.shape[1]
+    log.info("%d training windows, %d validation windows, %d sensors", len(train_windows), len(validation_windows), n_features)
+
+    built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
+    result = train_module(
+        built.module,
+        train_windows,
+        validation_windows,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        patience=config.patience,
+        seed=config.seed,
+        progress=config.progress,
+    )
+
+    version = config.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    bundle_dir = config.out_dir / config.name / version
+    onnx_path = export_onnx(built.module, bundle_dir / ONNX_FILE, config.window_length, n_features, exporter=config.exporter)
+    parity = check_parity(built.module, onnx_path, config.window_length, n_features)
+    if not parity.passed:
+        raise ExportError(f"ONNX Runtime differs from PyTorch: {parity.max_abs_diff} > {parity.tolerance}")
+
+    validation_scores = score_with_onnx(onnx_path, validation_z, config.window_length, config.stride, config.threads)
+    thresholds = calibrate(validation_scores.scores, config.calibration)
+
+    names = config.feature_names or [f"sensor_{i + 1}" for i in range(n_features)]
+    if len(names) != n_features:
+        raise ValueError(f"{len(names)} feature names for {n_features} sensors")
+    manifest = Manifest(
+        name=config.name,
+        version=version,
+        architecture=config.model,
+        hyperparameters=built.hyperparameters(),
+        window_length=config.window_length,
+        stride=config.stride,
+        n_features=n_features,
+        feature_names=names,
+        normalisation=norm,
+        thresholds=thresholds,
+        onnx=ONNXInfo(
+            input_name=parity.input_name,
+            output_names=parity.output_names,
+            opset=parity.opset,
+            sha256=sha256_file(onnx_path),
+        ),
+        parity=Parity(
+            max_abs_diff={str(b): d for b, d in parity.max_abs_diff.items()},
+            tolerance=parity.tolerance,
+            passed=parity.passed,
+        ),
+        training=TrainingInfo(
+            data_path=str(config.train_path),
+            data_sha256=file_sha256(config.train_path),
+            n_rows=int(series.shape[0]),
+            n_train_rows=int(split.train.shape[0]),
+            n_validation_rows=int(split.validation.shape[0]),
+            epochs_run=result.epochs_run,
+            best_validation_loss=result.best_validation_loss,
+            wall_time_s=result.wall_time_s,
+            config=config.model_dump(mode="json"),
+            history=result.history,
+        ),
+    )
+    manifest.save(bundle_dir)
+    return bundle_dir
