@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-NORM_EPS = 1e-5
+from models.layers import WindowNorm
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ class TVNet(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
+        self.norm = WindowNorm(config.window_length)
         self.token = nn.Conv1d(config.n_features, d, 3, padding=1, padding_mode="circular", bias=False)
         nn.init.kaiming_normal_(self.token.weight, mode="fan_in", nonlinearity="leaky_relu")
         self.register_buffer("positions", sinusoidal_positions(config.window_length, d), persistent=False)
@@ -131,13 +132,11 @@ class TVNet(nn.Module):
         self.feature_head = nn.Linear(d, config.n_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=1, keepdim=True).detach()  # [B, 1, C]
-        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + NORM_EPS).detach()
-        z = (x - mean) / std
+        z, mean, std = self.norm.normalise(x)  # [B, L, C], stats [B, 1, C]
         h = self.embed_dropout(self.token(z.transpose(1, 2)) + self.positions)  # [B, D, L]
         h3 = self.patches(h)  # [B, D, N, 2, P/2]
         for block in self.blocks:
             h3 = block(h3)
         flat = h3.flatten(start_dim=2)  # [B, D, N·P]
         out = self.feature_head(self.time_head(flat).transpose(1, 2))  # [B, L, C]
-        return out * std + mean
+        return self.norm.denormalise(out, mean, std)

@@ -38,8 +38,8 @@ def pot_threshold(scores: npt.NDArray[np.float64], risk: float, level: float) ->
 def calibrate(validation_scores: npt.NDArray[np.floating], config: CalibrationConfig) -> Thresholds:
     """Warning and critical thresholds from per-point validation scores (NaN = unscored, ignored).
 
-    POT falls back to the plain quantile for a level whose fit is not finite or lands below that quantile's
-    empirical value, and the manifest records which method each level used.
+    POT falls back to the plain quantile for a level whose fit fails (not finite, or not above the POT initial
+    level, i.e. no tail was fitted); the manifest records which method each level used.
     """
     scores = np.asarray(validation_scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)]
@@ -54,7 +54,7 @@ def calibrate(validation_scores: npt.NDArray[np.floating], config: CalibrationCo
                 pot_value, pot_params = pot_threshold(scores, risk, config.pot_level)
             except (RuntimeError, ValueError):
                 pot_value, pot_params = math.nan, {}
-            if math.isfinite(pot_value) and pot_value >= min(quantile, float(scores.max())):
+            if math.isfinite(pot_value) and pot_value > pot_params.get("initial_threshold", math.inf):
                 value, method, params = pot_value, "pot", pot_params
         levels.append(ThresholdLevel(name=name, value=value, method=method, params=params))
     warning, critical = levels[0].value, max(levels[1].value, levels[0].value)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The run command: sets up, trains a TVNet on the bundled SMD sample, starts the service (with its own
+# redis-server when none is configured or reachable), replays the sample's test part through POST /score,
+# and leaves the service running with its URL printed. Ctrl-C stops it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/deploy/setup.sh"
+cd "$ROOT"
+MODELS_DIR="${VIGIL_MODELS_DIR:-artifacts/models}"
+PORT="${VIGIL_PORT:-8000}"
+SAMPLE=data/smd-machine-1-2
+export VIGIL_MODELS_DIR="$MODELS_DIR"
+
+if [ -z "$(ls -d "$MODELS_DIR"/tvnet/*/ 2>/dev/null)" ]; then
+  echo "== training TVNet on $SAMPLE/train.txt.gz"
+  .venv/bin/vigil train --model tvnet --train "$SAMPLE/train.txt.gz" --out "$MODELS_DIR"
+else
+  echo "== using the bundle already in $MODELS_DIR/tvnet (delete it to retrain)"
+fi
+BUNDLE="$(ls -d "$MODELS_DIR"/tvnet/*/ | sort | tail -n 1)"
+echo "== offline evaluation of $BUNDLE on the untouched test part"
+.venv/bin/vigil evaluate --bundle "$BUNDLE" --test "$SAMPLE/test.txt.gz" --labels "$SAMPLE/test_label.txt.gz" \
+  --interpretation "$SAMPLE/interpretation_label.txt"
+
+echo "== starting the service on port $PORT"
+.venv/bin/vigil serve --models-dir "$MODELS_DIR" --port "$PORT" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT INT TERM
+ready() { .venv/bin/python -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/readyz').status_code != 200)" 2>/dev/null; }
+for _ in $(seq 1 120); do
+  ready && break
+  kill -0 $SERVER 2>/dev/null || { echo "the service exited"; exit 1; }
+  sleep 0.5
+done
+ready || { echo "the service did not become ready"; exit 1; }
+
+echo "== replaying $SAMPLE/test.txt.gz through POST /score"
+.venv/bin/vigil replay --url "http://127.0.0.1:$PORT" --stream-id demo-machine-1-2 \
+  --data "$SAMPLE/test.txt.gz" --chunk 50 --quiet
+echo
+echo "Vigil is running at http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs, metrics: /metrics)"
+echo "Press Ctrl-C to stop."
+wait $SERVER

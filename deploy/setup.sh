@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything Vigil needs on a fresh Debian machine with Python 3.11: system packages (redis-server,
+# python3-venv) when missing, then a virtualenv in .venv with torch (CPU build, pinned) and the project.
+# Idempotent: a second run only checks. Sourced or run by deploy/demo.sh and tests/run.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+EXTRAS="${VIGIL_EXTRAS:-train,dev}"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=()
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then apt_packages+=(python3-venv); fi
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+  echo "setup: installing ${apt_packages[*]} with apt-get"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.vigil-installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//,/-}"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing torch 2.13.0 (CPU) and vigil[$EXTRAS] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import torch, onnxruntime, redis, fastapi" # fails loudly if an install did not land
+  rm -f .venv/.vigil-installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,99 @@
+"""Session fixtures: a real redis-server, a tiny TVNet bundle trained and exported once, the app."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "smd-machine-1-2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis_server(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server on a free loopback port (the binary must be installed: deploy/setup.sh)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed; run deploy/setup.sh")
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.02)
+    client.close()
+    return proc, port
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("VIGIL_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    proc, port = start_redis_server(tmp_path_factory.mktemp("redis"), "--appendonly", "no")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny TVNet trained for one epoch on a slice of the sample, exported and calibrated, once per session."""
+    from training.config import TrainConfig
+    from training.pipeline import train_bundle
+
+    out = tmp_path_factory.mktemp("models")
+    train_bundle(
+        TrainConfig(
+            model="tvnet",
+            train_path=SAMPLE / "train.txt.gz",
+            out_dir=out,
+            version="test",
+            max_rows=3000,
+            epochs=1,
+            train_stride=10,
+            stride=10,
+            hyperparameters={"d_model": 16, "n_blocks": 2},
+            progress=False,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(models_dir: Path) -> Path:
+    return models_dir / "tvnet" / "test"

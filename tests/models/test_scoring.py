@@ -1,0 +1,79 @@
+"""The one scoring function and the parity rule's windowing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.manifest import ScoreDefinition
+from models.scoring import (
+    ModelOutput,
+    level_of,
+    pending_points,
+    score_series,
+    score_windows,
+    top_contributions,
+    window_ends,
+)
+
+
+def test_window_ends_follow_the_stride_from_the_first_full_window() -> None:
+    assert window_ends(9, 10, 3) == []
+    assert window_ends(10, 10, 3) == [9]
+    assert window_ends(20, 10, 3) == [9, 12, 15, 18]
+    assert window_ends(20, 10, 3, first_index=13) == [15, 18]
+    assert window_ends(20, 10, 3, first_index=15) == [15, 18]
+
+
+def test_pending_points_are_those_after_the_last_window_end() -> None:
+    assert pending_points(5, 10, 3) == 5
+    assert pending_points(10, 10, 3) == 0
+    assert pending_points(12, 10, 3) == 2
+    assert pending_points(13, 10, 3) == 0
+
+
+def test_score_is_the_mean_squared_error_and_contributions_are_shares() -> None:
+    windows = np.zeros((1, 2, 4), dtype=np.float32)
+    recon = np.array([[[1, 0, 0, 1], [0, 0, 0, 0]]], dtype=np.float32)  # errors 1, 0, 0, 1 then none
+    recon[0, 0, 3] = 3.0  # squared errors 1 and 9: score (1 + 9) / 4
+    result = score_windows(windows, ModelOutput(recon), ScoreDefinition())
+    assert result.scores[0, 0] == pytest.approx(2.5)
+    np.testing.assert_allclose(result.contributions[0, 0], [0.1, 0.0, 0.0, 0.9])
+    assert result.scores[0, 1] == 0.0
+    np.testing.assert_allclose(result.contributions[0, 1], [0.25] * 4)  # no error: shares spread evenly
+
+
+def test_score_series_scores_every_point_once_with_the_windows_newest_points() -> None:
+    length, stride = 5, 2
+    series = np.arange(14 * 2, dtype=np.float32).reshape(14, 2)
+    calls: list[np.ndarray] = []
+
+    def reconstruct(windows: np.ndarray) -> ModelOutput:
+        calls.append(windows.copy())
+        return ModelOutput(np.zeros_like(windows))  # score = mean of squared values
+
+    result = score_series(series, length, stride, reconstruct, ScoreDefinition(), batch_size=2)
+    expected = (series.astype(np.float64) ** 2).mean(axis=1)
+    scored = np.isfinite(result.scores)
+    assert scored.tolist() == [True] * 13 + [False]  # windows end at 4, 6, 8, 10, 12: point 13 waits
+    np.testing.assert_allclose(result.scores[scored], expected[scored], rtol=1e-6)
+    assert [len(c) for c in calls] == [2, 2, 1]
+
+
+def test_association_weighted_scores_need_the_association_output() -> None:
+    windows = np.ones((1, 3, 2), dtype=np.float32)
+    definition = ScoreDefinition(kind="association_weighted_mse", temperature=50.0)
+    with pytest.raises(ValueError, match="association"):
+        score_windows(windows, ModelOutput(np.zeros_like(windows)), definition)
+    weights = np.array([[0.5, 0.25, 0.25]], dtype=np.float32)
+    result = score_windows(windows, ModelOutput(np.zeros_like(windows), weights), definition)
+    np.testing.assert_allclose(result.scores, weights)
+
+
+def test_levels_and_top_contributions() -> None:
+    assert level_of(0.5, 1.0, 2.0) == "normal"
+    assert level_of(1.0, 1.0, 2.0) == "warning"
+    assert level_of(2.5, 1.0, 2.0) == "critical"
+    shares = np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32)
+    top = top_contributions(shares, ["a", "b", "c", "d"], 3)
+    assert [name for name, _ in top] == ["b", "d", "c"]

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import SAMPLE
+from training.data import load_series
+
+
+@pytest.fixture
+def settings(models_dir: Path, redis_url: str, clean_redis: redis.Redis) -> Settings:
+    return Settings(models_dir=models_dir, redis_url=redis_url, provider="cpu", intra_op_threads=1)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def test_series() -> np.ndarray:
+    """The first 600 rows of the sample's test part (raw values)."""
+    return load_series(SAMPLE / "test.txt.gz", max_rows=600)
+
+
+def stream(client: TestClient, stream_id: str, series: np.ndarray, chunk: int, start: int = 0) -> list[dict]:
+    """POST the rows of ``series`` in chunks (ts = start + row index); returns every response body."""
+    bodies = []
+    for offset in range(0, len(series), chunk):
+        rows = series[offset : offset + chunk]
+        points = [{"ts": float(start + offset + i), "values": row.tolist()} for i, row in enumerate(rows)]
+        response = client.post("/score", json={"stream_id": stream_id, "points": points})
+        assert response.status_code == 200, response.text
+        bodies.append(response.json())
+    return bodies
+
+
+def scores_by_ts(bodies: list[dict]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for body in bodies:
+        for item in body["scores"]:
+            assert item["ts"] not in out, f"point {item['ts']} scored twice"
+            out[item["ts"]] = item["score"]
+    return out
