@@ -22,6 +22,13 @@ echo "== offline evaluation of $BUNDLE on the untouched test part"
 .venv/bin/vigil evaluate --bundle "$BUNDLE" --test "$SAMPLE/test.txt.gz" --labels "$SAMPLE/test_label.txt.gz" \
   --interpretation "$SAMPLE/interpretation_label.txt"
 
+if [ -z "${VIGIL_API_KEYS:-}" ]; then
+  DEMO_KEY="$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(24))')"
+  export VIGIL_API_KEYS="[{\"name\": \"demo\", \"key\": \"$DEMO_KEY\", \"roles\": [\"score\", \"read\", \"admin\"]}]"
+else
+  DEMO_KEY="${VIGIL_DEMO_KEY:?set VIGIL_DEMO_KEY to a key from VIGIL_API_KEYS for the replay}"
+fi
+
 echo "== starting the service on port $PORT"
 .venv/bin/vigil serve --models-dir "$MODELS_DIR" --port "$PORT" &
 SERVER=$!
@@ -36,8 +43,10 @@ ready || { echo "the service did not become ready"; exit 1; }
 
 echo "== replaying $SAMPLE/test.txt.gz through POST /score"
 .venv/bin/vigil replay --url "http://127.0.0.1:$PORT" --stream-id demo-machine-1-2 \
-  --data "$SAMPLE/test.txt.gz" --chunk 50 --quiet
+  --data "$SAMPLE/test.txt.gz" --chunk 50 --quiet --api-key "$DEMO_KEY"
 echo
 echo "Vigil is running at http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs, metrics: /metrics)"
+echo "API key for this run (roles score, read, admin): $DEMO_KEY"
+echo "  e.g. curl -H 'Authorization: Bearer $DEMO_KEY' http://127.0.0.1:$PORT/streams/demo-machine-1-2"
 echo "Press Ctrl-C to stop."
 wait $SERVER

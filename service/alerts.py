@@ -8,6 +8,7 @@ crossed. Transitions are returned as events and appended to a bounded Redis Stre
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,8 @@ local state, severity, started = s[1] or 'ok', s[2] or 'warning', s[3] or '0'
 local peak, peak_sensors, flags = tonumber(s[4] or '0'), s[5] or '', s[6] or ''
 local below, last_ts = tonumber(s[7] or '0'), s[8] and tonumber(s[8]) or nil
 local events = {}
-local function emit(st, ts)
-  events[#events + 1] = {st, severity, started, ts, tostring(peak), peak_sensors}
+local function emit(st, ts, escalated)
+  events[#events + 1] = {st, severity, started, ts, tostring(peak), peak_sensors, escalated and '1' or '0'}
 end
 for i = 8, #ARGV, 3 do
   local ts_text, score, sensors = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
@@ -59,7 +60,7 @@ for i = 8, #ARGV, 3 do
       if score > peak then peak, peak_sensors = score, sensors end
       if score >= crit and severity ~= 'critical' then
         severity = 'critical'
-        emit('firing', ts_text)
+        emit('firing', ts_text, true)
       end
       if score < exitv then below = below + 1 else below = 0 end
       if below >= m then
@@ -88,10 +89,13 @@ class ScoredPoint:
 
 
 class AlertTracker:
-    def __init__(self, redis: Redis, settings: AlertSettings, ttl_s: int) -> None:
+    def __init__(
+        self, redis: Redis, settings_for: Callable[[str], AlertSettings], ttl_s: int, stream_maxlen: int
+    ) -> None:
         self._redis = redis
-        self._settings = settings
+        self._settings_for = settings_for
         self._ttl_s = ttl_s
+        self._maxlen = stream_maxlen
         self._script = redis.register_script(ALERT_LUA)
 
     async def observe(
@@ -100,7 +104,7 @@ class AlertTracker:
         """Advance the stream's alert state over ``points`` (ts order); returns the events it caused."""
         if not points:
             return []
-        cfg = self._settings
+        cfg = self._settings_for(model)
         args: list[str | int | float] = [
             repr(warning), repr(critical), repr(warning * cfg.exit_ratio), cfg.k, cfg.n, cfg.m, self._ttl_s,
         ]
@@ -108,7 +112,7 @@ class AlertTracker:
             args.extend((repr(point.ts), repr(point.score), ",".join(point.sensors)))
         reply = await self._script(keys=[alert_key(stream_id)], args=args)
         events = []
-        for state, severity, started, ts, peak, sensors in reply:
+        for state, severity, started, ts, peak, sensors, escalated in reply:
             severity_text = severity.decode()
             events.append(
                 {
@@ -121,6 +125,7 @@ class AlertTracker:
                     "peak_score": float(peak),
                     "threshold": critical if severity_text == "critical" else warning,
                     "sensors": [s for s in sensors.decode().split(",") if s],
+                    "escalated": escalated == b"1",
                 }
             )
         for event in events:
@@ -129,15 +134,18 @@ class AlertTracker:
 
     async def publish(self, event: dict[str, Any]) -> str | None:
         """Append an event to the bounded alert stream; a failure is logged, never raised to scoring."""
-        fields = {k: (",".join(v) if isinstance(v, list) else str(v)) for k, v in event.items() if k != "id"}
+        fields = {k: _field_text(v) for k, v in event.items() if k != "id"}
         try:
             entry_id = await self._redis.xadd(
-                EVENTS_KEY, fields, maxlen=self._settings.stream_maxlen, approximate=True
+                EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True
             )
         except RedisError:
             log.exception("alert event not published for stream %s", event["stream_id"])
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def forget(self, stream_id: str) -> None:
+        await self._redis.delete(alert_key(stream_id))
 
     async def state(self, stream_id: str) -> dict[str, str]:
         raw = await self._redis.hgetall(alert_key(stream_id))
@@ -163,6 +171,14 @@ class AlertTracker:
         return out
 
 
+def _field_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
     raw = {k.decode(): v.decode() for k, v in fields.items()}
     return {
@@ -176,4 +192,5 @@ def decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
         "peak_score": float(raw["peak_score"]),
         "threshold": float(raw["threshold"]),
         "sensors": [s for s in raw.get("sensors", "").split(",") if s],
+        "escalated": raw.get("escalated") == "1",
     }

@@ -9,17 +9,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.alerts import AlertTracker
+from service.auth import KeyRing
 from service.deps import Components
+from service.feed import FeedHub
 from service.errors import PayloadTooLarge, StoreUnavailable, error_body, install_error_handlers
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
-from service.routes import health, score, streams
+from service.routes import feed, health, score, streams
+from service.schemas import BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
 from service.scorer import StreamScorer
 from service.settings import Settings
 from service.windows import WindowStore
@@ -27,8 +32,16 @@ from service.windows import WindowStore
 log = logging.getLogger(__name__)
 
 
-async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:
-    """A pooled client; start-up fails fast when Redis stays unreachable after a few tries."""
+def redis_client(settings: Settings) -> Redis:
+    """A pooled client for one Redis, or a cluster client when ``redis_cluster`` is set."""
+    if settings.redis_cluster:
+        cluster = RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_pool_size,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
+        return cluster  # type: ignore[return-value]  # the commands Vigil uses share one interface
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_pool_size,
@@ -36,7 +49,12 @@ async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
-    redis = Redis(connection_pool=pool)
+    return Redis(connection_pool=pool)
+
+
+async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:
+    """Start-up fails fast when Redis stays unreachable after a few tries."""
+    redis = redis_client(settings)
     for attempt in range(1, attempts + 1):
         try:
             await redis.ping()
@@ -112,23 +130,50 @@ class BodyLimitMiddleware:
         await JSONBytesResponse(body, status_code=413)(scope, receive, send)
 
 
+def document_bodies(app: FastAPI) -> None:
+    """Routes that read raw bodies (JSON or binary) still document their JSON schemas."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (StreamScoreRequest, WindowScoreRequest, BatchScoreRequest):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
+    metrics.initialise_service()
+    if settings.auth_disabled:
+        log.warning("authentication is DISABLED (VIGIL_AUTH_DISABLED): every route is open")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = await connect_redis(settings)
         models = ModelRegistry(settings, metrics)
+        hub: FeedHub | None = None
         try:
             models.load_all()
             windows = WindowStore(redis, settings.window_ttl_s)
-            alerts = AlertTracker(redis, settings.alerts, settings.window_ttl_s)
+            alerts = AlertTracker(redis, settings.alerts_for, settings.window_ttl_s, settings.alerts.stream_maxlen)
             scorer = StreamScorer(
                 models, windows, alerts, metrics, settings.max_points_per_request, settings.top_contributions
             )
+            hub = FeedHub(redis, alerts, settings.feed.client_buffer)
+            await hub.start()
+            app.state.feed = hub
             app.state.components = Components(settings, redis, metrics, models, windows, alerts, scorer)
             yield
         finally:
+            if hub is not None:
+                await hub.stop()
             models.close()  # drains queued batches before the connections go
             await redis.aclose()
 
@@ -139,9 +184,18 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSONBytesResponse,
     )
+    app.state.keyring = KeyRing(settings.api_keys, settings.auth_disabled)
     install_error_handlers(app)
-    for router in (score.router, streams.router, health.router):
+    for router in (score.router, streams.router, feed.router, health.router):
         app.include_router(router)
+    document_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from service.alerts import AlertTracker
+from service.auth import Principal, require
+from service.feed import FeedHub
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.scorer import StreamScorer
@@ -33,3 +35,13 @@ def get_components(request: Request) -> Components:
 
 
 ComponentsDep = Annotated[Components, Depends(get_components)]
+
+
+def get_feed(request: Request) -> FeedHub:
+    hub: FeedHub = request.app.state.feed
+    return hub
+
+
+ScoreKey = Annotated[Principal, Depends(require("score"))]
+ReadKey = Annotated[Principal, Depends(require("read"))]
+AdminKey = Annotated[Principal, Depends(require("admin"))]

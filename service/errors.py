@@ -25,6 +25,14 @@ class BadInput(VigilError):
     code, status = "invalid_request", 422
 
 
+class Unauthorized(VigilError):
+    code, status = "unauthorized", 401
+
+
+class Forbidden(VigilError):
+    code, status = "forbidden", 403
+
+
 class UnknownModel(VigilError):
     code, status = "unknown_model", 404
 
@@ -58,9 +66,17 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    def count(request: Request, code: str) -> None:
+        components = getattr(request.app.state, "components", None)
+        if components is not None:
+            components.metrics.rejections.labels(code).inc()
+
     async def on_vigil_error(request: Request, exc: Exception) -> JSONBytesResponse:
         assert isinstance(exc, VigilError)
+        count(request, exc.code)
         headers = {"Retry-After": "1"} if exc.status == 503 else None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         return JSONBytesResponse(error_body(exc.code, exc.detail, **exc.extra), exc.status, headers=headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONBytesResponse:
@@ -71,6 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         first = errors[0] if errors else {"field": "body", "reason": "invalid"}
         detail = f"{first['field']}: {first['reason']}"
+        count(request, BadInput.code)
         return JSONBytesResponse(error_body(BadInput.code, detail, errors=errors), 422)
 
     app.add_exception_handler(VigilError, on_vigil_error)

@@ -11,6 +11,10 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REJECTION_REASONS = (
+    "invalid_request", "unknown_model", "unknown_stream", "model_mismatch", "payload_too_large", "overloaded",
+    "store_unavailable", "inference_failed", "unauthorized", "forbidden",
+)
 
 
 class Metrics:
@@ -55,6 +59,10 @@ class Metrics:
         self.alert_transitions = Counter(
             "vigil_alert_transitions_total", "Alert state transitions", ["model", "state", "severity"], registry=r
         )
+        self.alerts_firing = Gauge(
+            "vigil_alerts_firing", "Alerts firing (net firing minus resolved transitions seen by this process)",
+            ["model"], registry=r, multiprocess_mode="livesum",
+        )
         self.feed_clients = Gauge(
             "vigil_feed_clients", "Connected WebSocket feed clients", registry=r, multiprocess_mode="livesum"
         )
@@ -62,6 +70,28 @@ class Metrics:
             "vigil_model_info", "Loaded model bundles", ["model", "version", "architecture", "provider"],
             registry=r, multiprocess_mode="max",
         )
+
+    def initialise_model(self, model: str, provider: str) -> None:
+        """Create every labelled child at 0 so dashboards and rates show 0, not "no data", before traffic."""
+        self.points_received.labels(model)
+        self.points_scored.labels(model)
+        self.alerts_firing.labels(model)
+        for level in ("warning", "critical"):
+            self.scores_above.labels(model, level)
+        for state in ("pending", "firing", "resolved", "cancelled"):
+            for severity in ("warning", "critical"):
+                self.alert_transitions.labels(model, state, severity)
+        self.inference.labels(model, provider)
+        self.queue_depth.labels(model).set(0)
+
+    def initialise_service(self) -> None:
+        for reason in ("duplicate", "stale"):
+            self.points_dropped.labels(reason)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for op in ("append", "alerts"):
+            self.redis_errors.labels(op)
+        self.feed_clients.set(0)
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -1,16 +1,25 @@
-"""Loaded model bundles by name: each with its ONNX engine and its micro-batcher."""
+"""Loaded model bundles by name, each with its ONNX engine and micro-batcher; hot reload by lease.
+
+A request leases the handle it started with for its whole life; a reload swaps in the new version for new
+requests, waits until the old handle has no lease left, then drains and stops its batcher. So in-flight
+requests finish on the old session and none fails.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from models.manifest import BundleError, Manifest, find_bundles
 from models.scoring import F32, WindowScores, score_windows
-from service.batcher import MicroBatcher
+from service.batcher import MicroBatcher, ScoreFn
 from service.engine import ONNXEngine
-from service.errors import UnknownModel
+from service.errors import ModelMismatch, UnknownModel
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -21,6 +30,7 @@ log = logging.getLogger(__name__)
 class ModelHandle:
     engine: ONNXEngine
     batcher: MicroBatcher
+    leases: int = field(default=0)
 
     @property
     def manifest(self) -> Manifest:
@@ -30,8 +40,20 @@ class ModelHandle:
     def name(self) -> str:
         return self.engine.manifest.name
 
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m.name,
+            "version": m.version,
+            "architecture": m.architecture,
+            "window_length": m.window_length,
+            "stride": m.stride,
+            "n_features": m.n_features,
+            "provider": self.engine.provider,
+        }
 
-def _scorer(engine: ONNXEngine):  # type: ignore[no-untyped-def]
+
+def scoring_function(engine: ONNXEngine) -> ScoreFn:
     definition = engine.manifest.score
 
     def score(windows: F32) -> WindowScores:
@@ -45,6 +67,7 @@ class ModelRegistry:
         self._settings = settings
         self._metrics = metrics
         self._models: dict[str, ModelHandle] = {}
+        self._reload_lock = asyncio.Lock()
 
     def load_all(self) -> None:
         """Load the latest version of every bundle under ``models_dir``; fail fast on a bad one."""
@@ -59,19 +82,21 @@ class ModelRegistry:
         engine = ONNXEngine.open(path, s.provider, s.intra_op_threads)
         engine.warm_up()
         m = self._metrics
-        name = engine.manifest.name
+        name, provider = engine.manifest.name, engine.provider
 
         def observe(count: int, wait_s: float, infer_s: float) -> None:
             m.batch_size.labels(name).observe(count)
             m.queue_wait.labels(name).observe(wait_s)
-            m.inference.labels(name, engine.provider).observe(infer_s)
+            m.inference.labels(name, provider).observe(infer_s)
 
+        batching = s.batching
         batcher = MicroBatcher(
-            name, _scorer(engine), s.batching.max_batch_size, s.batching.max_wait_ms, s.batching.queue_capacity,
-            observe,
+            name, scoring_function(engine), batching.max_batch_size, batching.max_wait_ms,
+            batching.queue_capacity, observe,
         )
         batcher.start()
-        m.model_info.labels(name, engine.manifest.version, engine.manifest.architecture, engine.provider).set(1)
+        m.initialise_model(name, provider)
+        m.model_info.labels(name, engine.manifest.version, engine.manifest.architecture, provider).set(1)
         return ModelHandle(engine=engine, batcher=batcher)
 
     def get(self, name: str | None) -> ModelHandle:
@@ -84,8 +109,62 @@ class ModelRegistry:
         except KeyError as exc:
             raise UnknownModel(f"unknown model {name!r}; loaded: {sorted(self._models)}") from exc
 
+    @contextmanager
+    def lease(self, name: str | None) -> Iterator[ModelHandle]:
+        handle = self.get(name)
+        handle.leases += 1
+        try:
+            yield handle
+        finally:
+            handle.leases -= 1
+
     def all(self) -> list[ModelHandle]:
         return list(self._models.values())
+
+    async def reload(self, only: str | None = None, drain_timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """Swap in the latest bundle version of each model (or of ``only``); returns what changed."""
+        async with self._reload_lock:
+            bundles = find_bundles(self._settings.models_dir)
+            if only is not None and only not in bundles:
+                raise UnknownModel(f"no bundle named {only!r} under {self._settings.models_dir}")
+            changes = []
+            for name, path in bundles.items():
+                if only is not None and name != only:
+                    continue
+                old = self._models.get(name)
+                incoming = Manifest.load(path)
+                if old is not None and incoming.version == old.manifest.version:
+                    changes.append({"name": name, "version": old.manifest.version, "changed": False})
+                    continue
+                if old is not None:
+                    self._check_compatible(old.manifest, incoming)
+                new = await asyncio.to_thread(self._open, path)
+                self._models[name] = new
+                if old is not None:
+                    await self._retire(old, drain_timeout_s)
+                    self._metrics.model_info.labels(
+                        name, old.manifest.version, old.manifest.architecture, old.engine.provider
+                    ).set(0)
+                log.info("model %s now serves version %s", name, new.manifest.version)
+                changes.append({"name": name, "version": new.manifest.version, "changed": True})
+            return changes
+
+    @staticmethod
+    def _check_compatible(old: Manifest, new: Manifest) -> None:
+        """Streams keep their windows across versions, so the window geometry must not change."""
+        for attr in ("window_length", "stride", "n_features"):
+            if getattr(old, attr) != getattr(new, attr):
+                raise ModelMismatch(
+                    f"new version of {old.name!r} changes {attr} ({getattr(old, attr)} → {getattr(new, attr)}); "
+                    "serve it under a new model name"
+                )
+
+    async def _retire(self, handle: ModelHandle, timeout_s: float) -> None:
+        waited = 0.0
+        while handle.leases > 0 and waited < timeout_s:
+            await asyncio.sleep(0.01)
+            waited += 0.01
+        await asyncio.to_thread(handle.batcher.stop)
 
     def close(self) -> None:
         for handle in self._models.values():

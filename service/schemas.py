@@ -13,7 +13,7 @@ Level = Literal["normal", "warning", "critical"]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Point(_Wire):
@@ -28,12 +28,27 @@ class StreamScoreRequest(_Wire):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {"stream_id": "press-7", "points": [{"ts": 1700000000, "values": [0.1, 0.4, 0.3]}], "model": "tvnet"}
             ]
         },
     )
+
+
+class WindowScoreRequest(_Wire):
+    """Stateless mode: score one whole window ``[L][C]`` sent in the request; no stream state is touched."""
+
+    window: list[list[float]] = Field(min_length=1, description="L rows of C sensor values")
+    model: ModelName | None = None
+
+
+class BatchScoreRequest(_Wire):
+    """Many streams in one request (gateways aggregating sensors); each item is a stream-mode body."""
+
+    items: list[StreamScoreRequest] = Field(min_length=1)
 
 
 class Contribution(_Wire):
@@ -64,6 +79,7 @@ class AlertEvent(_Wire):
     peak_score: float
     threshold: float
     sensors: list[str]
+    escalated: bool = Field(False, description="a firing alert that rose from warning to critical")
 
 
 class StreamScoreResponse(_Wire):
@@ -75,3 +91,25 @@ class StreamScoreResponse(_Wire):
     pending: int = Field(description="points held that still wait for their window")
     scores: list[PointScore]
     alerts: list[AlertEvent]
+
+
+class WindowScoreResponse(_Wire):
+    model: str
+    version: str
+    scores: list[PointScore] = Field(description="one per window row; ts is the row index")
+
+
+class ItemError(_Wire):
+    code: str
+    detail: str
+    status: int
+
+
+class BatchItemResult(_Wire):
+    stream_id: str | None
+    result: StreamScoreResponse | None = None
+    error: ItemError | None = None
+
+
+class BatchScoreResponse(_Wire):
+    items: list[BatchItemResult]

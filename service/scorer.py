@@ -1,21 +1,55 @@
-"""The stream scoring use case: validate → append to the window store → batch → score → alerts."""
+"""The scoring use cases: a stream's points, a stateless window, many streams at once.
+
+Stream path: validate → append to the window store → batch the due windows → score → alerts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from models.scoring import level_of, normalise, pending_points, top_contributions
+from models.manifest import Manifest
+from models.scoring import F32, WindowScores, level_of, normalise, pending_points, top_contributions
 from service.alerts import AlertTracker, ScoredPoint
-from service.errors import BadInput, PayloadTooLarge, StoreUnavailable
+from service.codec import PointBatch, WindowInput, stream_batch
+from service.errors import BadInput, PayloadTooLarge, StoreUnavailable, VigilError
 from service.metrics import Metrics
-from service.registry import ModelRegistry
+from service.registry import ModelHandle, ModelRegistry
 from service.schemas import StreamScoreRequest
 from service.windows import WindowStore
 
 DROP_REASONS = {1: "duplicate", 2: "stale"}
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_features: int, field: str) -> F32:
+    """``values`` [n, C] finite and within float32, with the model's sensor count; returns float32."""
+    if isinstance(values, list):
+        first_bad = next(i for i, row in enumerate(values) if len(row) != n_features)
+        raise BadInput(f"{field}.{first_bad}.values: {len(values[first_bad])} values, the model expects {n_features}")
+    if values.ndim != 2 or values.shape[1] != n_features:
+        width = values.shape[1] if values.ndim == 2 else 0
+        raise BadInput(f"{field}.0.values: {width} values, the model expects {n_features}")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise BadInput(f"{field}.{int(np.argmax(bad.any(axis=1)))}.values: NaN or infinite values are not accepted")
+    over = np.abs(values) > F32_MAX
+    if over.any():
+        raise BadInput(f"{field}.{int(np.argmax(over.any(axis=1)))}.values: a value overflows float32")
+    return values.astype(np.float32)
+
+
+def validate_ts(ts: npt.NDArray[np.float64]) -> None:
+    if not np.isfinite(ts).all():
+        raise BadInput(f"points.{int(np.argmin(np.isfinite(ts)))}.ts: must be a finite number")
+    steps = np.diff(ts)
+    if (steps <= 0).any():
+        raise BadInput(f"points.{int(np.argmax(steps <= 0)) + 1}.ts: timestamps must strictly increase within a request")
 
 
 class StreamScorer:
@@ -35,103 +69,133 @@ class StreamScorer:
         self._max_points = max_points
         self._top_k = top_k
 
-    def _validated_arrays(
-        self, request: StreamScoreRequest, n_features: int
-    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.float32]]]:
-        points = request.points
-        if len(points) > self._max_points:
-            raise PayloadTooLarge(f"points: {len(points)} points in one request; at most {self._max_points}")
-        for i, point in enumerate(points):
-            if len(point.values) != n_features:
-                raise BadInput(f"points.{i}.values: {len(point.values)} values, the model expects {n_features}")
-        ts = np.fromiter((p.ts for p in points), dtype=np.float64, count=len(points))
-        values = np.asarray([p.values for p in points], dtype=np.float64)
-        if not np.isfinite(ts).all():
-            raise BadInput(f"points.{int(np.argmin(np.isfinite(ts)))}.ts: must be a finite number")
-        bad = ~np.isfinite(values)
-        if bad.any():
-            row = int(np.argmax(bad.any(axis=1)))
-            raise BadInput(f"points.{row}.values: NaN or infinite values are not accepted")
-        if np.abs(values).max() > np.finfo(np.float32).max:
-            raise BadInput("points.values: a value overflows float32")
-        steps = np.diff(ts)
-        if (steps <= 0).any():
-            row = int(np.argmax(steps <= 0)) + 1
-            raise BadInput(f"points.{row}.ts: timestamps must strictly increase within a request")
-        return ts, values.astype(np.float32)
-
-    async def score(self, request: StreamScoreRequest) -> dict[str, Any]:
-        handle = self._models.get(request.model)
-        manifest = handle.manifest
-        ts, values = self._validated_arrays(request, manifest.n_features)
-        started = time.perf_counter()
-        try:
-            appended = await self._windows.append(
-                request.stream_id, manifest.name, manifest.window_length, manifest.stride, ts, values
+    def _point_scores(
+        self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
+    ) -> tuple[list[dict[str, Any]], list[ScoredPoint]]:
+        thresholds, names, k = manifest.thresholds, manifest.feature_names, self._top_k
+        out: list[dict[str, Any]] = []
+        points: list[ScoredPoint] = []
+        for ts_value, score, share in zip(ts.tolist(), scores.tolist(), shares, strict=True):
+            top = top_contributions(share, names, k)
+            out.append(
+                {
+                    "ts": ts_value,
+                    "score": score,
+                    "level": level_of(score, thresholds.warning, thresholds.critical),
+                    "contributions": [{"sensor": s, "share": v} for s, v in top],
+                }
             )
-        except StoreUnavailable:
-            self._metrics.redis_errors.labels("append").inc()
-            raise
-        self._metrics.redis_latency.labels("append").observe(time.perf_counter() - started)
+            points.append(ScoredPoint(ts_value, score, [s for s, _ in top]))
+        return out, points
 
-        dropped = [
-            {"ts": float(ts[i]), "reason": DROP_REASONS[s]} for i, s in enumerate(appended.status) if s != 0
-        ]
-        self._metrics.points_received.labels(manifest.name).inc(len(ts))
-        for item in dropped:
-            self._metrics.points_dropped.labels(item["reason"]).inc()
+    async def _infer(self, handle: ModelHandle, raw_windows: F32) -> WindowScores:
+        return await handle.batcher.submit(normalise(raw_windows, handle.manifest.normalisation))
 
-        scores: list[dict[str, Any]] = []
-        scored_points: list[ScoredPoint] = []
-        if appended.windows:
-            stacked = normalise(np.stack([w.values for w in appended.windows]), manifest.normalisation)
-            result = await handle.batcher.submit(stacked)
-            thresholds = manifest.thresholds
-            names = manifest.feature_names
-            for row, window in enumerate(appended.windows):
-                span = window.span
-                for ts_value, score, shares in zip(
-                    window.ts[-span:], result.scores[row, -span:], result.contributions[row, -span:], strict=True
-                ):
-                    top = top_contributions(shares, names, self._top_k)
-                    score_f = float(score)
-                    scores.append(
-                        {
-                            "ts": float(ts_value),
-                            "score": score_f,
-                            "level": level_of(score_f, thresholds.warning, thresholds.critical),
-                            "contributions": [{"sensor": s, "share": share} for s, share in top],
-                        }
-                    )
-                    scored_points.append(ScoredPoint(float(ts_value), score_f, [s for s, _ in top]))
-            self._count_levels(manifest.name, scores)
-
-        events: list[dict[str, Any]] = []
-        if scored_points:
+    async def score_points(self, batch: PointBatch) -> dict[str, Any]:
+        if len(batch.ts) > self._max_points:
+            raise PayloadTooLarge(f"points: {len(batch.ts)} points in one request; at most {self._max_points}")
+        with self._models.lease(batch.model) as handle:
+            manifest = handle.manifest
+            values = validate_values(batch.values, manifest.n_features, "points")
+            validate_ts(batch.ts)
+            started = time.perf_counter()
             try:
-                events = await self._alerts.observe(
-                    request.stream_id,
-                    manifest.name,
-                    manifest.thresholds.warning,
-                    manifest.thresholds.critical,
-                    scored_points,
+                appended = await self._windows.append(
+                    batch.stream_id, manifest.name, manifest.window_length, manifest.stride, batch.ts, values
                 )
-            except Exception:  # noqa: BLE001 - side path: alerts never break scoring
-                self._metrics.redis_errors.labels("alerts").inc()
-                events = []
-            for event in events:
-                self._metrics.alert_transitions.labels(manifest.name, event["state"], event["severity"]).inc()
+            except StoreUnavailable:
+                self._metrics.redis_errors.labels("append").inc()
+                raise
+            self._metrics.redis_latency.labels("append").observe(time.perf_counter() - started)
+            dropped = [
+                {"ts": float(batch.ts[i]), "reason": DROP_REASONS[s]} for i, s in enumerate(appended.status) if s
+            ]
+            self._metrics.points_received.labels(manifest.name).inc(len(batch.ts))
+            for item in dropped:
+                self._metrics.points_dropped.labels(item["reason"]).inc()
 
-        return {
-            "stream_id": request.stream_id,
-            "model": manifest.name,
-            "version": manifest.version,
-            "accepted": appended.count_after - appended.count_before,
-            "dropped": dropped,
-            "pending": pending_points(appended.count_after, manifest.window_length, manifest.stride),
-            "scores": scores,
-            "alerts": events,
-        }
+            scores: list[dict[str, Any]] = []
+            scored_points: list[ScoredPoint] = []
+            if appended.windows:
+                result = await self._infer(handle, np.stack([w.values for w in appended.windows]))
+                for row, window in enumerate(appended.windows):
+                    span = window.span
+                    s, p = self._point_scores(
+                        manifest, window.ts[-span:], result.scores[row, -span:], result.contributions[row, -span:]
+                    )
+                    scores.extend(s)
+                    scored_points.extend(p)
+                self._count_levels(manifest.name, scores)
+            events = await self._observe_alerts(batch.stream_id, manifest, scored_points)
+            return {
+                "stream_id": batch.stream_id,
+                "model": manifest.name,
+                "version": manifest.version,
+                "accepted": appended.count_after - appended.count_before,
+                "dropped": dropped,
+                "pending": pending_points(appended.count_after, manifest.window_length, manifest.stride),
+                "scores": scores,
+                "alerts": events,
+            }
+
+    async def score_window(self, request: WindowInput) -> dict[str, Any]:
+        """Stateless: score every row of one whole window; no stream, no alerts."""
+        with self._models.lease(request.model) as handle:
+            manifest = handle.manifest
+            window = request.window
+            if window.shape[0] != manifest.window_length:
+                raise BadInput(f"window: {window.shape[0]} rows, the model expects {manifest.window_length}")
+            values = validate_values(window, manifest.n_features, "window")
+            result = await self._infer(handle, values[None])
+            ts = np.arange(manifest.window_length, dtype=np.float64)
+            scores, _ = self._point_scores(manifest, ts, result.scores[0], result.contributions[0])
+            self._count_levels(manifest.name, scores)
+            return {"model": manifest.name, "version": manifest.version, "scores": scores}
+
+    async def score_many(self, items: list[StreamScoreRequest | BadInput]) -> list[dict[str, Any]]:
+        """One result per item; a bad item fails alone. Items of one stream run in order, streams in parallel."""
+        total = sum(len(i.points) for i in items if isinstance(i, StreamScoreRequest))
+        if total > self._max_points:
+            raise PayloadTooLarge(f"items: {total} points in one request; at most {self._max_points}")
+        results: list[dict[str, Any]] = [{} for _ in items]
+        by_stream: dict[str, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            if isinstance(item, BadInput):
+                results[index] = _item_error(None, item)
+            else:
+                by_stream[item.stream_id].append(index)
+
+        async def run_stream(indices: list[int]) -> None:
+            for index in indices:
+                item = items[index]
+                assert isinstance(item, StreamScoreRequest)
+                try:
+                    results[index] = {"stream_id": item.stream_id, "result": await self.score_points(stream_batch(item))}
+                except VigilError as exc:
+                    results[index] = _item_error(item.stream_id, exc)
+
+        await asyncio.gather(*(run_stream(indices) for indices in by_stream.values()))
+        return results
+
+    async def _observe_alerts(
+        self, stream_id: str, manifest: Manifest, points: list[ScoredPoint]
+    ) -> list[dict[str, Any]]:
+        if not points:
+            return []
+        try:
+            events = await self._alerts.observe(
+                stream_id, manifest.name, manifest.thresholds.warning, manifest.thresholds.critical, points
+            )
+        except Exception:  # noqa: BLE001 - side path: alerts never break scoring
+            self._metrics.redis_errors.labels("alerts").inc()
+            return []
+        for event in events:
+            self._metrics.alert_transitions.labels(manifest.name, event["state"], event["severity"]).inc()
+            if event["state"] == "firing" and not event["escalated"]:
+                self._metrics.alerts_firing.labels(manifest.name).inc()
+            elif event["state"] == "resolved":
+                self._metrics.alerts_firing.labels(manifest.name).dec()
+        return events
 
     def _count_levels(self, model: str, scores: list[dict[str, Any]]) -> None:
         self._metrics.points_scored.labels(model).inc(len(scores))
@@ -141,3 +205,7 @@ class StreamScorer:
             self._metrics.scores_above.labels(model, "warning").inc(warnings)
         if criticals:
             self._metrics.scores_above.labels(model, "critical").inc(criticals)
+
+
+def _item_error(stream_id: str | None, exc: VigilError) -> dict[str, Any]:
+    return {"stream_id": stream_id, "error": {"code": exc.code, "detail": exc.detail, "status": exc.status}}

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["score", "read", "admin"]
+PLACEHOLDER_SECRETS = ("changeme", "change-me", "secret", "password", "example", "placeholder", "xxxx")
 
 
 class BatchingSettings(BaseModel):
@@ -30,6 +33,33 @@ class AlertSettings(BaseModel):
     stream_maxlen: int = Field(100_000, ge=100)
 
 
+class APIKey(BaseModel):
+    """A client key: ``name`` appears in logs, the key itself never does."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    key: SecretStr
+    roles: frozenset[Role]
+
+    @field_validator("key")
+    @classmethod
+    def _strong(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if len(secret) < 16:
+            raise ValueError("API keys must be at least 16 characters")
+        if any(word in secret.lower() for word in PLACEHOLDER_SECRETS):
+            raise ValueError("API key looks like a placeholder; generate one (e.g. `openssl rand -hex 24`)")
+        return value
+
+
+class FeedSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    client_buffer: int = Field(1000, ge=1)  # events queued per WebSocket client before it is closed
+    send_timeout_s: float = Field(5.0, gt=0)  # a client that cannot take an event this long is closed
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True)
 
@@ -45,6 +75,29 @@ class Settings(BaseSettings):
     max_points_per_request: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     top_contributions: int = Field(3, ge=1)
+    redis_cluster: bool = False  # VIGIL_REDIS_URL names one node of a Redis Cluster
+    max_batch_items: int = Field(1000, ge=1)  # streams in one POST /score/batch
     batching: BatchingSettings = BatchingSettings()
     alerts: AlertSettings = AlertSettings()
+    alerts_by_model: dict[str, AlertSettings] = Field(default_factory=dict)  # per-model lifecycle overrides
+    feed: FeedSettings = FeedSettings()
+    api_keys: list[APIKey] = Field(default_factory=list)
+    auth_disabled: bool = False  # only for local development: every route opens without a key
+    cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed
+    workers: int = Field(1, ge=1)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _keys_or_explicitly_open(self) -> Settings:
+        if not self.api_keys and not self.auth_disabled:
+            raise ValueError(
+                "no API keys configured: set VIGIL_API_KEYS (JSON list of {name, key, roles}) "
+                "or VIGIL_AUTH_DISABLED=true for local development"
+            )
+        names = [k.name for k in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("API key names must be unique")
+        return self
+
+    def alerts_for(self, model: str) -> AlertSettings:
+        return self.alerts_by_model.get(model, self.alerts)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from service.deps import ComponentsDep
+from service.deps import AdminKey, ComponentsDep, ReadKey, ScoreKey
 from service.errors import UnknownStream
 from service.responses import JSONBytesResponse
 from service.schemas import STREAM_ID_PATTERN
@@ -16,7 +16,7 @@ StreamIdPath = Annotated[str, Path(pattern=STREAM_ID_PATTERN)]
 
 
 @router.get("/streams/{stream_id}", summary="A stream's model, points held, last ts and alert state")
-async def get_stream(stream_id: StreamIdPath, components: ComponentsDep) -> JSONBytesResponse:
+async def get_stream(stream_id: StreamIdPath, components: ComponentsDep, _: ReadKey) -> JSONBytesResponse:
     info = await components.windows.describe(stream_id)
     if info is None:
         raise UnknownStream(f"unknown stream {stream_id!r}")
@@ -33,34 +33,54 @@ async def get_stream(stream_id: StreamIdPath, components: ComponentsDep) -> JSON
     )
 
 
-@router.delete("/streams/{stream_id}", summary="Forget a stream's window and binding")
-async def delete_stream(stream_id: StreamIdPath, components: ComponentsDep) -> JSONBytesResponse:
+@router.delete("/streams/{stream_id}", summary="Forget a stream's window, binding and alert state")
+async def delete_stream(stream_id: StreamIdPath, components: ComponentsDep, _: ScoreKey) -> JSONBytesResponse:
     if not await components.windows.delete(stream_id):
         raise UnknownStream(f"unknown stream {stream_id!r}")
+    await components.alerts.forget(stream_id)
     return JSONBytesResponse({"stream_id": stream_id, "deleted": True})
 
 
 @router.get("/models", summary="Loaded models")
-async def list_models(components: ComponentsDep) -> JSONBytesResponse:
+async def list_models(components: ComponentsDep, _: ReadKey) -> JSONBytesResponse:
+    return JSONBytesResponse([h.summary() for h in components.models.all()])
+
+
+@router.get("/models/{name}", summary="A model's manifest summary")
+async def get_model(
+    name: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")], components: ComponentsDep, _: ReadKey
+) -> JSONBytesResponse:
+    handle = components.models.get(name)
+    m = handle.manifest
     return JSONBytesResponse(
-        [
-            {
-                "name": h.name,
-                "version": h.manifest.version,
-                "architecture": h.manifest.architecture,
-                "window_length": h.manifest.window_length,
-                "stride": h.manifest.stride,
-                "n_features": h.manifest.n_features,
-                "provider": h.engine.provider,
-            }
-            for h in components.models.all()
-        ]
+        {
+            **handle.summary(),
+            "feature_names": m.feature_names,
+            "hyperparameters": m.hyperparameters,
+            "score": m.score.model_dump(),
+            "thresholds": m.thresholds.model_dump(),
+            "parity": m.parity.model_dump(),
+            "training": {k: v for k, v in m.training.model_dump().items() if k not in ("history", "config")},
+            "evaluation": m.evaluation,
+            "created_at": m.created_at,
+        }
     )
+
+
+@router.post("/admin/models/reload", summary="Swap in the newest bundle version of every model (or one)")
+async def reload_models(
+    components: ComponentsDep,
+    _: AdminKey,
+    name: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
+) -> JSONBytesResponse:
+    """New requests use the new version at once; requests in flight finish on the old session."""
+    return JSONBytesResponse({"models": await components.models.reload(name)})
 
 
 @router.get("/alerts", summary="Alert events after an id, in order")
 async def list_alerts(
     components: ComponentsDep,
+    _: ReadKey,
     since: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
     stream_id: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -10,23 +10,23 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.runtime import load_bundle
-from models.scoring import normalise, score_series
 from tests.service.conftest import scores_by_ts, stream
+from training.evaluate import score_test_series
 
 
-def offline_scores(bundle_dir: Path, series: np.ndarray) -> np.ndarray:
-    bundle = load_bundle(bundle_dir)
-    m = bundle.manifest
-    return score_series(normalise(series, m.normalisation), m.window_length, m.stride, bundle.run, m.score).scores
+def offline_scores(bundle_dir: Path, series: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """What `vigil evaluate` computes for the same series."""
+    np.save(tmp_path / "series.npy", series)
+    return score_test_series(load_bundle(bundle_dir), tmp_path / "series.npy").scores
 
 
 @pytest.mark.parametrize("chunk", [1, 37])
 def test_score_streaming_in_chunks_matches_offline_scoring(
-    client: TestClient, bundle_dir: Path, test_series: np.ndarray, chunk: int
+    client: TestClient, bundle_dir: Path, test_series: np.ndarray, chunk: int, tmp_path: Path
 ) -> None:
     series = test_series[:400]
     streamed = scores_by_ts(stream(client, f"parity-{chunk}", series, chunk))
-    expected = offline_scores(bundle_dir, series)
+    expected = offline_scores(bundle_dir, series, tmp_path)
     scored = np.flatnonzero(np.isfinite(expected))
     assert sorted(streamed) == [float(i) for i in scored]  # every point reached by a window, exactly once
     got = np.array([streamed[float(i)] for i in scored])

@@ -1,0 +1,151 @@
+"""Request bodies → arrays: JSON stream mode, JSON stateless windows, and the compact binary frame.
+
+Binary frame (``Content-Type: application/x-vigil-points``), little-endian::
+
+    magic      4 bytes  b"VGL1"
+    id_len     uint16   then stream_id, UTF-8 (1-128 bytes of [A-Za-z0-9._:-])
+    model_len  uint16   then model name, UTF-8 (0 = the stream's / default model)
+    n_points   uint32
+    n_features uint16
+    ts         n_points × float64
+    values     n_points × n_features × float32, row-major
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
+
+from service.errors import BadInput, PayloadTooLarge
+from service.schemas import STREAM_ID_PATTERN, BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
+
+BINARY_CONTENT_TYPE = "application/x-vigil-points"
+MAGIC = b"VGL1"
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+_MODEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class PointBatch:
+    """Points of one stream: ``ts`` [n] float64, ``values`` [n, C] float64, or the rows as sent when they differ
+    in length (the scorer names the first row whose length is not the model's sensor count)."""
+
+    stream_id: str
+    model: str | None
+    ts: npt.NDArray[np.float64]
+    values: npt.NDArray[np.float64] | list[list[float]]
+
+
+@dataclass(frozen=True)
+class WindowInput:
+    model: str | None
+    window: npt.NDArray[np.float64]  # [L, C]
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> BadInput:
+    errors = [
+        {"field": prefix + (".".join(str(p) for p in err["loc"]) or "body"), "reason": err["msg"]}
+        for err in exc.errors()
+    ]
+    first = errors[0]
+    return BadInput(f"{first['field']}: {first['reason']}", errors=errors)
+
+
+def _validate(model: type[BaseModel], raw: Any, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, prefix) from exc
+
+
+def load_json(body: bytes) -> Any:
+    """Parse JSON; NaN/Infinity tokens parse so that validation can name the field that holds them."""
+    try:
+        return from_json(body, allow_inf_nan=True)
+    except ValueError as exc:
+        raise BadInput(f"body: invalid JSON ({exc})") from exc
+
+
+def stream_batch(request: StreamScoreRequest) -> PointBatch:
+    ts = np.fromiter((p.ts for p in request.points), dtype=np.float64, count=len(request.points))
+    rows = [p.values for p in request.points]
+    if len({len(r) for r in rows}) > 1:
+        return PointBatch(request.stream_id, request.model, ts, rows)
+    return PointBatch(request.stream_id, request.model, ts, np.asarray(rows, dtype=np.float64))
+
+
+def parse_score_json(body: bytes) -> PointBatch | WindowInput:
+    raw = load_json(body)
+    if isinstance(raw, dict) and "window" in raw:
+        request = _validate(WindowScoreRequest, raw)
+        widths = {len(row) for row in request.window}
+        if len(widths) != 1:
+            raise BadInput("window: every row needs the same number of values")
+        return WindowInput(request.model, np.asarray(request.window, dtype=np.float64))
+    return stream_batch(_validate(StreamScoreRequest, raw))
+
+
+def parse_batch_json(body: bytes, max_items: int) -> list[StreamScoreRequest | BadInput]:
+    """Each item validated on its own: a bad item fails that item only."""
+    raw = load_json(body)
+    if not isinstance(raw, dict) or not isinstance(raw.get("items"), list) or set(raw) != {"items"}:
+        _validate(BatchScoreRequest, raw)  # raises with the field and the reason
+        raise BadInput("items: expected a list of stream-mode bodies")
+    items = raw["items"]
+    if not items:
+        raise BadInput("items: at least one item is required")
+    if len(items) > max_items:
+        raise PayloadTooLarge(f"items: {len(items)} items in one request; at most {max_items}")
+    out: list[StreamScoreRequest | BadInput] = []
+    for i, item in enumerate(items):
+        try:
+            out.append(_validate(StreamScoreRequest, item, prefix=f"items.{i}."))
+        except BadInput as exc:
+            out.append(exc)
+    return out
+
+
+def encode_binary(stream_id: str, ts: npt.ArrayLike, values: npt.ArrayLike, model: str | None = None) -> bytes:
+    """The client side of the binary frame (used by tests, the replay tool and the benchmarks)."""
+    ts_array = np.ascontiguousarray(ts, dtype="<f8")
+    value_array = np.ascontiguousarray(values, dtype="<f4")
+    sid, name = stream_id.encode(), (model or "").encode()
+    header = MAGIC + struct.pack("<H", len(sid)) + sid + struct.pack("<H", len(name)) + name
+    header += struct.pack("<IH", len(ts_array), value_array.shape[1])
+    return header + ts_array.tobytes() + value_array.tobytes()
+
+
+def parse_binary(body: bytes) -> PointBatch:
+    try:
+        if body[:4] != MAGIC:
+            raise BadInput("body: binary frame must start with b'VGL1'")
+        offset = 4
+        (id_len,) = struct.unpack_from("<H", body, offset)
+        stream_id = body[offset + 2 : offset + 2 + id_len].decode()
+        offset += 2 + id_len
+        (model_len,) = struct.unpack_from("<H", body, offset)
+        model = body[offset + 2 : offset + 2 + model_len].decode() or None
+        offset += 2 + model_len
+        n_points, n_features = struct.unpack_from("<IH", body, offset)
+        offset += 6
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise BadInput(f"body: truncated or malformed binary header ({exc})") from exc
+    if not _STREAM_ID.match(stream_id):
+        raise BadInput("stream_id: must be 1-128 characters of [A-Za-z0-9._:-]")
+    if model is not None and not _MODEL.match(model):
+        raise BadInput("model: must be 1-64 characters of [A-Za-z0-9._-]")
+    if n_points == 0:
+        raise BadInput("points: at least one point is required")
+    expected = offset + n_points * 8 + n_points * n_features * 4
+    if len(body) != expected:
+        raise BadInput(f"body: {len(body)} bytes, the header announces {expected}")
+    ts = np.frombuffer(body, dtype="<f8", count=n_points, offset=offset).astype(np.float64)
+    values = np.frombuffer(body, dtype="<f4", count=n_points * n_features, offset=offset + n_points * 8)
+    return PointBatch(stream_id, model, ts, values.reshape(n_points, n_features).astype(np.float64))

@@ -1,0 +1,101 @@
+"""The alert feed: one Redis reader per app fans events out to WebSocket clients, with resume by id.
+
+A client subscribes (a bounded queue) *before* it catches up from its last id with XRANGE, then takes live
+events from its queue, skipping ids it already sent: nothing is lost between catch-up and live, nothing is
+repeated. A client whose queue fills (it reads slower than alerts arrive) is closed with 1013 ("try again
+later") and resumes with its last id; so a slow consumer cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.alerts import EVENTS_KEY, AlertTracker, decode_event
+
+log = logging.getLogger(__name__)
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class Subscriber:
+    stream_id: str | None
+    queue: asyncio.Queue[dict[str, Any]]
+    overflowed: bool = field(default=False)
+
+
+class FeedHub:
+    def __init__(self, redis: Redis, alerts: AlertTracker, client_buffer: int, block_ms: int = 1000) -> None:
+        self._redis = redis
+        self._alerts = alerts
+        self._buffer = client_buffer
+        self._block_ms = block_ms
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._last_id = "$"
+
+    @property
+    def clients(self) -> int:
+        return len(self._subscribers)
+
+    async def start(self) -> None:
+        try:
+            info = await self._redis.xinfo_stream(EVENTS_KEY)
+            last = info.get("last-generated-id") or info.get(b"last-generated-id")
+            self._last_id = last.decode() if isinstance(last, bytes) else str(last)
+        except RedisError:
+            self._last_id = "0-0"  # no stream yet: every event that appears is new
+        self._task = asyncio.create_task(self._pump(), name="alert-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                reply = await self._redis.xread({EVENTS_KEY: self._last_id}, count=500, block=self._block_ms)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError):
+                log.warning("alert feed: Redis unavailable, retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for _key, entries in reply or []:
+                for entry_id, fields in entries:
+                    event = decode_event(entry_id, fields)
+                    self._last_id = event["id"]
+                    self._fan_out(event)
+
+    def _fan_out(self, event: dict[str, Any]) -> None:
+        for sub in list(self._subscribers):
+            if sub.stream_id is not None and sub.stream_id != event["stream_id"]:
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+
+    def subscribe(self, stream_id: str | None) -> Subscriber:
+        sub = Subscriber(stream_id, asyncio.Queue(self._buffer))
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    async def catch_up(self, since: str, stream_id: str | None, page: int = 500) -> list[dict[str, Any]]:
+        """Every event after ``since`` that is already in Redis (one page; call until it returns [])."""
+        return await self._alerts.read_events(since, stream_id, page)
