@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-REVIN_EPS = 1e-5
+from models.layers import WindowNorm
 
 
 @dataclass(frozen=True)
@@ -196,13 +196,15 @@ class ConvTimeNet(nn.Module):
     """Reconstruct normalised windows: ``forward(x: [B, L, C]) -> [B, L, C]``.
 
     Each window is re-normalised per channel (RevIN without affine, statistics detached) and the statistics
-    are restored after the head, so the model only has to reproduce the shape of each channel.
+    are restored after the head, so the model only has to reproduce the shape of each channel. In eval mode
+    samples are independent (BatchNorm uses its running statistics).
     """
 
     def __init__(self, config: ConvTimeNetConfig) -> None:
         super().__init__()
         self.config = config
         n_patches = config.n_patches
+        self.revin = WindowNorm(config.window_length)  # batch-invariant statistics (see models.layers)
         self.patching = DeformablePatching(
             config.patch_length, config.patch_stride, n_patches, config.offset_hidden
         )
@@ -213,10 +215,8 @@ class ConvTimeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         length, channels = self.config.window_length, self.config.n_features
-        mean = x.mean(dim=1, keepdim=True).detach()  # [B, 1, C]
-        centred = x - mean
-        std = torch.sqrt(centred.square().mean(dim=1, keepdim=True) + REVIN_EPS).detach()  # [B, 1, C]
-        series = (centred / std).transpose(1, 2).reshape(-1, 1, length)  # [B*C, 1, L], row = b*C + c
+        z, mean, std = self.revin.normalise(x)  # [B, L, C], stats [B, 1, C]
+        series = z.transpose(1, 2).reshape(-1, 1, length)  # [B*C, 1, L], row = b*C + c
         series = F.pad(series, (0, self.config.patch_stride), mode="replicate")
         series = series.reshape(-1, self.config.padded_length)  # [B*C, W]
         patches = self.patching(series)  # [B*C, N, P]
@@ -225,7 +225,7 @@ class ConvTimeNet(nn.Module):
             hidden = block(hidden)  # [B*C, D, N]
         flat = hidden.reshape(-1, channels, self.config.d_model * self.config.n_patches)  # [B, C, D*N]
         out: Tensor = self.head_dropout(self.head(flat)).transpose(1, 2)  # [B, L, C]
-        return out * std + mean
+        return self.revin.denormalise(out, mean, std)
 
     def prepare_for_export(self) -> None:
         """Fold every block's small depthwise kernel into its large one, so eval runs one conv; idempotent.

@@ -27,7 +27,7 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: each connection is its own subscriber
 class Subscriber:
     stream_id: str | None
     queue: asyncio.Queue[dict[str, Any]]

@@ -82,6 +82,8 @@ class Metrics:
             for severity in ("warning", "critical"):
                 self.alert_transitions.labels(model, state, severity)
         self.inference.labels(model, provider)
+        self.batch_size.labels(model)
+        self.queue_wait.labels(model)
         self.queue_depth.labels(model).set(0)
 
     def initialise_service(self) -> None:
@@ -91,6 +93,7 @@ class Metrics:
             self.rejections.labels(reason)
         for op in ("append", "alerts"):
             self.redis_errors.labels(op)
+            self.redis_latency.labels(op)
         self.feed_clients.set(0)
 
     def render(self) -> bytes:

@@ -182,6 +182,7 @@ class StreamScorer:
     ) -> list[dict[str, Any]]:
         if not points:
             return []
+        started = time.perf_counter()
         try:
             events = await self._alerts.observe(
                 stream_id, manifest.name, manifest.thresholds.warning, manifest.thresholds.critical, points
@@ -189,6 +190,7 @@ class StreamScorer:
         except Exception:  # noqa: BLE001 - side path: alerts never break scoring
             self._metrics.redis_errors.labels("alerts").inc()
             return []
+        self._metrics.redis_latency.labels("alerts").observe(time.perf_counter() - started)
         for event in events:
             self._metrics.alert_transitions.labels(manifest.name, event["state"], event["severity"]).inc()
             if event["state"] == "firing" and not event["escalated"]:

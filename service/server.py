@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -13,8 +14,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
+from service.auth import RedactTokens
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,21 +63,54 @@ def start_local_redis() -> str:
     raise RuntimeError("local redis-server did not start")
 
 
-def run_server(models_dir: Path | None, redis_url: str | None, host: str | None, port: int | None) -> int:
-    overrides: dict[str, object] = {}
-    if models_dir is not None:
-        overrides["models_dir"] = models_dir
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    if redis_url is not None:
-        overrides["redis_url"] = redis_url
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    configured = redis_url is not None or "VIGIL_REDIS_URL" in __import__("os").environ
-    if not configured and not redis_reachable(settings.redis_url):
-        settings = settings.model_copy(update={"redis_url": start_local_redis()})
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory for worker processes: every worker builds its settings from the environment."""
+    return create_app(Settings())
+
+
+def prepare_multiprocess_metrics() -> None:
+    """Several workers share metrics through files; stale files from an earlier run would double counters."""
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="vigil-metrics-"))
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def run_server(
+    models_dir: Path | None,
+    redis_url: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None = None,
+) -> int:
+    for name, value in (
+        ("VIGIL_MODELS_DIR", models_dir),
+        ("VIGIL_REDIS_URL", redis_url),
+        ("VIGIL_HOST", host),
+        ("VIGIL_PORT", port),
+        ("VIGIL_WORKERS", workers),
+    ):
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = Settings()  # validates the whole configuration before anything starts
+    if "VIGIL_REDIS_URL" not in os.environ and not redis_reachable(settings.redis_url):
+        os.environ["VIGIL_REDIS_URL"] = start_local_redis()
+        settings = Settings()
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     print(f"Vigil serving on http://{settings.host}:{settings.port} (models in {settings.models_dir})", flush=True)
+    if settings.workers > 1:
+        prepare_multiprocess_metrics()
+        uvicorn.run(
+            "service.server:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
+        return 0
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["score", "read", "admin"]
-PLACEHOLDER_SECRETS = ("changeme", "change-me", "secret", "password", "example", "placeholder", "xxxx")
+PLACEHOLDER_SECRETS = ("changeme", "change-me", "replace", "secret", "password", "example", "placeholder", "xxxx")
 
 
 class BatchingSettings(BaseModel):

