@@ -6,6 +6,11 @@ Every architecture module defines a frozen config dataclass with at least ``wind
 
 - ``prepare_for_export() -> None``: fold training-time structure (e.g. re-parameterised kernels) before export.
 - ``fit_closed_form(windows: Tensor[N, L, C]) -> None`` with ``trainable = False``: fitted, not trained (PCA).
+- ``training_loss(x: Tensor[B, L, C]) -> Tensor``: the loss to minimise, when it is not plain reconstruction MSE
+  (e.g. the association-discrepancy minimax, whose two phases are expressed with stop-gradients).
+- ``score_definition() -> models.manifest.ScoreDefinition`` and ``output_names: list[str]``: when the graph has
+  outputs beyond the reconstruction (e.g. association weights ``[B, L]``); ``forward`` then returns a tuple in
+  that order, the reconstruction first.
 """
 
 from __future__ import annotations

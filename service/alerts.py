@@ -106,7 +106,13 @@ class AlertTracker:
             return []
         cfg = self._settings_for(model)
         args: list[str | int | float] = [
-            repr(warning), repr(critical), repr(warning * cfg.exit_ratio), cfg.k, cfg.n, cfg.m, self._ttl_s,
+            repr(warning),
+            repr(critical),
+            repr(warning * cfg.exit_ratio),
+            cfg.k,
+            cfg.n,
+            cfg.m,
+            self._ttl_s,
         ]
         for point in points:
             args.extend((repr(point.ts), repr(point.score), ",".join(point.sensors)))
@@ -136,9 +142,7 @@ class AlertTracker:
         """Append an event to the bounded alert stream; a failure is logged, never raised to scoring."""
         fields = {k: _field_text(v) for k, v in event.items() if k != "id"}
         try:
-            entry_id = await self._redis.xadd(
-                EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True
-            )
+            entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)
         except RedisError:
             log.exception("alert event not published for stream %s", event["stream_id"])
             return None
@@ -151,9 +155,7 @@ class AlertTracker:
         raw = await self._redis.hgetall(alert_key(stream_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def read_events(
-        self, since: str | None, stream_id: str | None, limit: int
-    ) -> list[dict[str, Any]]:
+    async def read_events(self, since: str | None, stream_id: str | None, limit: int) -> list[dict[str, Any]]:
         """Events after id ``since`` (exclusive) in order, optionally for one stream."""
         start = f"({since}" if since else "-"
         out: list[dict[str, Any]] = []

@@ -18,8 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.alerts import AlertTracker
 from service.auth import KeyRing
 from service.deps import Components
-from service.feed import FeedHub
 from service.errors import PayloadTooLarge, StoreUnavailable, error_body, install_error_handlers
+from service.feed import FeedHub
+from service.history import ScoreHistory
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
@@ -162,14 +163,23 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             models.load_all()
             windows = WindowStore(redis, settings.window_ttl_s)
-            alerts = AlertTracker(redis, settings.alerts_for, settings.window_ttl_s, settings.alerts.stream_maxlen)
+            alerts = AlertTracker(
+                redis, settings.alerts_for, settings.window_ttl_s, settings.alerts.stream_maxlen
+            )
+            history = ScoreHistory(redis, settings.history_points, settings.window_ttl_s)
             scorer = StreamScorer(
-                models, windows, alerts, metrics, settings.max_points_per_request, settings.top_contributions
+                models,
+                windows,
+                alerts,
+                metrics,
+                settings.max_points_per_request,
+                settings.top_contributions,
+                history,
             )
             hub = FeedHub(redis, alerts, settings.feed.client_buffer)
             await hub.start()
             app.state.feed = hub
-            app.state.components = Components(settings, redis, metrics, models, windows, alerts, scorer)
+            app.state.components = Components(settings, redis, metrics, models, windows, alerts, scorer, history)
             yield
         finally:
             if hub is not None:

@@ -61,7 +61,8 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency that admits keys holding ``role`` (documented as bearer security)."""
 
     async def dependency(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Security(BEARER)  # noqa: B008
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(BEARER),  # noqa: B008
     ) -> Principal:
         keyring: KeyRing = request.app.state.keyring
         return keyring.authorise(credentials.credentials if credentials else None, role)

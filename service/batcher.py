@@ -75,7 +75,9 @@ class MicroBatcher:
         count = len(windows)
         with self._lock:
             if self._pending + count > self._capacity and self._pending > 0:
-                raise Overloaded(f"model {self.name!r}: inference queue full ({self._pending} windows waiting)")
+                raise Overloaded(
+                    f"model {self.name!r}: inference queue full ({self._pending} windows waiting)"
+                )
             self._pending += count
         loop = asyncio.get_running_loop()
         job = WindowJob(windows=windows, future=loop.create_future(), loop=loop)
@@ -144,7 +146,9 @@ class MicroBatcher:
             offset = 0
             for job in jobs:
                 n = len(job.windows)
-                part = WindowScores(scored.scores[offset : offset + n], scored.contributions[offset : offset + n])
+                part = WindowScores(
+                    scored.scores[offset : offset + n], scored.contributions[offset : offset + n]
+                )
                 job.loop.call_soon_threadsafe(_set_result, job.future, part)
                 offset += n
         finally:

@@ -112,7 +112,9 @@ def parse_batch_json(body: bytes, max_items: int) -> list[StreamScoreRequest | B
     return out
 
 
-def encode_binary(stream_id: str, ts: npt.ArrayLike, values: npt.ArrayLike, model: str | None = None) -> bytes:
+def encode_binary(
+    stream_id: str, ts: npt.ArrayLike, values: npt.ArrayLike, model: str | None = None
+) -> bytes:
     """The client side of the binary frame (used by tests, the replay tool and the benchmarks)."""
     ts_array = np.ascontiguousarray(ts, dtype="<f8")
     value_array = np.ascontiguousarray(values, dtype="<f4")

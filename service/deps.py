@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from service.alerts import AlertTracker
 from service.auth import Principal, require
 from service.feed import FeedHub
+from service.history import ScoreHistory
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.scorer import StreamScorer
@@ -27,6 +28,7 @@ class Components:
     windows: WindowStore
     alerts: AlertTracker
     scorer: StreamScorer
+    history: ScoreHistory
 
 
 def get_components(request: Request) -> Components:

@@ -30,7 +30,10 @@ class ONNXEngine:
     def open(cls, bundle_dir: Path, provider: Provider, intra_op_threads: int) -> ONNXEngine:
         engine = cls(load_bundle(bundle_dir, provider, intra_op_threads))
         log.info(
-            "model %s %s on ONNX Runtime %s provider", engine.manifest.name, engine.manifest.version, engine.provider
+            "model %s %s on ONNX Runtime %s provider",
+            engine.manifest.name,
+            engine.manifest.version,
+            engine.provider,
         )
         return engine
 

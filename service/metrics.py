@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 REJECTION_REASONS = (
-    "invalid_request", "unknown_model", "unknown_stream", "model_mismatch", "payload_too_large", "overloaded",
-    "store_unavailable", "inference_failed", "unauthorized", "forbidden",
+    "invalid_request",
+    "unknown_model",
+    "unknown_stream",
+    "model_mismatch",
+    "payload_too_large",
+    "overloaded",
+    "store_unavailable",
+    "inference_failed",
+    "unauthorized",
+    "forbidden",
 )
 
 
@@ -24,32 +46,56 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("vigil_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
-        self.request_latency = Histogram(
-            "vigil_request_duration_seconds", "HTTP request latency", ["route", "method"],
-            buckets=LATENCY_BUCKETS, registry=r,
+        self.requests = Counter(
+            "vigil_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
         )
-        self.points_received = Counter("vigil_points_received_total", "Points received", ["model"], registry=r)
+        self.request_latency = Histogram(
+            "vigil_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.points_received = Counter(
+            "vigil_points_received_total", "Points received", ["model"], registry=r
+        )
         self.points_scored = Counter("vigil_points_scored_total", "Points scored", ["model"], registry=r)
         self.points_dropped = Counter(
             "vigil_points_dropped_total", "Points dropped (duplicate or stale ts)", ["reason"], registry=r
         )
         self.scores_above = Counter(
-            "vigil_scores_above_level_total", "Scored points at or above a level", ["model", "level"], registry=r
+            "vigil_scores_above_level_total",
+            "Scored points at or above a level",
+            ["model", "level"],
+            registry=r,
         )
         self.batch_size = Histogram(
-            "vigil_batch_size_windows", "Windows per inference batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+            "vigil_batch_size_windows",
+            "Windows per inference batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "vigil_queue_wait_seconds", "Time a window waited for its batch", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "vigil_queue_wait_seconds",
+            "Time a window waited for its batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference = Histogram(
-            "vigil_inference_duration_seconds", "Inference + scoring time per batch", ["model", "provider"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "vigil_inference_duration_seconds",
+            "Inference + scoring time per batch",
+            ["model", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "vigil_queue_depth_windows", "Windows queued or running", ["model"], registry=r, multiprocess_mode="sum"
+            "vigil_queue_depth_windows",
+            "Windows queued or running",
+            ["model"],
+            registry=r,
+            multiprocess_mode="sum",
         )
         self.rejections = Counter("vigil_rejections_total", "Requests rejected", ["reason"], registry=r)
         self.redis_latency = Histogram(
@@ -57,18 +103,27 @@ class Metrics:
         )
         self.redis_errors = Counter("vigil_redis_errors_total", "Redis call failures", ["op"], registry=r)
         self.alert_transitions = Counter(
-            "vigil_alert_transitions_total", "Alert state transitions", ["model", "state", "severity"], registry=r
+            "vigil_alert_transitions_total",
+            "Alert state transitions",
+            ["model", "state", "severity"],
+            registry=r,
         )
         self.alerts_firing = Gauge(
-            "vigil_alerts_firing", "Alerts firing (net firing minus resolved transitions seen by this process)",
-            ["model"], registry=r, multiprocess_mode="livesum",
+            "vigil_alerts_firing",
+            "Alerts firing (net firing minus resolved transitions seen by this process)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.feed_clients = Gauge(
             "vigil_feed_clients", "Connected WebSocket feed clients", registry=r, multiprocess_mode="livesum"
         )
         self.model_info = Gauge(
-            "vigil_model_info", "Loaded model bundles", ["model", "version", "architecture", "provider"],
-            registry=r, multiprocess_mode="max",
+            "vigil_model_info",
+            "Loaded model bundles",
+            ["model", "version", "architecture", "provider"],
+            registry=r,
+            multiprocess_mode="max",
         )
 
     def initialise_model(self, model: str, provider: str) -> None:

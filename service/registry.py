@@ -91,8 +91,12 @@ class ModelRegistry:
 
         batching = s.batching
         batcher = MicroBatcher(
-            name, scoring_function(engine), batching.max_batch_size, batching.max_wait_ms,
-            batching.queue_capacity, observe,
+            name,
+            scoring_function(engine),
+            batching.max_batch_size,
+            batching.max_wait_ms,
+            batching.queue_capacity,
+            observe,
         )
         batcher.start()
         m.initialise_model(name, provider)

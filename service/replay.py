@@ -49,7 +49,9 @@ def replay(
             rows = series[offset : offset + chunk]
             body: dict[str, Any] = {
                 "stream_id": stream_id,
-                "points": [{"ts": start_ts + offset + i, "values": row.tolist()} for i, row in enumerate(rows)],
+                "points": [
+                    {"ts": start_ts + offset + i, "values": row.tolist()} for i, row in enumerate(rows)
+                ],
             }
             if model:
                 body["model"] = model

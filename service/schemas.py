@@ -32,7 +32,11 @@ class StreamScoreRequest(_Wire):
         allow_inf_nan=False,
         json_schema_extra={
             "examples": [
-                {"stream_id": "press-7", "points": [{"ts": 1700000000, "values": [0.1, 0.4, 0.3]}], "model": "tvnet"}
+                {
+                    "stream_id": "press-7",
+                    "points": [{"ts": 1700000000, "values": [0.1, 0.4, 0.3]}],
+                    "model": "tvnet",
+                }
             ]
         },
     )

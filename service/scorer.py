@@ -18,6 +18,7 @@ from models.scoring import F32, WindowScores, level_of, normalise, pending_point
 from service.alerts import AlertTracker, ScoredPoint
 from service.codec import PointBatch, WindowInput, stream_batch
 from service.errors import BadInput, PayloadTooLarge, StoreUnavailable, VigilError
+from service.history import ScoreHistory
 from service.metrics import Metrics
 from service.registry import ModelHandle, ModelRegistry
 from service.schemas import StreamScoreRequest
@@ -31,13 +32,17 @@ def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_featu
     """``values`` [n, C] finite and within float32, with the model's sensor count; returns float32."""
     if isinstance(values, list):
         first_bad = next(i for i, row in enumerate(values) if len(row) != n_features)
-        raise BadInput(f"{field}.{first_bad}.values: {len(values[first_bad])} values, the model expects {n_features}")
+        raise BadInput(
+            f"{field}.{first_bad}.values: {len(values[first_bad])} values, the model expects {n_features}"
+        )
     if values.ndim != 2 or values.shape[1] != n_features:
         width = values.shape[1] if values.ndim == 2 else 0
         raise BadInput(f"{field}.0.values: {width} values, the model expects {n_features}")
     bad = ~np.isfinite(values)
     if bad.any():
-        raise BadInput(f"{field}.{int(np.argmax(bad.any(axis=1)))}.values: NaN or infinite values are not accepted")
+        raise BadInput(
+            f"{field}.{int(np.argmax(bad.any(axis=1)))}.values: NaN or infinite values are not accepted"
+        )
     over = np.abs(values) > F32_MAX
     if over.any():
         raise BadInput(f"{field}.{int(np.argmax(over.any(axis=1)))}.values: a value overflows float32")
@@ -49,7 +54,9 @@ def validate_ts(ts: npt.NDArray[np.float64]) -> None:
         raise BadInput(f"points.{int(np.argmin(np.isfinite(ts)))}.ts: must be a finite number")
     steps = np.diff(ts)
     if (steps <= 0).any():
-        raise BadInput(f"points.{int(np.argmax(steps <= 0)) + 1}.ts: timestamps must strictly increase within a request")
+        raise BadInput(
+            f"points.{int(np.argmax(steps <= 0)) + 1}.ts: timestamps must strictly increase within a request"
+        )
 
 
 class StreamScorer:
@@ -61,10 +68,12 @@ class StreamScorer:
         metrics: Metrics,
         max_points: int,
         top_k: int,
+        history: ScoreHistory,
     ) -> None:
         self._models = models
         self._windows = windows
         self._alerts = alerts
+        self._history = history
         self._metrics = metrics
         self._max_points = max_points
         self._top_k = top_k
@@ -93,7 +102,9 @@ class StreamScorer:
 
     async def score_points(self, batch: PointBatch) -> dict[str, Any]:
         if len(batch.ts) > self._max_points:
-            raise PayloadTooLarge(f"points: {len(batch.ts)} points in one request; at most {self._max_points}")
+            raise PayloadTooLarge(
+                f"points: {len(batch.ts)} points in one request; at most {self._max_points}"
+            )
         with self._models.lease(batch.model) as handle:
             manifest = handle.manifest
             values = validate_values(batch.values, manifest.n_features, "points")
@@ -108,7 +119,9 @@ class StreamScorer:
                 raise
             self._metrics.redis_latency.labels("append").observe(time.perf_counter() - started)
             dropped = [
-                {"ts": float(batch.ts[i]), "reason": DROP_REASONS[s]} for i, s in enumerate(appended.status) if s
+                {"ts": float(batch.ts[i]), "reason": DROP_REASONS[s]}
+                for i, s in enumerate(appended.status)
+                if s
             ]
             self._metrics.points_received.labels(manifest.name).inc(len(batch.ts))
             for item in dropped:
@@ -121,12 +134,16 @@ class StreamScorer:
                 for row, window in enumerate(appended.windows):
                     span = window.span
                     s, p = self._point_scores(
-                        manifest, window.ts[-span:], result.scores[row, -span:], result.contributions[row, -span:]
+                        manifest,
+                        window.ts[-span:],
+                        result.scores[row, -span:],
+                        result.contributions[row, -span:],
                     )
                     scores.extend(s)
                     scored_points.extend(p)
                 self._count_levels(manifest.name, scores)
             events = await self._observe_alerts(batch.stream_id, manifest, scored_points)
+            await self._history.record(batch.stream_id, scores)
             return {
                 "stream_id": batch.stream_id,
                 "model": manifest.name,
@@ -170,7 +187,10 @@ class StreamScorer:
                 item = items[index]
                 assert isinstance(item, StreamScoreRequest)
                 try:
-                    results[index] = {"stream_id": item.stream_id, "result": await self.score_points(stream_batch(item))}
+                    results[index] = {
+                        "stream_id": item.stream_id,
+                        "result": await self.score_points(stream_batch(item)),
+                    }
                 except VigilError as exc:
                     results[index] = _item_error(item.stream_id, exc)
 

@@ -28,7 +28,9 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
     if parsed.scheme == "unix":
         return Path(parsed.path).exists()
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout_s) as sock:
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout_s
+        ) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
@@ -45,13 +47,29 @@ def start_local_redis() -> str:
     """Start a private ``redis-server`` (AOF on) on a free loopback port; stopped when this process exits."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("no Redis reachable and no redis-server binary: install redis-server or set VIGIL_REDIS_URL")
+        raise RuntimeError(
+            "no Redis reachable and no redis-server binary: install redis-server or set VIGIL_REDIS_URL"
+        )
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="vigil-redis-"))
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     atexit.register(proc.terminate)
     url = f"redis://127.0.0.1:{port}/0"
@@ -98,7 +116,10 @@ def run_server(
         os.environ["VIGIL_REDIS_URL"] = start_local_redis()
         settings = Settings()
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
-    print(f"Vigil serving on http://{settings.host}:{settings.port} (models in {settings.models_dir})", flush=True)
+    print(
+        f"Vigil serving on http://{settings.host}:{settings.port} (models in {settings.models_dir})",
+        flush=True,
+    )
     if settings.workers > 1:
         prepare_multiprocess_metrics()
         uvicorn.run(

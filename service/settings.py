@@ -9,7 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["score", "read", "admin"]
-PLACEHOLDER_SECRETS = ("changeme", "change-me", "replace", "secret", "password", "example", "placeholder", "xxxx")
+PLACEHOLDER_SECRETS = (
+    "changeme",
+    "change-me",
+    "replace",
+    "secret",
+    "password",
+    "example",
+    "placeholder",
+    "xxxx",
+)
 
 
 class BatchingSettings(BaseModel):
@@ -72,6 +81,7 @@ class Settings(BaseSettings):
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     intra_op_threads: int = Field(0, ge=0)  # 0 = ONNX Runtime's choice (one per core)
     window_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    history_points: int = Field(2000, ge=0)  # recent scores kept per stream for the live view (0: none)
     max_points_per_request: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     top_contributions: int = Field(3, ge=1)

@@ -161,9 +161,13 @@ class WindowStore:
         if not ends:
             return []
         n_features = new_values.shape[1]
-        held_ts, held_values = unpack_records(held, n_features) if held else (
-            np.empty(0, np.float64),
-            np.empty((0, n_features), np.float32),
+        held_ts, held_values = (
+            unpack_records(held, n_features)
+            if held
+            else (
+                np.empty(0, np.float64),
+                np.empty((0, n_features), np.float32),
+            )
         )
         all_ts = np.concatenate([held_ts, new_ts])
         all_values = np.concatenate([held_values, new_values])

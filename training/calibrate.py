@@ -16,7 +16,9 @@ class CalibrationError(ValueError):
     pass
 
 
-def pot_threshold(scores: npt.NDArray[np.float64], risk: float, level: float) -> tuple[float, dict[str, float]]:
+def pot_threshold(
+    scores: npt.NDArray[np.float64], risk: float, level: float
+) -> tuple[float, dict[str, float]]:
     """Peaks over threshold: GPD fitted to the excesses over the ``level`` quantile, threshold for risk q.
 
     libspot (by the method's author) fits by Grimshaw's trick; returns the threshold and the fit parameters.

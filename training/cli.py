@@ -79,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train, export, calibrate and write a model bundle")
     train.add_argument("--model", default="tvnet", help="tvnet, convtimenet, dense_ae, lstm_ae, pca")
-    train.add_argument("--train", type=Path, required=True, help="CSV/TXT (.gz ok) or .npy, rows = time steps")
-    train.add_argument("--out", type=Path, required=True, help="models directory; the bundle goes to OUT/NAME/VERSION")
+    train.add_argument(
+        "--train", type=Path, required=True, help="CSV/TXT (.gz ok) or .npy, rows = time steps"
+    )
+    train.add_argument(
+        "--out", type=Path, required=True, help="models directory; the bundle goes to OUT/NAME/VERSION"
+    )
     train.add_argument("--name", default=None)
     train.add_argument("--version", default=None)
     train.add_argument("--epochs", type=int, default=None)
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
-    train.add_argument("--hyperparameters", default=None, help='JSON, e.g. \'{"d_model": 64}\'')
+    train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")
     train.add_argument("--calibration", choices=["pot", "quantile"], default="pot")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=_train)
@@ -111,14 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", default=None)
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--workers", type=int, default=None, help="uvicorn worker processes (metrics aggregate)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="uvicorn worker processes (metrics aggregate)"
+    )
     serve.set_defaults(func=_serve)
 
     replay = sub.add_parser("replay", help="stream a series into POST /score and print alerts")
     replay.add_argument("--url", required=True)
     replay.add_argument("--stream-id", required=True)
     replay.add_argument("--data", type=Path, required=True)
-    replay.add_argument("--rate", type=float, default=None, help="points per second (default: as fast as possible)")
+    replay.add_argument(
+        "--rate", type=float, default=None, help="points per second (default: as fast as possible)"
+    )
     replay.add_argument("--chunk", type=int, default=10, help="points per request")
     replay.add_argument("--model", default=None)
     replay.add_argument("--api-key", default=None)

@@ -50,6 +50,9 @@ def evaluate_bundle(
         "version": bundle.manifest.version,
         "architecture": bundle.manifest.architecture,
         "test_path": str(test_path),
-        "thresholds": {"warning": bundle.manifest.thresholds.warning, "critical": bundle.manifest.thresholds.critical},
+        "thresholds": {
+            "warning": bundle.manifest.thresholds.warning,
+            "critical": bundle.manifest.thresholds.critical,
+        },
         "metrics": report.as_dict(),
     }

@@ -31,6 +31,20 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def reconstruction(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The reconstruction ``[B, L, C]``: the output, or its first element for multi-output models."""
+    out = module(x)
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def training_loss(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    custom = getattr(module, "training_loss", None)
+    if callable(custom):
+        loss: torch.Tensor = custom(x)
+        return loss
+    return nn.functional.mse_loss(reconstruction(module, x), x)
+
+
 def validation_loss(module: nn.Module, windows: F32, batch_size: int) -> float:
     """Mean squared reconstruction error over validation windows ``[N, L, C]`` (eval mode)."""
     module.eval()
@@ -38,7 +52,7 @@ def validation_loss(module: nn.Module, windows: F32, batch_size: int) -> float:
     with torch.no_grad():
         for start in range(0, len(windows), batch_size):
             x = torch.from_numpy(windows[start : start + batch_size])
-            total += float(nn.functional.mse_loss(module(x), x, reduction="sum"))
+            total += float(nn.functional.mse_loss(reconstruction(module, x), x, reduction="sum"))
             count += x.numel()
     return total / max(count, 1)
 
@@ -78,7 +92,7 @@ def train_module(
         bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False)
         for start in bar:
             x = data[order[start : start + batch_size]]
-            loss = nn.functional.mse_loss(module(x), x)
+            loss = training_loss(module, x)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(module.parameters(), 5.0)

@@ -21,7 +21,9 @@ from training.loop import seed_everything, train_module
 log = logging.getLogger(__name__)
 
 
-def score_with_onnx(onnx_path: Path, series: F32, window_length: int, stride: int, threads: int) -> SeriesScores:
+def score_with_onnx(
+    onnx_path: Path, series: F32, window_length: int, stride: int, threads: int, definition: ScoreDefinition
+) -> SeriesScores:
     """Score a normalised series through the exported graph with the service's windowing."""
     session = open_session(onnx_path, "cpu", threads)
     input_name = session.get_inputs()[0].name
@@ -30,13 +32,15 @@ def score_with_onnx(onnx_path: Path, series: F32, window_length: int, stride: in
         outputs = session.run(None, {input_name: windows})
         return ModelOutput(np.asarray(outputs[0], dtype=np.float32), outputs[1] if len(outputs) > 1 else None)
 
-    return score_series(series, window_length, stride, reconstruct, ScoreDefinition())
+    return score_series(series, window_length, stride, reconstruct, definition)
 
 
 def train_bundle(config: TrainConfig) -> Path:
     """Train, export, verify and calibrate one model; returns the bundle directory."""
     config = resolve(config)
-    assert config.name and config.epochs and config.batch_size and config.learning_rate and config.train_stride
+    assert (
+        config.name and config.epochs and config.batch_size and config.learning_rate and config.train_stride
+    )
     seed_everything(config.seed, config.threads)
     series = load_series(config.train_path, config.max_rows)
     split = split_chronological(series, config.validation_fraction, config.window_length)
@@ -45,7 +49,12 @@ def train_bundle(config: TrainConfig) -> Path:
     train_windows = make_windows(train_z, config.window_length, config.train_stride)
     validation_windows = make_windows(validation_z, config.window_length, config.train_stride)
     n_features = series.shape[1]
-    log.info("%d training windows, %d validation windows, %d sensors", len(train_windows), len(validation_windows), n_features)
+    log.info(
+        "%d training windows, %d validation windows, %d sensors",
+        len(train_windows),
+        len(validation_windows),
+        n_features,
+    )
 
     built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
     result = train_module(
@@ -63,12 +72,24 @@ def train_bundle(config: TrainConfig) -> Path:
 
     version = config.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     bundle_dir = config.out_dir / config.name / version
-    onnx_path = export_onnx(built.module, bundle_dir / ONNX_FILE, config.window_length, n_features, exporter=config.exporter)
+    output_names = getattr(built.module, "output_names", None)
+    onnx_path = export_onnx(
+        built.module,
+        bundle_dir / ONNX_FILE,
+        config.window_length,
+        n_features,
+        exporter=config.exporter,
+        output_names=output_names,
+    )
     parity = check_parity(built.module, onnx_path, config.window_length, n_features)
     if not parity.passed:
         raise ExportError(f"ONNX Runtime differs from PyTorch: {parity.max_abs_diff} > {parity.tolerance}")
 
-    validation_scores = score_with_onnx(onnx_path, validation_z, config.window_length, config.stride, config.threads)
+    define = getattr(built.module, "score_definition", None)
+    definition = define() if callable(define) else ScoreDefinition()
+    validation_scores = score_with_onnx(
+        onnx_path, validation_z, config.window_length, config.stride, config.threads, definition
+    )
     thresholds = calibrate(validation_scores.scores, config.calibration)
 
     names = config.feature_names or [f"sensor_{i + 1}" for i in range(n_features)]
@@ -84,6 +105,7 @@ def train_bundle(config: TrainConfig) -> Path:
         n_features=n_features,
         feature_names=names,
         normalisation=norm,
+        score=definition,
         thresholds=thresholds,
         onnx=ONNXInfo(
             input_name=parity.input_name,

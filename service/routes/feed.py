@@ -40,7 +40,9 @@ async def alerts_feed(websocket: WebSocket) -> None:
         return
     since = websocket.query_params.get("since")
     stream_id = websocket.query_params.get("stream_id")
-    if (since is not None and not _ID.match(since)) or (stream_id is not None and not _STREAM.match(stream_id)):
+    if (since is not None and not _ID.match(since)) or (
+        stream_id is not None and not _STREAM.match(stream_id)
+    ):
         await websocket.close(POLICY_VIOLATION, reason="invalid since or stream_id")
         return
     await websocket.accept()

@@ -38,7 +38,10 @@ SCORE_BODY = {
                 "examples": {
                     "stream": {
                         "summary": "stream mode: points of one stream",
-                        "value": {"stream_id": "press-7", "points": [{"ts": 1700000000, "values": [0.1, 0.4]}]},
+                        "value": {
+                            "stream_id": "press-7",
+                            "points": [{"ts": 1700000000, "values": [0.1, 0.4]}],
+                        },
                     },
                     "window": {
                         "summary": "stateless mode: one whole window [L][C]",
@@ -79,7 +82,9 @@ async def score(request: Request, components: ComponentsDep, _: ScoreKey) -> JSO
     if kind == BINARY_CONTENT_TYPE:
         return JSONBytesResponse(await components.scorer.score_points(parse_binary(body)))
     if kind != "application/json":
-        raise BadInput(f"content-type: {kind!r} is not accepted; use application/json or {BINARY_CONTENT_TYPE}")
+        raise BadInput(
+            f"content-type: {kind!r} is not accepted; use application/json or {BINARY_CONTENT_TYPE}"
+        )
     parsed = parse_score_json(body)
     if hasattr(parsed, "window"):
         return JSONBytesResponse(await components.scorer.score_window(parsed))  # type: ignore[arg-type]

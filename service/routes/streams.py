@@ -38,6 +38,7 @@ async def delete_stream(stream_id: StreamIdPath, components: ComponentsDep, _: S
     if not await components.windows.delete(stream_id):
         raise UnknownStream(f"unknown stream {stream_id!r}")
     await components.alerts.forget(stream_id)
+    await components.history.forget(stream_id)
     return JSONBytesResponse({"stream_id": stream_id, "deleted": True})
 
 

@@ -56,14 +56,19 @@ def test_series() -> np.ndarray:
 
 
 def points_body(stream_id: str, rows: np.ndarray, start: int) -> dict:
-    return {"stream_id": stream_id, "points": [{"ts": float(start + i), "values": r.tolist()} for i, r in enumerate(rows)]}
+    return {
+        "stream_id": stream_id,
+        "points": [{"ts": float(start + i), "values": r.tolist()} for i, r in enumerate(rows)],
+    }
 
 
 def stream(client: TestClient, stream_id: str, series: np.ndarray, chunk: int, start: int = 0) -> list[dict]:
     """POST the rows of ``series`` in chunks (ts = start + row index); returns every response body."""
     bodies = []
     for offset in range(0, len(series), chunk):
-        response = client.post("/score", json=points_body(stream_id, series[offset : offset + chunk], start + offset))
+        response = client.post(
+            "/score", json=points_body(stream_id, series[offset : offset + chunk], start + offset)
+        )
         assert response.status_code == 200, response.text
         bodies.append(response.json())
     return bodies

@@ -45,7 +45,11 @@ def test_every_route_is_classified(client: TestClient) -> None:
 
 @pytest.mark.parametrize(("method", "path"), sorted(ROLE_OF))
 def test_routes_refuse_a_missing_or_wrong_key_with_401(client: TestClient, method: str, path: str) -> None:
-    for headers in ({"Authorization": ""}, {"Authorization": "Bearer not-a-key-0123456789"}, {"Authorization": "Basic x"}):
+    for headers in (
+        {"Authorization": ""},
+        {"Authorization": "Bearer not-a-key-0123456789"},
+        {"Authorization": "Basic x"},
+    ):
         response = client.request(method, concrete(path), headers=headers)
         assert response.status_code == 401, (method, path, response.text)
         assert response.json()["code"] == "unauthorized"

@@ -33,7 +33,9 @@ def test_score_streaming_in_chunks_matches_offline_scoring(
     np.testing.assert_allclose(got, expected[scored], rtol=1e-5, atol=1e-7)
 
 
-def test_score_reports_pending_points_until_their_window_arrives(client: TestClient, test_series: np.ndarray) -> None:
+def test_score_reports_pending_points_until_their_window_arrives(
+    client: TestClient, test_series: np.ndarray
+) -> None:
     first = stream(client, "pending", test_series[:99], 99)[0]
     assert first["accepted"] == 99 and first["pending"] == 99 and first["scores"] == []
     second = stream(client, "pending", test_series[99:105], 6, start=99)[0]
@@ -55,7 +57,9 @@ def test_injected_spike_scores_above_the_warning_threshold(
     assert spiked[250.0] >= manifest.thresholds.warning
 
 
-def test_duplicate_and_stale_points_are_dropped_and_reported(client: TestClient, test_series: np.ndarray) -> None:
+def test_duplicate_and_stale_points_are_dropped_and_reported(
+    client: TestClient, test_series: np.ndarray
+) -> None:
     stream(client, "dups", test_series[:20], 20)
     points = [{"ts": float(t), "values": test_series[t].tolist()} for t in (5, 19, 20)]
     points[0]["ts"] = 4.5  # never seen and older than the last ts: stale
@@ -75,7 +79,9 @@ def test_metrics_count_the_points_scored(client: TestClient, test_series: np.nda
     assert scored is not None and float(scored.group(1)) == n_scored
     received = re.search(r'^vigil_points_received_total\{model="tvnet"\} (\S+)$', text, re.M)
     assert received is not None and float(received.group(1)) == 250
-    requests = re.search(r'^vigil_requests_total\{method="POST",route="/score",status="200"\} (\S+)$', text, re.M)
+    requests = re.search(
+        r'^vigil_requests_total\{method="POST",route="/score",status="200"\} (\S+)$', text, re.M
+    )
     assert requests is not None and float(requests.group(1)) == len(bodies)
     assert re.search(r'^vigil_batch_size_windows_count\{model="tvnet"\} [1-9]', text, re.M)
 
@@ -101,7 +107,10 @@ def test_readyz_names_the_provider_and_models(client: TestClient) -> None:
 def test_bad_input_is_a_422_naming_the_field_and_appends_nothing(
     client: TestClient, test_series: np.ndarray, mutate, field: str
 ) -> None:
-    body = {"stream_id": "bad", "points": [{"ts": float(i), "values": test_series[i].tolist()} for i in range(3)]}
+    body = {
+        "stream_id": "bad",
+        "points": [{"ts": float(i), "values": test_series[i].tolist()} for i in range(3)],
+    }
     mutate(body)
     response = client.post("/score", content=_json(body), headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text

@@ -19,7 +19,9 @@ from training.evaluate import score_test_series
 
 
 @pytest.fixture(scope="module")
-def offline(bundle_dir: Path, test_series: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[float, float]:
+def offline(
+    bundle_dir: Path, test_series: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> dict[float, float]:
     """`vigil evaluate`'s offline scores of the first 600 test rows, by ts."""
     path = tmp_path_factory.mktemp("offline") / "series.npy"
     np.save(path, test_series)
@@ -35,7 +37,9 @@ def assert_matches(streamed: dict[float, float], offline: dict[float, float]) ->
 
 
 @pytest.mark.parametrize("chunk", [7, 500])
-def test_parity_under_chunking(client: TestClient, test_series: np.ndarray, offline: dict, chunk: int) -> None:
+def test_parity_under_chunking(
+    client: TestClient, test_series: np.ndarray, offline: dict, chunk: int
+) -> None:
     assert_matches(scores_by_ts(stream(client, f"chunk-{chunk}", test_series, chunk)), offline)
 
 
@@ -73,7 +77,9 @@ def test_a_batch_item_with_bad_input_fails_alone(client: TestClient, test_series
     assert response.status_code == 200
     items = response.json()["items"]
     assert items[0]["result"]["accepted"] == 3
-    assert items[1]["error"]["code"] == "invalid_request" and items[1]["error"]["detail"].startswith("points.2.values")
+    assert items[1]["error"]["code"] == "invalid_request" and items[1]["error"]["detail"].startswith(
+        "points.2.values"
+    )
     assert items[2]["error"]["detail"].startswith("items.2.")
     assert client.get("/streams/worse").status_code == 404
 
@@ -102,7 +108,10 @@ def test_retrying_a_request_appends_nothing_twice(client: TestClient, test_serie
     first = stream(client, "retry", test_series[:150], 150)[0]
     again = client.post("/score", json=points_body("retry", test_series[:150], 0)).json()
     assert first["accepted"] == 150 and again["accepted"] == 0
-    assert {d["reason"] for d in again["dropped"]} == {"duplicate", "stale"}  # only the last 100 are still held
+    assert {d["reason"] for d in again["dropped"]} == {
+        "duplicate",
+        "stale",
+    }  # only the last 100 are still held
     assert again["scores"] == []
     assert client.get("/streams/retry").json()["points_total"] == 150
 
@@ -116,7 +125,9 @@ def test_concurrent_writers_on_different_streams_match_offline(
         assert_matches(scores_by_ts(result), offline)
 
 
-def test_concurrent_writers_on_one_stream_score_each_point_once(client: TestClient, test_series: np.ndarray) -> None:
+def test_concurrent_writers_on_one_stream_score_each_point_once(
+    client: TestClient, test_series: np.ndarray
+) -> None:
     """Two writers race on one stream with interleaved timestamps: every point is accepted or dropped,
     none twice, and the stream holds a strictly increasing ts sequence."""
     chunks = [points_body("shared", test_series[o : o + 10], o) for o in range(0, 400, 10)]
@@ -142,7 +153,9 @@ def test_two_app_instances_continue_one_stream_with_one_alert_lifecycle(
         bodies = []
         for i, offset in enumerate(range(0, len(series), 20)):
             replica = replicas[i % len(replicas)]
-            response = replica.post("/score", json=points_body(stream_id, series[offset : offset + 20], offset))
+            response = replica.post(
+                "/score", json=points_body(stream_id, series[offset : offset + 20], offset)
+            )
             assert response.status_code == 200, response.text
             bodies.append(response.json())
         events = replicas[0].get("/alerts", params={"stream_id": stream_id, "limit": 1000}).json()["events"]
@@ -165,4 +178,6 @@ def test_two_app_instances_continue_one_stream_with_one_alert_lifecycle(
     assert lifecycle(replicated_events) == lifecycle(single_events)
     assert any(e["state"] == "firing" and e["ts"] >= 420 for e in replicated_events)  # the anomaly fired
     returned = [e["id"] for b in replicated_bodies for e in b["alerts"]]
-    assert returned == [e["id"] for e in replicated_events]  # each event returned once, by the replica that caused it
+    assert returned == [
+        e["id"] for e in replicated_events
+    ]  # each event returned once, by the replica that caused it

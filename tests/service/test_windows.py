@@ -29,7 +29,9 @@ async def _append(url: str, stream: str, ts: list[float], model: str = "m", ttl_
         await client.aclose()
 
 
-def test_windows_are_returned_when_due_with_the_points_they_score(redis_url: str, clean_redis: redis.Redis) -> None:
+def test_windows_are_returned_when_due_with_the_points_they_score(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
     first = run(_append(redis_url, "w", [float(t) for t in range(9)]))
     assert first.windows == [] and first.count_after == 9
     second = run(_append(redis_url, "w", [float(t) for t in range(9, 16)]))
