@@ -1,4 +1,4 @@
-"""Dense autoencoder: the flattened window through an MLP bottleneck and back (the baseline people start with)."""
+"""Dense autoencoder: the flattened window through an MLP bottleneck and back (the usual first baseline)."""
 
 from __future__ import annotations
 
@@ -66,11 +66,12 @@ class DenseAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """x: [B, L, C] -> code [B, bottleneck]."""
-        return self.encoder(x.flatten(1))  # [B, L·C] -> [B, bottleneck]
+        code: Tensor = self.encoder(x.flatten(1))  # [B, L·C] -> [B, bottleneck]
+        return code
 
     def decode(self, code: Tensor) -> Tensor:
         """code: [B, bottleneck] -> reconstruction [B, L, C]."""
-        flat = self.decoder(code)  # [B, L·C]
+        flat: Tensor = self.decoder(code)  # [B, L·C]
         return flat.reshape(-1, self.config.window_length, self.config.n_features)
 
     def forward(self, x: Tensor) -> Tensor:

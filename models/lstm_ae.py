@@ -53,21 +53,27 @@ class LSTMAE(nn.Module):
             config.n_features, config.hidden_size, config.num_layers, batch_first=True, dropout=between_layers
         )
         self.decoder = nn.LSTM(
-            config.hidden_size, config.hidden_size, config.num_layers, batch_first=True, dropout=between_layers
+            config.hidden_size,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            dropout=between_layers,
         )
         self.head = nn.Linear(config.hidden_size, config.n_features)
 
     def encode(self, x: Tensor) -> LSTMState:
         """x: [B, L, C] -> final encoder state (h, c), each [num_layers, B, hidden_size]."""
+        state: LSTMState
         _, state = self.encoder(x)
         return state
 
     def decode(self, state: LSTMState, n_steps: int) -> Tensor:
-        """Emit ``n_steps`` reconstructions in decoding order: step j reconstructs x_{L-1-j}. -> [B, n_steps, C]."""
+        """Reconstructions in decoding order, [B, n_steps, C]: step j reconstructs x_{L-1-j}."""
         code = state[0][-1]  # [B, H]: the top layer's final hidden state
         inputs = code.unsqueeze(1).expand(-1, n_steps, -1)  # [B, n_steps, H]
         hidden, _ = self.decoder(inputs, state)  # [B, n_steps, H]
-        return self.head(hidden)  # [B, n_steps, C]
+        emitted: Tensor = self.head(hidden)  # [B, n_steps, C]
+        return emitted
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, L, C] -> reconstruction [B, L, C] in the input's time order."""

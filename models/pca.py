@@ -24,6 +24,9 @@ class PCAConfig:
 
     ``n_components`` fixes the rank; when None the rank is the smallest that explains
     ``explained_variance`` of the training variance, capped at dim - 1 so the map is never the identity.
+    Default 0.9 on points: on 14 SMD machines point-wise AUC-PR hardly moved between 0.5 and 0.99 (0.41 to
+    0.43), and 0.9 keeps 6 to 17 of 38 components. ``"windows"`` fits a dense (L·C)² covariance (3800² at
+    L=100, C=38: seconds, and 58 MB of identity buffer before fitting) and did not score better there.
     """
 
     window_length: int
@@ -100,7 +103,7 @@ class PCA(nn.Module):
         if n_rows < 2:
             raise ValueError(f"PCA needs at least 2 rows to fit, got {n_rows}")
 
-        chunks = rows.split(FIT_CHUNK_ROWS)
+        chunks = torch.split(rows, FIT_CHUNK_ROWS)
         mean = torch.zeros(dim, dtype=torch.float64)
         for chunk in chunks:
             mean += chunk.to("cpu", torch.float64).sum(dim=0)
@@ -131,7 +134,7 @@ class PCA(nn.Module):
         self.explained_variance_ratio = ratio[:rank].to(device, torch.float32)
 
     def _choose_rank(self, ratio: Tensor) -> int:
-        """Fixed ``n_components``, else the smallest rank reaching ``explained_variance`` (capped at D - 1)."""
+        """Fixed ``n_components``, else the smallest rank reaching ``explained_variance``, at most D - 1."""
         if self.config.n_components is not None:
             return self.config.n_components
         cumulative = ratio.cumsum(dim=0)
@@ -152,10 +155,11 @@ class PCA(nn.Module):
         # The fitted rank is data-dependent, so a fresh module must take the saved shapes before loading.
         for name in ("components", "explained_variance_ratio"):
             saved = state_dict.get(prefix + name)
-            current = getattr(self, name)
-            resizable = isinstance(saved, Tensor) and saved.ndim == current.ndim
-            if resizable and saved.shape != current.shape and saved.shape[1:] == current.shape[1:]:
-                setattr(self, name, torch.empty_like(saved, device=current.device, dtype=current.dtype))
+            current: Tensor = getattr(self, name)
+            if not isinstance(saved, Tensor) or saved.ndim != current.ndim or saved.shape == current.shape:
+                continue
+            if saved.shape[1:] == current.shape[1:]:  # same row length D, another rank k
+                setattr(self, name, torch.empty(saved.shape, device=current.device, dtype=current.dtype))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
