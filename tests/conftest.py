@@ -23,12 +23,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis_server(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    """A private redis-server on a free loopback port (the binary must be installed: deploy/setup.sh)."""
+def start_redis_server(directory: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server on a free (or the given) loopback port; the binary comes from deploy/setup.sh."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed; run deploy/setup.sh")
-    port = free_port()
+    port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", *extra],

@@ -1,0 +1,104 @@
+"""GET /models, /models/{name}, and hot reload with no failed request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import auth, make_settings, points_body
+
+
+def test_models_list_and_summary(client: TestClient) -> None:
+    listed = client.get("/models").json()
+    assert [m["name"] for m in listed] == ["tvnet"]
+    summary = client.get("/models/tvnet").json()
+    assert summary["window_length"] == 100 and summary["stride"] == 10 and summary["n_features"] == 38
+    assert summary["thresholds"]["critical"] >= summary["thresholds"]["warning"]
+    assert summary["parity"]["passed"] is True
+    assert len(summary["feature_names"]) == 38
+    assert client.get("/models/nope").status_code == 404
+
+
+def new_version(models: Path, source: Path, version: str, **changes: object) -> Path:
+    """A copy of a bundle under a new version (the same graph, so its sha256 still matches)."""
+    target = models / "tvnet" / version
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.update(version=version, **changes)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_hot_reload_under_load_fails_no_request(
+    bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path, test_series: np.ndarray
+) -> None:
+    models = tmp_path / "models"
+    first = new_version(models, bundle_dir, "a")
+    settings = make_settings(models, redis_url)
+    statuses: list[int] = []
+    versions: list[str] = []
+    stop = threading.Event()
+    with TestClient(create_app(settings), headers=auth("all")) as client:
+
+        def load(stream_id: str) -> None:
+            offset = 0
+            while not stop.is_set() and offset < 590:
+                response = client.post("/score", json=points_body(stream_id, test_series[offset : offset + 10], offset))
+                statuses.append(response.status_code)
+                versions.append(response.json().get("version", "?"))
+                offset += 10
+
+        threads = [threading.Thread(target=load, args=(f"reload-{i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        while len(statuses) < 30:
+            threading.Event().wait(0.01)
+        new_version(models, first, "b")
+        reloaded = client.post("/admin/models/reload").json()
+        assert reloaded == {"models": [{"name": "tvnet", "version": "b", "changed": True}]}
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert client.get("/models").json()[0]["version"] == "b"
+        again = client.post("/admin/models/reload").json()["models"]
+        assert again == [{"name": "tvnet", "version": "b", "changed": False}]
+    assert statuses and set(statuses) == {200}
+    assert versions[0] == "a" and versions[-1] == "b"
+
+
+def test_reload_refuses_a_version_that_changes_the_window(
+    bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    first = new_version(models, bundle_dir, "a")
+    with TestClient(create_app(make_settings(models, redis_url)), headers=auth("all")) as client:
+        new_version(models, first, "b", stride=5)
+        response = client.post("/admin/models/reload")
+        assert response.status_code == 409 and "stride" in response.json()["detail"]
+        assert client.get("/models").json()[0]["version"] == "a"
+
+
+def test_a_bundle_whose_manifest_and_graph_disagree_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    from models.manifest import BundleError
+    from models.runtime import load_bundle
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["n_features"] = 37
+    manifest["feature_names"] = manifest["feature_names"][:37]
+    manifest["normalisation"] = {k: v[:37] for k, v in manifest["normalisation"].items()}
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="shape"):
+        load_bundle(broken)
+    (broken / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(broken)
