@@ -23,6 +23,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port p with p + 10000 free too: a cluster node's bus listens there (and MEET assumes it)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 50_000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def start_redis_server(directory: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
     """A private redis-server on a free (or the given) loopback port; the binary comes from deploy/setup.sh."""
     binary = shutil.which("redis-server")
@@ -97,3 +114,36 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(models_dir: Path) -> Path:
     return models_dir / "tvnet" / "test"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Redis Cluster on loopback, built from `redis-server --cluster-enabled yes` processes."""
+    procs, ports = [], []
+    base = tmp_path_factory.mktemp("cluster")
+    try:
+        for i in range(3):
+            proc, port = start_redis_server(
+                base / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--appendonly", "no",
+                port=free_cluster_port(),
+            )
+            procs.append(proc)
+            ports.append(port)
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        client = redis.Redis(port=ports[0])
+        deadline = time.monotonic() + 30
+        while client.cluster("info").get("cluster_state") != "ok":  # redis-py parses the reply into a dict
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        client.close()
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)

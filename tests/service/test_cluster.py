@@ -1,0 +1,82 @@
+"""Parity, idempotency and one alert lifecycle on a three-node Redis Cluster (how users outgrow one Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from redis.cluster import RedisCluster
+
+from models.runtime import load_bundle
+from service.app import create_app
+from service.settings import Settings
+from service.windows import window_key
+from tests.service.conftest import auth, make_settings, points_body, scores_by_ts, stream
+from training.evaluate import score_test_series
+
+
+@pytest.fixture
+def cluster_settings(models_dir: Path, redis_cluster_url: str) -> Settings:
+    return make_settings(models_dir, redis_cluster_url, redis_cluster=True)
+
+
+@pytest.fixture
+def cluster_client(cluster_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(cluster_settings), headers=auth("all")) as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_cluster_parity_with_offline_scoring(
+    cluster_client: TestClient, bundle_dir: Path, test_series: np.ndarray, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "s.npy", test_series)
+    offline = score_test_series(load_bundle(bundle_dir), tmp_path / "s.npy").scores
+    expected = {float(i): float(s) for i, s in enumerate(offline) if np.isfinite(s)}
+    ids = [unique("cl") for _ in range(6)]  # several streams land in different slots and nodes
+    for stream_id in ids:
+        streamed = scores_by_ts(stream(cluster_client, stream_id, test_series, 7 if stream_id == ids[0] else 61))
+        assert sorted(streamed) == sorted(expected)
+        np.testing.assert_allclose(
+            [streamed[t] for t in sorted(expected)], [expected[t] for t in sorted(expected)], rtol=1e-5, atol=1e-7
+        )
+    cluster = RedisCluster.from_url(cluster_client.app.state.components.settings.redis_url)
+    nodes = {cluster.get_node_from_key(window_key(i)).name for i in ids}
+    cluster.close()
+    assert len(nodes) > 1  # the test really spread streams over nodes
+
+
+def test_cluster_retries_append_nothing_twice(cluster_client: TestClient, test_series: np.ndarray) -> None:
+    stream_id = unique("retry")
+    first = cluster_client.post("/score", json=points_body(stream_id, test_series[:120], 0)).json()
+    again = cluster_client.post("/score", json=points_body(stream_id, test_series[:120], 0)).json()
+    assert first["accepted"] == 120 and again["accepted"] == 0 and again["scores"] == []
+    assert cluster_client.get(f"/streams/{stream_id}").json()["points_total"] == 120
+
+
+def test_cluster_two_replicas_give_one_alert_lifecycle(cluster_settings: Settings, test_series: np.ndarray) -> None:
+    series = test_series.copy()
+    series[420:440, [2, 9, 20]] += 1.5
+    single_id, replicated_id = unique("single"), unique("replicated")
+    with (
+        TestClient(create_app(cluster_settings), headers=auth("all")) as one,
+        TestClient(create_app(cluster_settings), headers=auth("all")) as two,
+    ):
+        for stream_id, replicas in ((single_id, [one]), (replicated_id, [one, two])):
+            for i, offset in enumerate(range(0, len(series), 20)):
+                body = points_body(stream_id, series[offset : offset + 20], offset)
+                assert replicas[i % len(replicas)].post("/score", json=body).status_code == 200
+
+        def lifecycle(stream_id: str) -> list[tuple]:
+            events = one.get("/alerts", params={"stream_id": stream_id, "limit": 1000}).json()["events"]
+            return [(e["state"], e["severity"], e["ts"], e["escalated"]) for e in events]
+
+        assert lifecycle(replicated_id) == lifecycle(single_id)
+        assert any(state == "firing" for state, *_ in lifecycle(replicated_id))
