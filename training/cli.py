@@ -32,6 +32,7 @@ def _train(args: argparse.Namespace) -> int:
         hyperparameters=hyper,
         calibration=CalibrationConfig(method=args.calibration),
         progress=not args.quiet,
+        report=not args.no_report,
     )
     bundle_dir = train_bundle(config)
     print(f"bundle written: {bundle_dir}")
@@ -41,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_bundle
 
-    result = evaluate_bundle(args.bundle, args.test, args.labels, args.interpretation, args.threads)
+    result = evaluate_bundle(args.bundle, args.test, args.labels, args.interpretation, args.threads, args.report)
     metrics = result["metrics"]
     print(f"model {result['model']} {result['version']} ({result['architecture']}) on {args.test}")
     for key, value in metrics.items():
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")
     train.add_argument("--calibration", choices=["pot", "quantile"], default="pot")
     train.add_argument("--quiet", action="store_true")
+    train.add_argument("--no-report", action="store_true", help="skip training_report.png")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="score a labelled test series offline and print metrics")
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--interpretation", type=Path, default=None, help="SMD interpretation_label file")
     evaluate.add_argument("--threads", type=int, default=0)
     evaluate.add_argument("--json", type=Path, default=None)
+    evaluate.add_argument("--report", action="store_true", help="write evaluation_report.png into the bundle")
     evaluate.set_defaults(func=_evaluate)
 
     serve = sub.add_parser("serve", help="run the scoring service")

@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     feature_names: list[str] | None = None
     progress: bool = True
+    report: bool = True  # write training_report.png into the bundle
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TrainConfig:
@@ -70,6 +71,7 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     "dense_ae": FamilyDefaults(epochs=20, batch_size=128, learning_rate=1e-3, train_stride=1),
     "lstm_ae": FamilyDefaults(epochs=8, batch_size=64, learning_rate=1e-3, train_stride=5),
     "pca": FamilyDefaults(epochs=1, batch_size=256, learning_rate=1e-3, train_stride=1),
+    "timesnet_ad": FamilyDefaults(epochs=10, batch_size=64, learning_rate=1e-3, train_stride=5),
 }
 
 

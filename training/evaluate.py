@@ -32,6 +32,7 @@ def evaluate_bundle(
     labels_path: Path,
     interpretation_path: Path | None = None,
     threads: int = 0,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Threshold-free and at-threshold metrics of a bundle on labelled test data (thresholds never see it)."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
@@ -42,9 +43,13 @@ def evaluate_bundle(
         scored.scores,
         labels,
         bundle.manifest.thresholds.warning,
-        contributions=scored.contributions,
+        contributions=scored.contributions if segments else None,
         segments=segments,
     )
+    if report:
+        from training.report import write_evaluation_report
+
+        write_evaluation_report(bundle_dir, bundle.manifest, scored.scores, labels, test_path.name)
     return {
         "model": bundle.manifest.name,
         "version": bundle.manifest.version,

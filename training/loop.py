@@ -15,6 +15,10 @@ from tqdm import tqdm
 from training.data import F32
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number; no bundle is written from such a model."""
+
+
 @dataclass
 class TrainResult:
     epochs_run: int
@@ -102,6 +106,13 @@ def train_module(
             bar.set_postfix(loss=f"{running / seen:.4f}")
         scheduler.step()
         val = validation_loss(module, validation_windows, batch_size)
+        if not (math.isfinite(val) and math.isfinite(running)):
+            if math.isfinite(best_loss):
+                history.append({"epoch": float(epoch), "train_loss": math.nan, "validation_loss": math.nan})
+                break  # keep the best finite epoch
+            raise TrainingDiverged(
+                f"epoch {epoch}: loss is not finite (learning rate {learning_rate} too high?); no bundle written"
+            )
         history.append({"epoch": float(epoch), "train_loss": running / seen, "validation_loss": val})
         if progress:
             tqdm.write(f"epoch {epoch}/{epochs}  train {running / seen:.5f}  validation {val:.5f}")

@@ -57,6 +57,11 @@ def train_bundle(config: TrainConfig) -> Path:
     )
 
     built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
+    fit = getattr(built.module, "fit_periods", None)
+    if callable(fit):
+        import torch
+
+        fit(torch.from_numpy(train_windows))
     result = train_module(
         built.module,
         train_windows,
@@ -132,4 +137,8 @@ def train_bundle(config: TrainConfig) -> Path:
         ),
     )
     manifest.save(bundle_dir)
+    if config.report:
+        from training.report import write_training_report
+
+        write_training_report(bundle_dir, manifest, validation_scores.scores)
     return bundle_dir

@@ -1,0 +1,108 @@
+"""The training pipeline: what it writes, that calibration never reads test data, and determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from models.manifest import Manifest
+from models.scoring import normalise
+from tests.conftest import SAMPLE
+from training.calibrate import calibrate
+from training.config import CalibrationConfig, TrainConfig
+from training.data import load_series, split_chronological
+from training.evaluate import evaluate_bundle
+from training.pipeline import score_with_onnx, train_bundle
+from training.report import EVALUATION_REPORT, TRAINING_REPORT
+
+
+def tiny_config(out: Path, **changes: object) -> TrainConfig:
+    values: dict[str, object] = {
+        "model": "tvnet",
+        "train_path": SAMPLE / "train.txt.gz",
+        "out_dir": out,
+        "version": "v",
+        "max_rows": 2000,
+        "epochs": 1,
+        "train_stride": 20,
+        "hyperparameters": {"d_model": 8, "n_blocks": 1},
+        "progress": False,
+    }
+    values.update(changes)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_the_bundle_is_self_describing(bundle_dir: Path) -> None:
+    manifest = Manifest.load(bundle_dir)
+    assert (bundle_dir / "model.onnx").is_file() and (bundle_dir / TRAINING_REPORT).is_file()
+    assert manifest.architecture == "tvnet" and manifest.hyperparameters["d_model"] == 16
+    assert manifest.window_length == 100 and manifest.n_features == 38 and manifest.stride == 10
+    assert manifest.parity.passed and set(manifest.parity.max_abs_diff) == {"1", "7", "64"}
+    assert manifest.onnx.opset >= 17 and manifest.onnx.sha256 == hashlib.sha256(
+        (bundle_dir / "model.onnx").read_bytes()
+    ).hexdigest()
+    assert manifest.training.n_train_rows + manifest.training.n_validation_rows == manifest.training.n_rows == 3000
+    assert manifest.training.config["model"] == "tvnet"  # the resolved config is kept
+    assert manifest.training.data_sha256 == hashlib.sha256((SAMPLE / "train.txt.gz").read_bytes()).hexdigest()
+    assert {level.name for level in manifest.thresholds.levels} == {"warning", "critical"}
+
+
+def test_thresholds_come_from_the_held_out_validation_tail_only(bundle_dir: Path) -> None:
+    """Recomputing the thresholds from the last 20 % of the training rows alone reproduces them exactly."""
+    manifest = Manifest.load(bundle_dir)
+    series = load_series(SAMPLE / "train.txt.gz", max_rows=3000)
+    validation = split_chronological(series, 0.2, 100).validation
+    scores = score_with_onnx(
+        bundle_dir / "model.onnx", normalise(validation, manifest.normalisation), 100, 10, 2, manifest.score
+    ).scores
+    again = calibrate(scores, CalibrationConfig(**manifest.training.config["calibration"]))
+    assert again.warning == manifest.thresholds.warning and again.critical == manifest.thresholds.critical
+    assert again.validation_stats["n"] == manifest.training.n_validation_rows
+
+
+def test_evaluating_on_test_data_never_changes_the_thresholds(bundle_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundle_dir, bundle)
+    before = (bundle / "manifest.json").read_bytes()
+    test = load_series(SAMPLE / "test.txt.gz", max_rows=1500)
+    np.save(tmp_path / "test.npy", test)
+    np.save(tmp_path / "labels.npy", np.r_[np.zeros(700), np.ones(100), np.zeros(700)])
+    first = evaluate_bundle(bundle, tmp_path / "test.npy", tmp_path / "labels.npy", report=True)
+    np.save(tmp_path / "test.npy", test * 3.0)  # very different test data
+    second = evaluate_bundle(bundle, tmp_path / "test.npy", tmp_path / "labels.npy")
+    assert (bundle / "manifest.json").read_bytes() == before
+    stored = json.loads(before)["thresholds"]
+    assert first["thresholds"] == second["thresholds"] == {"warning": stored["warning"], "critical": stored["critical"]}
+    assert first["metrics"]["auc_pr"] != second["metrics"]["auc_pr"]
+    assert (bundle / EVALUATION_REPORT).is_file()
+
+
+def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
+    one = Manifest.load(train_bundle(tiny_config(tmp_path / "one")))
+    two = Manifest.load(train_bundle(tiny_config(tmp_path / "two")))
+    assert one.onnx.sha256 == two.onnx.sha256
+    assert one.thresholds == two.thresholds
+    other = Manifest.load(train_bundle(tiny_config(tmp_path / "three", seed=1)))
+    assert other.onnx.sha256 != one.onnx.sha256
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(tmp_path: Path) -> None:
+    manifest = Manifest.load(train_bundle(tiny_config(tmp_path, epochs=5, patience=1, learning_rate=0.02)))
+    losses = [h["validation_loss"] for h in manifest.training.history]
+    assert manifest.training.best_validation_loss == min(losses)
+    assert manifest.training.epochs_run == len(losses)
+
+
+def test_a_diverging_run_fails_and_writes_no_bundle(tmp_path: Path) -> None:
+    import pytest
+
+    from training.loop import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        train_bundle(tiny_config(tmp_path, epochs=3, learning_rate=1e6))
+    assert not list(tmp_path.glob("**/manifest.json"))
