@@ -1,0 +1,214 @@
+"""Train and evaluate every model family on every SMD machine; write EVALUATION.md's tables.
+
+    .venv/bin/python bench/evaluate_smd.py                      # all families, all machines (resumable)
+    .venv/bin/python bench/evaluate_smd.py --families pca,tvnet --machines machine-1-2
+    .venv/bin/python bench/evaluate_smd.py --report-only        # rebuild the tables from saved results
+
+Protocol: `vigil train` defaults on each machine's train file (the last 20 % held out chronologically for
+early stopping and threshold calibration: thresholds never see test data), then `vigil evaluate` on the
+untouched test file with its labels and interpretation labels. One result JSON per (family, machine) under
+--out, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet", "timesnet_ad"]
+METRICS = [
+    ("vus_pr", "VUS-PR"),
+    ("auc_pr", "AUC-PR"),
+    ("auc_roc", "AUC-ROC"),
+    ("point_f1", "F1 (point, unadjusted)"),
+    ("point_precision", "precision"),
+    ("point_recall", "recall"),
+    ("event_precision", "event precision"),
+    ("event_recall", "event recall"),
+    ("point_adjusted_f1", "PA-F1 (point-adjusted, for comparison with papers only)"),
+    ("hit_rate_100", "HitRate@100%"),
+    ("hit_rate_150", "HitRate@150%"),
+]
+
+
+def machines_in(data: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".txt.gz") for p in (data / "train").glob("machine-*.txt.gz"))
+
+
+def run_one(data: Path, out: Path, family: str, machine: str, threads: int, extra: dict[str, Any]) -> dict[str, Any]:
+    from training.config import TrainConfig
+    from training.evaluate import evaluate_bundle
+    from training.pipeline import train_bundle
+
+    started = time.perf_counter()
+    bundle = train_bundle(
+        TrainConfig(
+            model=family,
+            train_path=data / "train" / f"{machine}.txt.gz",
+            out_dir=out / "bundles" / machine,
+            name=family,
+            version="eval",
+            threads=threads,
+            progress=False,
+            hyperparameters=extra,
+        )
+    )
+    trained = time.perf_counter()
+    from models.manifest import Manifest
+
+    epochs_run = Manifest.load(bundle).training.epochs_run
+    result = evaluate_bundle(
+        bundle,
+        data / "test" / f"{machine}.txt.gz",
+        data / "test_label" / f"{machine}.txt.gz",
+        data / "interpretation_label" / f"{machine}.txt",
+        threads=threads,
+        report=True,
+    )
+    result.update(
+        machine=machine,
+        family=family,
+        epochs_run=epochs_run,
+        train_s=trained - started,
+        evaluate_s=time.perf_counter() - trained,
+        bundle=str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle),
+    )
+    return result
+
+
+def load_results(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted((out / "results").glob("*/*.json")):
+        record = json.loads(path.read_text())
+        results.setdefault(record["family"], {})[record["machine"]] = record
+    return results
+
+
+def fmt(value: float | None) -> str:
+    return "—" if value is None or value != value else f"{value:.3f}"
+
+
+def summary_table(results: dict[str, dict[str, dict[str, Any]]], families: list[str]) -> list[str]:
+    lines = ["| family | machines | " + " | ".join(f"{label} mean / median" for _, label in METRICS) + " |"]
+    lines.append("|---|---|" + "---|" * len(METRICS))
+    for family in families:
+        runs = list(results.get(family, {}).values())
+        if not runs:
+            continue
+        cells = []
+        for key, _ in METRICS:
+            values = [r["metrics"][key] for r in runs if r["metrics"].get(key) is not None]
+            values = [v for v in values if v == v]
+            cells.append(f"{fmt(statistics.mean(values))} / {fmt(statistics.median(values))}" if values else "—")
+        lines.append(f"| {family} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def machine_table(results: dict[str, dict[str, dict[str, Any]]], families: list[str], key: str) -> list[str]:
+    present = [f for f in families if f in results]
+    machines = sorted({m for f in present for m in results[f]})
+    lines = ["| machine | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for machine in machines:
+        row = [fmt(results[f].get(machine, {}).get("metrics", {}).get(key)) for f in present]
+        lines.append(f"| {machine} | " + " | ".join(row) + " |")
+    return lines
+
+
+def timing_table(results: dict[str, dict[str, dict[str, Any]]], families: list[str]) -> list[str]:
+    lines = ["| family | train s (sum) | evaluate s (sum) | epochs run (median) |", "|---|---|---|---|"]
+    for family in families:
+        runs = list(results.get(family, {}).values())
+        if runs:
+            epochs = statistics.median(r.get("epochs_run", 0) for r in runs)
+            train = sum(r["train_s"] for r in runs)
+            lines.append(f"| {family} | {train:.0f} | {sum(r['evaluate_s'] for r in runs):.0f} | {epochs:g} |")
+    return lines
+
+
+def write_tables(out: Path, families: list[str], command: str, path: Path) -> None:
+    results = load_results(out)
+    total = sum(r["train_s"] + r["evaluate_s"] for fam in results.values() for r in fam.values())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    text = [
+        "<!-- generated by bench/evaluate_smd.py: edit the script, not this block -->",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores ({cpu}), {datetime.now(UTC):%Y-%m-%d}; "
+        f"wall time of all trainings and evaluations: {total / 60:.1f} min.",
+        "",
+        "### Mean / median over the machines",
+        "",
+        *summary_table(results, families),
+        "",
+        "### VUS-PR per machine",
+        "",
+        *machine_table(results, families, "vus_pr"),
+        "",
+        "### Unadjusted point F1 at the calibrated warning threshold, per machine",
+        "",
+        *machine_table(results, families, "point_f1"),
+        "",
+        "### Time",
+        "",
+        *timing_table(results, families),
+        "<!-- end of generated block -->",
+    ]
+    block = "\n".join(text) + "\n"
+    if path.exists():
+        current = path.read_text()
+        start = current.find("<!-- generated by bench/evaluate_smd.py")
+        end = current.find("<!-- end of generated block -->")
+        if start != -1 and end != -1:
+            block = current[:start] + block + current[end + len("<!-- end of generated block -->\n") :]
+    path.write_text(block)
+    print(block)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "smd")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--machines", default=None, help="comma-separated, default: every machine in --data")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "eval")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hyperparameters", default="{}", help="JSON overrides for every family (ablations)")
+    parser.add_argument("--force", action="store_true", help="re-run pairs that already have a result")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--write", type=Path, default=ROOT / "EVALUATION.md")
+    args = parser.parse_args()
+    families = args.families.split(",")
+    command = "python bench/evaluate_smd.py " + " ".join(sys.argv[1:])
+    if not args.report_only:
+        machines = args.machines.split(",") if args.machines else machines_in(args.data)
+        for machine in machines:
+            for family in families:
+                target = args.out / "results" / family / f"{machine}.json"
+                if target.exists() and not args.force:
+                    continue
+                result = run_one(args.data, args.out, family, machine, args.threads, json.loads(args.hyperparameters))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(json.dumps(result, indent=2))
+                m = result["metrics"]
+                print(
+                    f"{machine} {family:<12} VUS-PR {fmt(m['vus_pr'])} AUC-PR {fmt(m['auc_pr'])} "
+                    f"F1 {fmt(m['point_f1'])} PA-F1 {fmt(m['point_adjusted_f1'])} "
+                    f"train {result['train_s']:.0f}s eval {result['evaluate_s']:.0f}s",
+                    flush=True,
+                )
+    write_tables(args.out, FAMILIES, "python bench/evaluate_smd.py", args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
