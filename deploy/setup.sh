@@ -12,6 +12,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)  # the live view's browser test
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   apt_packages+=(prometheus)
 fi

@@ -24,7 +24,7 @@ from service.history import ScoreHistory
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
-from service.routes import feed, health, score, streams
+from service.routes import feed, health, score, streams, ui
 from service.schemas import BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
 from service.scorer import StreamScorer
 from service.settings import Settings
@@ -179,7 +179,9 @@ def create_app(settings: Settings) -> FastAPI:
             hub = FeedHub(redis, alerts, settings.feed.client_buffer)
             await hub.start()
             app.state.feed = hub
-            app.state.components = Components(settings, redis, metrics, models, windows, alerts, scorer, history)
+            app.state.components = Components(
+                settings, redis, metrics, models, windows, alerts, scorer, history
+            )
             yield
         finally:
             if hub is not None:
@@ -196,8 +198,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.keyring = KeyRing(settings.api_keys, settings.auth_disabled)
     install_error_handlers(app)
-    for router in (score.router, streams.router, feed.router, health.router):
+    for router in (score.router, streams.router, feed.router, health.router, ui.router):
         app.include_router(router)
+    ui.install(app)  # the live view's static files and its on-demand reconstructor
     document_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

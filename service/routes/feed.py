@@ -49,6 +49,7 @@ async def alerts_feed(websocket: WebSocket) -> None:
     timeout_s = components.settings.feed.send_timeout_s
     subscriber = hub.subscribe(stream_id)
     components.metrics.feed_clients.inc()
+    gone: asyncio.Task[None] | None = None
     try:
         last = since
         if since is not None:
@@ -59,11 +60,18 @@ async def alerts_feed(websocket: WebSocket) -> None:
                 for event in page:
                     await asyncio.wait_for(websocket.send_json(event), timeout_s)
                     last = event["id"]
+        # The client sends nothing; reading anyway is how a closed socket is noticed while no events come.
+        gone = asyncio.create_task(_wait_for_disconnect(websocket))
         while True:
             if subscriber.overflowed:
                 await websocket.close(TRY_AGAIN_LATER, reason="fell behind; reconnect with since=<last id>")
                 return
-            event = await subscriber.queue.get()
+            next_event = asyncio.ensure_future(subscriber.queue.get())
+            done, _ = await asyncio.wait({next_event, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone in done:
+                next_event.cancel()
+                return
+            event = next_event.result()
             if last is not None and id_key(event["id"]) <= id_key(last):
                 continue  # already sent during catch-up
             await asyncio.wait_for(websocket.send_json(event), timeout_s)
@@ -73,5 +81,14 @@ async def alerts_feed(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        if gone is not None:
+            gone.cancel()
         hub.unsubscribe(subscriber)
         components.metrics.feed_clients.dec()
+
+
+async def _wait_for_disconnect(websocket: WebSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return

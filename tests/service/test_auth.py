@@ -11,12 +11,15 @@ from starlette.websockets import WebSocketDisconnect
 from service.settings import Settings
 from tests.service.conftest import auth
 
-OPEN = {"/healthz", "/readyz", "/metrics"}
+OPEN = {"/healthz", "/readyz", "/metrics", "/ui", "/ui/static/app.js"}  # the live view's shell holds no data
 ROLE_OF = {
     ("POST", "/score"): "score",
     ("POST", "/score/batch"): "score",
     ("DELETE", "/streams/{stream_id}"): "score",
     ("GET", "/streams/{stream_id}"): "read",
+    ("GET", "/streams"): "read",
+    ("GET", "/streams/{stream_id}/scores"): "read",
+    ("GET", "/streams/{stream_id}/window"): "read",
     ("GET", "/models"): "read",
     ("GET", "/models/{name}"): "read",
     ("GET", "/alerts"): "read",

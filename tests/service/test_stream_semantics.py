@@ -96,7 +96,7 @@ def test_stateless_window_scores_every_row_like_the_offline_scoring(
     expected = score_windows(z, bundle.run(z), bundle.manifest.score).scores[0]
     np.testing.assert_allclose([s["score"] for s in body["scores"]], expected, rtol=1e-5, atol=1e-7)
     assert [s["ts"] for s in body["scores"]] == list(range(100))
-    assert client.get("/streams").status_code == 404  # nothing stateful exists for windows
+    assert client.get("/streams").json()["streams"] == []  # a stateless window leaves no stream behind
 
 
 def test_stateless_window_with_the_wrong_length_is_a_422(client: TestClient, test_series: np.ndarray) -> None:

@@ -1,0 +1,294 @@
+"""The live view: an open HTML shell at ``/ui`` and the read routes it calls.
+
+The shell holds no data; the page asks for a ``read`` key and sends it as a bearer header (and as the
+WebSocket feed's ``token``). Its data routes: ``GET /streams`` (active streams), ``GET /streams/{id}/scores``
+(recent scores from :class:`~service.history.ScoreHistory` with the model's thresholds) and
+``GET /streams/{id}/window`` (the raw window, its reconstruction and per-point scores, computed on demand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from models.runtime import LoadedBundle, load_bundle
+from models.scoring import F32, normalise, score_windows
+from service.alerts import alert_key
+from service.deps import ComponentsDep, ReadKey
+from service.errors import StoreUnavailable, UnknownStream
+from service.registry import ModelHandle
+from service.responses import JSONBytesResponse
+from service.schemas import STREAM_ID_PATTERN
+from service.windows import meta_key, unpack_records, window_key
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+STATIC_PATH = "/ui/static"
+# Meta hashes mark the live streams: ``vigil:{<stream_id>}:m`` (stream ids never contain braces).
+META_PREFIX, META_SUFFIX = "vigil:{", "}:m"
+SCAN_COUNT = 1000  # keys the server examines per SCAN step
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+ALERT_ORDER = {"firing": 0, "pending": 1}
+# The shell runs only its own files: no inline script, no third-party origin, not framed.
+SHELL_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
+router = APIRouter(tags=["live view"])
+StreamIdPath = Annotated[str, PathParam(pattern=STREAM_ID_PATTERN)]
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One window's reconstruction: ``reconstruction`` [L, C] in raw units, ``scores`` [L],
+    ``contributions`` [L, C] (rows sum to 1), ``sensor_shares`` [C] (each sensor's share of the window's
+    score mass, summing to 1)."""
+
+    reconstruction: F32
+    scores: F32
+    contributions: F32
+    sensor_shares: F32
+
+
+def reconstruct_window(bundle: LoadedBundle, raw: F32) -> WindowView:
+    """Raw window ``[L, C]`` → its reconstruction and scores, with the service's scoring function."""
+    m = bundle.manifest
+    z = normalise(raw, m.normalisation)[None]  # [1, L, C]
+    output = bundle.run(z)
+    scored = score_windows(z, output, m.score)
+    scale = np.asarray(m.normalisation.scale, dtype=np.float32)
+    mean = np.asarray(m.normalisation.mean, dtype=np.float32)
+    scores, contributions = scored.scores[0], scored.contributions[0]
+    mass = scores @ contributions  # [C]: each point's score split by its sensors' shares
+    total = float(mass.sum())
+    shares = mass / np.float32(total) if total > 0 else np.full_like(mass, 1.0 / len(mass))
+    return WindowView(output.reconstruction[0] * scale + mean, scores, contributions, shares)
+
+
+@dataclass
+class Reconstructor:
+    """On-demand reconstructions for the live view, on a second ONNX Runtime session per model.
+
+    The batcher's engine belongs to its worker thread (on CUDA it binds I/O per call) and hands back scores
+    only, so this keeps its own CPU session per model, opened lazily from the same bundle directory and
+    replaced when a reload serves another version. Each costs one more copy of the weights in host memory and
+    runs on one thread, serialised per model by a lock, so a view never takes more than one core from scoring.
+    """
+
+    intra_op_threads: int = 1
+    _bundles: dict[str, LoadedBundle] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def reconstruct(self, handle: ModelHandle, raw: F32) -> WindowView:
+        lock = self._locks.setdefault(handle.name, asyncio.Lock())
+        async with lock:
+            bundle = self._bundles.get(handle.name)
+            path = handle.engine.bundle.path
+            if bundle is None or bundle.path != path:
+                bundle = await asyncio.to_thread(load_bundle, path, "cpu", self.intra_op_threads)
+                self._bundles[handle.name] = bundle
+            return await asyncio.to_thread(reconstruct_window, bundle, raw)
+
+
+def install(app: FastAPI) -> None:
+    """Serve the page's static files and give the app its on-demand reconstructor."""
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
+    app.state.reconstructor = Reconstructor()
+
+
+def get_reconstructor(request: Request) -> Reconstructor:
+    reconstructor: Reconstructor = request.app.state.reconstructor
+    return reconstructor
+
+
+ReconstructorDep = Annotated[Reconstructor, Depends(get_reconstructor)]
+
+
+@router.get("/ui", include_in_schema=False)
+async def live_view() -> FileResponse:
+    """The page itself: open, because it holds no data until the user gives it a read key."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=SHELL_HEADERS)
+
+
+def text_of(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def stream_id_of(key: bytes | str) -> str | None:
+    text = text_of(key)
+    if not (text.startswith(META_PREFIX) and text.endswith(META_SUFFIX)):
+        return None
+    stream_id = text[len(META_PREFIX) : -len(META_SUFFIX)]
+    return stream_id if _STREAM_ID.match(stream_id) else None  # the glob's * also matches other key shapes
+
+
+async def find_streams(redis: Redis, limit: int) -> tuple[list[str], bool]:
+    """Up to ``limit`` live stream ids and whether more exist, by SCAN over the meta hashes.
+
+    SCAN walks the whole keyspace in steps of ``SCAN_COUNT`` keys (about four keys per stream, plus the
+    alert stream): finding ``limit`` streams costs O(keys visited / SCAN_COUNT) round trips, each O(SCAN_COUNT)
+    on the server and never blocking it for longer; a page that stops at ``limit`` visits only part of it.
+    Which streams a truncated page holds is arbitrary (hash order).
+    """
+    found: set[str] = set()  # SCAN may return a key twice while the table rehashes
+    try:
+        async for key in redis.scan_iter(match=f"{META_PREFIX}*{META_SUFFIX}", count=SCAN_COUNT):
+            stream_id = stream_id_of(key)
+            if stream_id is not None:
+                found.add(stream_id)
+                if len(found) > limit:
+                    break
+    except RedisError as exc:
+        raise StoreUnavailable(f"stream list unavailable: {type(exc).__name__}") from exc
+    return sorted(found)[:limit], len(found) > limit
+
+
+@router.get("/streams", summary="Live streams: model, last ts, points, alert state (firing first)")
+async def list_streams(
+    components: ComponentsDep, _: ReadKey, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> JSONBytesResponse:
+    """Streams whose window has not expired, found by SCAN (cost: see ``find_streams``); ``truncated`` says
+    that more than ``limit`` exist."""
+    redis = components.redis
+    ids, truncated = await find_streams(redis, limit)
+    pipe = redis.pipeline(transaction=False)
+    for stream_id in ids:
+        pipe.hmget(meta_key(stream_id), "model", "last_ts", "count")
+        pipe.hmget(alert_key(stream_id), "state", "severity")
+    try:
+        replies = await pipe.execute()
+    except RedisError as exc:
+        raise StoreUnavailable(f"stream list unavailable: {type(exc).__name__}") from exc
+    streams: list[dict[str, Any]] = []
+    for index, stream_id in enumerate(ids):
+        (model, last_ts, count), (state, severity) = replies[2 * index], replies[2 * index + 1]
+        if model is None:
+            continue  # expired between SCAN and the read
+        alert_state = text_of(state) if state else "ok"
+        streams.append(
+            {
+                "stream_id": stream_id,
+                "model": text_of(model),
+                "last_ts": float(last_ts) if last_ts else None,
+                "points_total": int(count or 0),
+                "alert": {
+                    "state": alert_state,
+                    "severity": text_of(severity) if severity and alert_state != "ok" else None,
+                },
+            }
+        )
+    streams.sort(key=lambda s: (ALERT_ORDER.get(s["alert"]["state"], 2), s["stream_id"]))
+    return JSONBytesResponse({"streams": streams, "truncated": truncated}, headers=NO_STORE)
+
+
+async def bound_model(redis: Redis, stream_id: str) -> str:
+    try:
+        model = await redis.hget(meta_key(stream_id), "model")
+    except RedisError as exc:
+        raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+    if model is None:
+        raise UnknownStream(f"unknown stream {stream_id!r}")
+    return text_of(model)
+
+
+def thresholds_of(handle: ModelHandle) -> dict[str, float]:
+    t = handle.manifest.thresholds
+    return {"warning": t.warning, "critical": t.critical}
+
+
+@router.get("/streams/{stream_id}/scores", summary="A stream's recent scores and its model's thresholds")
+async def stream_scores(
+    stream_id: StreamIdPath,
+    components: ComponentsDep,
+    _: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> JSONBytesResponse:
+    """The newest ``limit`` scored points (at most ``VIGIL_HISTORY_POINTS`` are kept), oldest first."""
+    model = await bound_model(components.redis, stream_id)
+    handle = components.models.get(model)
+    kept = min(limit, components.settings.history_points)
+    try:
+        scores = await components.history.recent(stream_id, kept) if kept else []
+    except RedisError as exc:
+        raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc
+    body = {
+        "stream_id": stream_id,
+        "model": handle.name,
+        "version": handle.manifest.version,
+        "thresholds": thresholds_of(handle),
+        "scores": scores,
+    }
+    return JSONBytesResponse(body, headers=NO_STORE)
+
+
+@router.get("/streams/{stream_id}/window", summary="A stream's raw window with its reconstruction")
+async def stream_window(
+    stream_id: StreamIdPath,
+    components: ComponentsDep,
+    reconstructor: ReconstructorDep,
+    _: ReadKey,
+    top: Annotated[int, Query(ge=1, le=64)] = 5,
+) -> JSONBytesResponse:
+    """The last L points as held, reconstructed now by the stream's model: ``scores`` per point and the
+    ``top`` sensors by share of the window's score, each with its raw values, reconstruction (raw units) and
+    per-point shares. A stream holding fewer than L points has values only (``reconstructed: false``)."""
+    redis = components.redis
+    pipe = redis.pipeline(transaction=False)
+    pipe.lrange(window_key(stream_id), 0, -1)
+    pipe.hget(meta_key(stream_id), "model")
+    try:
+        records, model = await pipe.execute()
+    except RedisError as exc:
+        raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+    if model is None:
+        raise UnknownStream(f"unknown stream {stream_id!r}")
+    with components.models.lease(text_of(model)) as handle:
+        m = handle.manifest
+        ts, values = unpack_records(records, m.n_features)
+        top = min(top, m.n_features)
+        body: dict[str, Any] = {
+            "stream_id": stream_id,
+            "model": m.name,
+            "version": m.version,
+            "window_length": m.window_length,
+            "ts": ts,
+            "reconstructed": len(ts) == m.window_length,
+            "scores": None,
+        }
+        if not body["reconstructed"]:
+            body["sensors"] = [sensor_view(m.feature_names, i, values) for i in range(top)]
+            return JSONBytesResponse(body, headers=NO_STORE)
+        view = await reconstructor.reconstruct(handle, values)
+        order = np.argsort(-view.sensor_shares, kind="stable")[:top]
+        body["scores"] = view.scores
+        body["sensors"] = [sensor_view(m.feature_names, int(i), values, view) for i in order]
+        return JSONBytesResponse(body, headers=NO_STORE)
+
+
+def sensor_view(names: list[str], index: int, values: F32, view: WindowView | None = None) -> dict[str, Any]:
+    column = np.ascontiguousarray  # orjson serialises contiguous arrays only
+    return {
+        "sensor": names[index],
+        "index": index,
+        "share": float(view.sensor_shares[index]) if view else None,
+        "values": column(values[:, index]),
+        "reconstruction": column(view.reconstruction[:, index]) if view else None,
+        "contributions": column(view.contributions[:, index]) if view else None,
+    }
