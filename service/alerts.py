@@ -140,20 +140,20 @@ class AlertTracker:
 
     async def publish(self, event: dict[str, Any]) -> str | None:
         """Append an event to the bounded alert stream; a failure is logged, never raised to scoring."""
-        fields = {k: _field_text(v) for k, v in event.items() if k != "id"}
+        fields: dict[Any, Any] = {k: _field_text(v) for k, v in event.items() if k != "id"}
         try:
             entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)
         except RedisError:
             log.exception("alert event not published for stream %s", event["stream_id"])
             return None
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return text(entry_id)
 
     async def forget(self, stream_id: str) -> None:
         await self._redis.delete(alert_key(stream_id))
 
     async def state(self, stream_id: str) -> dict[str, str]:
         raw = await self._redis.hgetall(alert_key(stream_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def read_events(self, since: str | None, stream_id: str | None, limit: int) -> list[dict[str, Any]]:
         """Events after id ``since`` (exclusive) in order, optionally for one stream."""
@@ -164,13 +164,18 @@ class AlertTracker:
             if not batch:
                 break
             for entry_id, fields in batch:
-                event = decode_event(entry_id, fields)
+                event = decode_event(entry_id, fields or {})
                 if stream_id is None or event["stream_id"] == stream_id:
                     out.append(event)
                     if len(out) >= limit:
                         break
-            start = f"({batch[-1][0].decode()}"
+            start = f"({text(batch[-1][0] or b'0-0')}"
         return out
+
+
+def text(value: bytes | str) -> str:
+    """Redis replies are bytes (decode_responses is off); the stubs also allow str."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _field_text(value: Any) -> str:
@@ -181,10 +186,10 @@ def _field_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    raw = {k.decode(): v.decode() for k, v in fields.items()}
+def decode_event(entry_id: bytes | str | None, fields: dict[Any, Any]) -> dict[str, Any]:
+    raw = {text(k): text(v) for k, v in fields.items()}
     return {
-        "id": entry_id.decode(),
+        "id": text(entry_id or b""),
         "stream_id": raw["stream_id"],
         "model": raw["model"],
         "state": raw["state"],

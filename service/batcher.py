@@ -3,17 +3,23 @@
 The worker takes whatever is queued (greedy drain), waits at most ``max_wait_ms`` for more while the batch is
 below ``max_batch_size``, runs one inference and scoring pass over the stacked windows, and resolves every
 job's future; a failed batch fails every job in it with the same error.
+
+A supervisor thread watches the worker. If the worker dies (an exception that escapes the per-batch handler,
+such as a ``BaseException``, or the thread being killed), the jobs it held fail with :class:`InferenceFailed`,
+a fresh worker takes over the queue and ``on_restart`` is called, so no submitted future waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[F32], WindowScores]
 BatchObserver = Callable[[int, float, float], None]  # (windows, queue wait s, inference s)
+RestartObserver = Callable[[], None]
 
 
 @dataclass
@@ -48,6 +55,7 @@ class MicroBatcher:
         max_wait_ms: float,
         queue_capacity: int,
         observe: BatchObserver | None = None,
+        on_restart: RestartObserver | None = None,
     ) -> None:
         self.name = name
         self._score = score
@@ -55,11 +63,20 @@ class MicroBatcher:
         self._max_wait_s = max_wait_ms / 1000.0
         self._capacity = queue_capacity
         self._observe = observe
+        self._on_restart = on_restart
         self._queue: queue.SimpleQueue[WindowJob | object] = queue.SimpleQueue()
         self._pending = 0  # windows queued or running
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._work, name=f"infer-{name}", daemon=True)
+        self._held: list[WindowJob] = []  # taken from the queue by the worker, not yet resolved
+        self._clean_exit = False  # the current worker saw the stop marker and drained the queue
+        self._death: BaseException | None = None
+        self._stopping = False
+        self._worker = self._new_worker()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=f"infer-{name}-supervisor", daemon=True
+        )
         self._started = False
+        self.restarts = 0
 
     @property
     def depth(self) -> int:
@@ -67,7 +84,8 @@ class MicroBatcher:
 
     def start(self) -> None:
         if not self._started:
-            self._thread.start()
+            self._worker.start()
+            self._supervisor.start()
             self._started = True
 
     async def submit(self, windows: F32) -> WindowScores:
@@ -85,13 +103,56 @@ class MicroBatcher:
         return await job.future
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Finish every queued job, then stop the worker."""
+        """Finish every queued job, then stop the worker and its supervisor."""
         if self._started:
+            self._stopping = True
             self._queue.put(_STOP)
-            self._thread.join(timeout_s)
+            self._supervisor.join(timeout_s)
+
+    def _new_worker(self) -> threading.Thread:
+        self._clean_exit = False
+        return threading.Thread(target=self._work_guarded, name=f"infer-{self.name}", daemon=True)
+
+    def _supervise(self) -> None:
+        while True:
+            self._worker.join()
+            if self._clean_exit:
+                return
+            self._recover()
+            if self._stopping:
+                self._queue.put(_STOP)  # the dead worker may have taken the marker with it
+            self._worker = self._new_worker()
+            self._worker.start()
+
+    def _recover(self) -> None:
+        """Fail the jobs the dead worker held (resolved ones ignore it) and release their queue slots."""
+        jobs, self._held = self._held, []
+        count = sum(len(job.windows) for job in jobs)
+        with self._lock:
+            self._pending -= count
+        cause = type(self._death).__name__ if self._death is not None else "killed"
+        self._death = None
+        log.error(
+            "model %s: inference worker died (%s); %d windows failed; restarting it", self.name, cause, count
+        )
+        error = InferenceFailed(f"inference failed for model {self.name!r}: the worker died ({cause})")
+        for job in jobs:
+            _resolve(job, _set_exception, error)
+        self.restarts += 1
+        if self._on_restart is not None:
+            self._on_restart()
+
+    def _work_guarded(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # noqa: BLE001 - the supervisor fails the held jobs and restarts the worker
+            self._death = exc
+        else:
+            self._clean_exit = True
 
     def _collect(self, first: WindowJob) -> tuple[list[WindowJob], bool]:
         jobs, size, stopping = [first], len(first.windows), False
+        self._held = jobs  # filled in place: the supervisor fails whatever a dying worker held
         deadline = time.perf_counter() + self._max_wait_s
         while size < self._max_batch:
             try:
@@ -128,7 +189,8 @@ class MicroBatcher:
             except queue.Empty:
                 return
             if isinstance(item, WindowJob):
-                self._run([item])
+                self._held = [item]
+                self._run(self._held)
 
     def _run(self, jobs: list[WindowJob]) -> None:
         started = time.perf_counter()
@@ -141,7 +203,7 @@ class MicroBatcher:
             log.exception("model %s: batch of %d windows failed", self.name, count)
             error = InferenceFailed(f"inference failed for model {self.name!r}: {type(exc).__name__}")
             for job in jobs:
-                job.loop.call_soon_threadsafe(_set_exception, job.future, error)
+                _resolve(job, _set_exception, error)
         else:
             offset = 0
             for job in jobs:
@@ -149,13 +211,23 @@ class MicroBatcher:
                 part = WindowScores(
                     scored.scores[offset : offset + n], scored.contributions[offset : offset + n]
                 )
-                job.loop.call_soon_threadsafe(_set_result, job.future, part)
+                _resolve(job, _set_result, part)
                 offset += n
-        finally:
-            with self._lock:
-                self._pending -= count
-            if self._observe is not None:
-                self._observe(count, wait_s, time.perf_counter() - started)
+        # Not in a ``finally``: a worker that dies mid-batch leaves its held jobs to the supervisor.
+        with self._lock:
+            self._held = []
+            self._pending -= count
+        if self._observe is not None:
+            self._observe(count, wait_s, time.perf_counter() - started)
+
+
+def _resolve(
+    job: WindowJob,
+    setter: Callable[[asyncio.Future[WindowScores], Any], None],
+    value: WindowScores | Exception,
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the submitter's loop is closed: nobody awaits the future
+        job.loop.call_soon_threadsafe(setter, job.future, value)
 
 
 def _set_result(future: asyncio.Future[WindowScores], value: WindowScores) -> None:

@@ -50,7 +50,7 @@ class FeedHub:
 
     async def start(self) -> None:
         try:
-            info = await self._redis.xinfo_stream(EVENTS_KEY)
+            info: dict[Any, Any] = await self._redis.xinfo_stream(EVENTS_KEY)
             last = info.get("last-generated-id") or info.get(b"last-generated-id")
             self._last_id = last.decode() if isinstance(last, bytes) else str(last)
         except RedisError:
@@ -66,7 +66,9 @@ class FeedHub:
     async def _pump(self) -> None:
         while True:
             try:
-                reply = await self._redis.xread({EVENTS_KEY: self._last_id}, count=500, block=self._block_ms)
+                reply: Any = await self._redis.xread(
+                    {EVENTS_KEY: self._last_id}, count=500, block=self._block_ms
+                )
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError):

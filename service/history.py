@@ -12,6 +12,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service.windows import text
+
 log = logging.getLogger(__name__)
 
 
@@ -52,10 +54,10 @@ class ScoreHistory:
 
     async def recent(self, stream_id: str, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` scored points, oldest first."""
-        entries = await self._redis.xrevrange(history_key(stream_id), count=limit)
+        entries = await self._redis.xrevrange(history_key(stream_id), count=limit) or []
         out = []
         for _entry_id, fields in reversed(entries):
-            raw = {k.decode(): v.decode() for k, v in fields.items()}
+            raw = {text(k): text(v) for k, v in (fields or {}).items()}
             sensors = [s for s in raw["sensors"].split(",") if s]
             shares = [float(v) for v in raw["shares"].split(",") if v]
             out.append(
@@ -63,7 +65,9 @@ class ScoreHistory:
                     "ts": float(raw["ts"]),
                     "score": float(raw["score"]),
                     "level": raw["level"],
-                    "contributions": [{"sensor": s, "share": v} for s, v in zip(sensors, shares, strict=False)],
+                    "contributions": [
+                        {"sensor": s, "share": v} for s, v in zip(sensors, shares, strict=False)
+                    ],
                 }
             )
         return out

@@ -125,6 +125,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.worker_restarts = Counter(
+            "vigil_worker_restarts_total",
+            "Inference worker threads that died and were restarted (their requests failed)",
+            ["model"],
+            registry=r,
+        )
 
     def initialise_model(self, model: str, provider: str) -> None:
         """Create every labelled child at 0 so dashboards and rates show 0, not "no data", before traffic."""
@@ -140,6 +146,7 @@ class Metrics:
         self.batch_size.labels(model)
         self.queue_wait.labels(model)
         self.queue_depth.labels(model).set(0)
+        self.worker_restarts.labels(model)
 
     def initialise_service(self) -> None:
         for reason in ("duplicate", "stale"):
@@ -154,6 +161,6 @@ class Metrics:
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             gathered = CollectorRegistry()
-            multiprocess.MultiProcessCollector(gathered)
+            multiprocess.MultiProcessCollector(gathered)  # type: ignore[no-untyped-call]
             return generate_latest(gathered)
         return generate_latest(self.registry)

@@ -89,6 +89,9 @@ class ModelRegistry:
             m.queue_wait.labels(name).observe(wait_s)
             m.inference.labels(name, provider).observe(infer_s)
 
+        def count_restart() -> None:
+            m.worker_restarts.labels(name).inc()
+
         batching = s.batching
         batcher = MicroBatcher(
             name,
@@ -97,6 +100,7 @@ class ModelRegistry:
             batching.max_wait_ms,
             batching.queue_capacity,
             observe,
+            count_restart,
         )
         batcher.start()
         m.initialise_model(name, provider)

@@ -16,7 +16,7 @@ def read_series(path: Path) -> np.ndarray[Any, np.dtype[np.float64]]:
     if path.suffix == ".npy":
         return np.asarray(np.load(path), dtype=np.float64)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:  # type: ignore[operator]
+    with opener(path, "rt") as handle:
         return np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
 
 

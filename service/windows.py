@@ -65,6 +65,10 @@ return {count, status, window}
 """
 
 
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def window_key(stream_id: str) -> str:
     return f"vigil:{{{stream_id}}}:w"
 
@@ -187,7 +191,7 @@ class WindowStore:
             raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
         if not meta:
             return None
-        info = {k.decode(): v.decode() for k, v in meta.items()}
+        info = {text(k): text(v) for k, v in meta.items()}
         info["held"] = str(held)
         return info
 

@@ -42,7 +42,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_bundle
 
-    result = evaluate_bundle(args.bundle, args.test, args.labels, args.interpretation, args.threads, args.report)
+    result = evaluate_bundle(
+        args.bundle, args.test, args.labels, args.interpretation, args.threads, args.report
+    )
     metrics = result["metrics"]
     print(f"model {result['model']} {result['version']} ({result['architecture']}) on {args.test}")
     for key, value in metrics.items():

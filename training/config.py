@@ -70,7 +70,7 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     # 14-machine evaluation of every family stays within about an hour (bench/evaluate_smd.py).
     "tvnet": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=10),
     "convtimenet": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=10),
-    "dense_ae": FamilyDefaults(epochs=10, batch_size=128, learning_rate=1e-3, train_stride=2),
+    "dense_ae": FamilyDefaults(epochs=8, batch_size=128, learning_rate=1e-3, train_stride=4),
     "lstm_ae": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=5),
     "pca": FamilyDefaults(epochs=1, batch_size=256, learning_rate=1e-3, train_stride=1),
     "timesnet_ad": FamilyDefaults(epochs=10, batch_size=64, learning_rate=1e-3, train_stride=5),

@@ -56,7 +56,8 @@ def load_labels(path: Path, n_rows: int | None = None) -> npt.NDArray[np.int8]:
         raise DataError(f"{path}: labels must be 0 or 1")
     if n_rows is not None and labels.shape[0] != n_rows:
         raise DataError(f"{path}: {labels.shape[0]} labels for {n_rows} rows")
-    return labels.astype(np.int8)
+    out: npt.NDArray[np.int8] = labels.astype(np.int8)
+    return out
 
 
 def file_sha256(path: Path) -> str:

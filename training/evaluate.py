@@ -39,7 +39,7 @@ def evaluate_bundle(
     scored = score_test_series(bundle, test_path)
     labels = load_labels(labels_path, n_rows=scored.scores.shape[0])
     segments = parse_interpretation_labels(interpretation_path.read_text()) if interpretation_path else None
-    report = evaluate_scores(
+    detection = evaluate_scores(
         scored.scores,
         labels,
         bundle.manifest.thresholds.warning,
@@ -59,5 +59,5 @@ def evaluate_bundle(
             "warning": bundle.manifest.thresholds.warning,
             "critical": bundle.manifest.thresholds.critical,
         },
-        "metrics": report.as_dict(),
+        "metrics": detection.as_dict(),
     }

@@ -38,7 +38,8 @@ def seed_everything(seed: int, threads: int) -> None:
 def reconstruction(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The reconstruction ``[B, L, C]``: the output, or its first element for multi-output models."""
     out = module(x)
-    return out[0] if isinstance(out, tuple | list) else out
+    first: torch.Tensor = out[0] if isinstance(out, tuple | list) else out
+    return first
 
 
 def training_loss(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -78,9 +79,9 @@ def train_module(
     started = time.perf_counter()
     if not getattr(module, "trainable", True):
         module.fit_closed_form(torch.from_numpy(train_windows))  # type: ignore[operator]
-        loss = validation_loss(module, validation_windows, batch_size)
-        history = [{"epoch": 1.0, "train_loss": math.nan, "validation_loss": loss}]
-        return TrainResult(1, loss, time.perf_counter() - started, history)
+        fitted_loss = validation_loss(module, validation_windows, batch_size)
+        history = [{"epoch": 1.0, "train_loss": math.nan, "validation_loss": fitted_loss}]
+        return TrainResult(1, fitted_loss, time.perf_counter() - started, history)
 
     optimiser = torch.optim.Adam(module.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
@@ -98,7 +99,7 @@ def train_module(
             x = data[order[start : start + batch_size]]
             loss = training_loss(module, x)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(module.parameters(), 5.0)
             optimiser.step()
             running += float(loss.detach()) * len(x)

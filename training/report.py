@@ -4,6 +4,7 @@ the evaluation report (test scores against the thresholds, labelled anomalies sh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +15,7 @@ TRAINING_REPORT = "training_report.png"
 EVALUATION_REPORT = "evaluation_report.png"
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +38,9 @@ def _draw_scores(ax, scores: npt.NDArray[np.floating], manifest: Manifest, title
     ax.legend(loc="upper left", fontsize=7)
 
 
-def write_training_report(bundle_dir: Path, manifest: Manifest, validation_scores: npt.NDArray[np.floating]) -> Path:
+def write_training_report(
+    bundle_dir: Path, manifest: Manifest, validation_scores: npt.NDArray[np.floating]
+) -> Path:
     plt = _pyplot()
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(12, 3.6))
     history = manifest.training.history
@@ -57,7 +60,11 @@ def write_training_report(bundle_dir: Path, manifest: Manifest, validation_score
 
 
 def write_evaluation_report(
-    bundle_dir: Path, manifest: Manifest, scores: npt.NDArray[np.floating], labels: npt.NDArray[np.integer], title: str
+    bundle_dir: Path,
+    manifest: Manifest,
+    scores: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.integer],
+    title: str,
 ) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(14, 3.6))

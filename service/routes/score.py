@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.codec import BINARY_CONTENT_TYPE, parse_batch_json, parse_binary, parse_score_json
+from service.codec import BINARY_CONTENT_TYPE, WindowInput, parse_batch_json, parse_binary, parse_score_json
 from service.deps import ComponentsDep, ScoreKey
 from service.errors import BadInput
 from service.responses import JSONBytesResponse
@@ -86,9 +86,9 @@ async def score(request: Request, components: ComponentsDep, _: ScoreKey) -> JSO
             f"content-type: {kind!r} is not accepted; use application/json or {BINARY_CONTENT_TYPE}"
         )
     parsed = parse_score_json(body)
-    if hasattr(parsed, "window"):
-        return JSONBytesResponse(await components.scorer.score_window(parsed))  # type: ignore[arg-type]
-    return JSONBytesResponse(await components.scorer.score_points(parsed))  # type: ignore[arg-type]
+    if isinstance(parsed, WindowInput):
+        return JSONBytesResponse(await components.scorer.score_window(parsed))
+    return JSONBytesResponse(await components.scorer.score_points(parsed))
 
 
 @router.post(
