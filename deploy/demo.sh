@@ -30,7 +30,7 @@ else
 fi
 
 echo "== starting the service on port $PORT"
-.venv/bin/vigil serve --models-dir "$MODELS_DIR" --port "$PORT" &
+VIGIL_LOG_LEVEL="${VIGIL_LOG_LEVEL:-warning}" .venv/bin/vigil serve --models-dir "$MODELS_DIR" --port "$PORT" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT INT TERM
 ready() { .venv/bin/python -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/readyz').status_code != 200)" 2>/dev/null; }

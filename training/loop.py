@@ -94,7 +94,14 @@ def train_module(
         order = torch.randperm(len(data), generator=generator)
         running, seen = 0.0, 0
         batches = range(0, len(data), batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False)
+        # disable=None: a live bar on a terminal, nothing in a log file (the epoch summary line still prints)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            disable=None if progress else True,
+            leave=False,
+        )
         for start in bar:
             x = data[order[start : start + batch_size]]
             loss = training_loss(module, x)
