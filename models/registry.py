@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "dense_ae": ("models.dense_ae", "DenseAE", "DenseAEConfig"),
     "lstm_ae": ("models.lstm_ae", "LSTMAE", "LSTMAEConfig"),
     "pca": ("models.pca", "PCA", "PCAConfig"),
+    "timesnet_ad": ("models.timesnet_ad", "TimesNetAD", "TimesNetADConfig"),
 }
 
 
@@ -39,7 +40,11 @@ class BuiltModel:
     config: Any  # the architecture's frozen config dataclass
 
     def hyperparameters(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        """The module's config when it has one (it may have been refined by fitting, e.g. frozen periods)."""
+        config = getattr(self.module, "config", None)
+        if config is None or not dataclasses.is_dataclass(config) or isinstance(config, type):
+            config = self.config
+        return dataclasses.asdict(config)
 
 
 def build_model(name: str, window_length: int, n_features: int, **overrides: Any) -> BuiltModel:
