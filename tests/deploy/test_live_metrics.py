@@ -275,7 +275,7 @@ def test_stack_stops_every_child_on_ctrl_c(live_stack: LiveStack) -> None:
     output = stack.log()
     assert "Vigil stack up" in output and f"replayed {ROWS} points" in output, output
     stack.proc.send_signal(signal.SIGINT)
-    assert stack.proc.wait(30) == 0, stack.log()
+    assert stack.proc.wait(90) == 0, stack.log()  # each child gets its graceful period
     for port in (stack.vigil_port, stack.prometheus_port):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, (
