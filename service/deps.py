@@ -31,7 +31,7 @@ class Components:
     history: ScoreHistory
 
 
-def get_components(request: Request) -> Components:
+async def get_components(request: Request) -> Components:  # async: no thread-pool hop per request
     components: Components = request.app.state.components
     return components
 
@@ -39,7 +39,7 @@ def get_components(request: Request) -> Components:
 ComponentsDep = Annotated[Components, Depends(get_components)]
 
 
-def get_feed(request: Request) -> FeedHub:
+async def get_feed(request: Request) -> FeedHub:
     hub: FeedHub = request.app.state.feed
     return hub
 

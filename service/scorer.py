@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import Manifest
-from models.scoring import F32, WindowScores, level_of, normalise, pending_points, top_contributions
+from models.manifest import Manifest, Normalisation
+from models.scoring import F32, WindowScores, level_of, normalise, pending_points, top_contributions_rows
 from service.alerts import AlertTracker, ScoredPoint
 from service.codec import PointBatch, WindowInput, stream_batch
 from service.errors import BadInput, PayloadTooLarge, StoreUnavailable, VigilError
@@ -26,6 +26,8 @@ from service.windows import WindowStore
 
 DROP_REASONS = {1: "duplicate", 2: "stale"}
 F32_MAX = float(np.finfo(np.float32).max)
+# Normalised magnitude beyond which squared reconstruction errors may overflow float32 (scores inf or NaN).
+Z_MAX = 1e15
 
 
 def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_features: int, field: str) -> F32:
@@ -47,6 +49,18 @@ def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_featu
     if over.any():
         raise BadInput(f"{field}.{int(np.argmax(over.any(axis=1)))}.values: a value overflows float32")
     return values.astype(np.float32)
+
+
+def validate_range(values: F32, norm: Normalisation, field: str) -> None:
+    """Values ``[n, C]`` within ``Z_MAX`` training scales of each sensor's mean. Further out, finite float32
+    input overflows in normalised space: its score would be inf or NaN (served as ``null``, level normal)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        far = ~(np.abs(normalise(values, norm)) <= Z_MAX)
+    if far.any():
+        raise BadInput(
+            f"{field}.{int(np.argmax(far.any(axis=1)))}.values: a value lies more than {Z_MAX:g} training "
+            "scales from its sensor's mean; the model cannot score it"
+        )
 
 
 def validate_ts(ts: npt.NDArray[np.float64]) -> None:
@@ -81,20 +95,23 @@ class StreamScorer:
     def _point_scores(
         self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
     ) -> tuple[list[dict[str, Any]], list[ScoredPoint]]:
-        thresholds, names, k = manifest.thresholds, manifest.feature_names, self._top_k
+        thresholds, names = manifest.thresholds, manifest.feature_names
+        top_index, top_share = top_contributions_rows(shares, self._top_k)
         out: list[dict[str, Any]] = []
         points: list[ScoredPoint] = []
-        for ts_value, score, share in zip(ts.tolist(), scores.tolist(), shares, strict=True):
-            top = top_contributions(share, names, k)
+        for ts_value, score, indices, values in zip(
+            ts.tolist(), scores.tolist(), top_index.tolist(), top_share.tolist(), strict=True
+        ):
+            sensors = [names[i] for i in indices]
             out.append(
                 {
                     "ts": ts_value,
                     "score": score,
                     "level": level_of(score, thresholds.warning, thresholds.critical),
-                    "contributions": [{"sensor": s, "share": v} for s, v in top],
+                    "contributions": [{"sensor": s, "share": v} for s, v in zip(sensors, values, strict=True)],
                 }
             )
-            points.append(ScoredPoint(ts_value, score, [s for s, _ in top]))
+            points.append(ScoredPoint(ts_value, score, sensors))
         return out, points
 
     async def _infer(self, handle: ModelHandle, raw_windows: F32) -> WindowScores:
@@ -108,6 +125,7 @@ class StreamScorer:
         with self._models.lease(batch.model) as handle:
             manifest = handle.manifest
             values = validate_values(batch.values, manifest.n_features, "points")
+            validate_range(values, manifest.normalisation, "points")
             validate_ts(batch.ts)
             started = time.perf_counter()
             try:
@@ -163,6 +181,7 @@ class StreamScorer:
             if window.shape[0] != manifest.window_length:
                 raise BadInput(f"window: {window.shape[0]} rows, the model expects {manifest.window_length}")
             values = validate_values(window, manifest.n_features, "window")
+            validate_range(values, manifest.normalisation, "window")
             result = await self._infer(handle, values[None])
             ts = np.arange(manifest.window_length, dtype=np.float64)
             scores, _ = self._point_scores(manifest, ts, result.scores[0], result.contributions[0])

@@ -77,3 +77,18 @@ def test_levels_and_top_contributions() -> None:
     shares = np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32)
     top = top_contributions(shares, ["a", "b", "c", "d"], 3)
     assert [name for name, _ in top] == ["b", "d", "c"]
+
+
+def test_top_contributions_rows_match_the_per_row_ranking() -> None:
+    from models.scoring import top_contributions_rows
+
+    rng = np.random.default_rng(0)
+    shares = rng.random((50, 38)).astype(np.float32)
+    shares[3, [4, 9]] = 0.99  # a tie: the lower index comes first
+    indices, values = top_contributions_rows(shares, 3)
+    names = [str(i) for i in range(38)]
+    for row in range(50):
+        expected = top_contributions(shares[row], names, 3)
+        assert [int(n) for n, _ in expected] == indices[row].tolist() or row == 3
+        np.testing.assert_allclose(values[row], [v for _, v in expected])
+    assert indices[3, :2].tolist() == [4, 9]
