@@ -97,6 +97,10 @@ class DynamicBlock3D(nn.Module):
         self.weight = nn.Parameter(torch.empty(d, d, *config.kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.padding = padding
+        # Kernel 1 on the patch axis: each patch is a frame convolved on its own, so the 3D conv is a 2D conv
+        # over [B·N, D, 2, P/2] (ORT CPU: 6.3 → 2.75 ms per op at batch 64, bench/model_throughput.py).
+        self.per_patch = config.kernel_size[0] == 1
+        self.d_model, self.half_patch = d, config.patch_length // 2
         self.intra = nn.Sequential(nn.Conv1d(d, d, 3, padding=1), nn.BatchNorm1d(d), nn.ReLU())
         self.inter = nn.Sequential(nn.Conv1d(d, d, 1), nn.ReLU())
         self.dropout = nn.Dropout(config.dropout)
@@ -108,10 +112,28 @@ class DynamicBlock3D(nn.Module):
         return 1.0 + self.intra(v_intra) + self.inter(v_inter)
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = self.modulation(x)[..., None, None]  # [B, D, N, 1, 1]
+        alpha = self.modulation(x)  # [B, D, N]
+        if self.per_patch:
+            return x + self.dropout(self._per_patch(x, alpha))
+        scale = alpha[..., None, None]  # [B, D, N, 1, 1]
         y = F.conv3d(x, self.weight, padding=self.padding)
-        y = F.conv_transpose3d(alpha * alpha * y, self.weight, padding=self.padding)
+        y = F.conv_transpose3d(scale * scale * y, self.weight, padding=self.padding)
         return x + self.dropout(y)
+
+    def _per_patch(self, x: Tensor, alpha: Tensor) -> Tensor:
+        """The same block for kernel (1, kh, kw), as 2D convs over frames ``[B·N, D, 2, P/2]``."""
+        d, half = self.d_model, self.half_patch
+        n = x.shape[2]
+        frames = x.permute(0, 2, 1, 3, 4).reshape(-1, d, 2, half)  # [B·N, D, 2, P/2]
+        scale = alpha.permute(0, 2, 1).reshape(-1, d, 1, 1)  # [B·N, D, 1, 1]
+        weight = self.weight[:, :, 0]  # [D, D, kh, kw]
+        padding = self.padding[1:]
+        y = F.conv2d(frames, weight, padding=padding)
+        # A stride-1 transposed conv is a conv with in/out swapped and the kernel flipped.
+        flipped = weight.transpose(0, 1).flip(-1, -2)
+        pad_t = (weight.shape[2] - 1 - padding[0], weight.shape[3] - 1 - padding[1])
+        z = F.conv2d(scale * scale * y, flipped, padding=pad_t)
+        return z.reshape(-1, n, d, 2, half).permute(0, 2, 1, 3, 4)
 
 
 class TVNet(nn.Module):
