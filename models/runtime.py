@@ -75,14 +75,18 @@ def verify_graph(manifest: Manifest, session: ort.InferenceSession, path: Path) 
     """Refuse a bundle whose manifest and graph disagree (names, window length, feature count)."""
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != manifest.onnx.input_name:
-        raise BundleError(f"{path}: graph input {[i.name for i in inputs]} != manifest {manifest.onnx.input_name}")
+        raise BundleError(
+            f"{path}: graph input {[i.name for i in inputs]} != manifest {manifest.onnx.input_name}"
+        )
     shape = inputs[0].shape
     if len(shape) != 3 or shape[1:] != [manifest.window_length, manifest.n_features]:
         raise BundleError(
             f"{path}: graph input shape {shape} != [batch, {manifest.window_length}, {manifest.n_features}]"
         )
     if isinstance(shape[0], int):
-        raise BundleError(f"{path}: graph has a fixed batch size {shape[0]}; a dynamic batch axis is required")
+        raise BundleError(
+            f"{path}: graph has a fixed batch size {shape[0]}; a dynamic batch axis is required"
+        )
     outputs = [o.name for o in session.get_outputs()]
     if outputs != manifest.onnx.output_names:
         raise BundleError(f"{path}: graph outputs {outputs} != manifest {manifest.onnx.output_names}")

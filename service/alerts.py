@@ -7,7 +7,9 @@ crossed. Transitions are returned as events and appended to a bounded Redis Stre
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +17,25 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service.errors import StoreUnavailable
 from service.settings import AlertSettings
 
 log = logging.getLogger(__name__)
 
 EVENTS_KEY = "vigil:alerts"
+MAX_UNPUBLISHED_EVENTS = 100_000  # held after failed appends; beyond it the oldest are dropped
+_EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_UINT64_MAX = 2**64 - 1
+
+
+def is_event_id(value: str) -> bool:
+    """``<ms>-<seq>``, both ASCII digits below 2**64: an id Redis accepts (``\\d`` would admit any Unicode
+    digit, and a longer number makes XRANGE fail)."""
+    if not _EVENT_ID.fullmatch(value):
+        return False
+    ms, seq = value.split("-")
+    return int(ms) <= _UINT64_MAX and int(seq) <= _UINT64_MAX
+
 
 # KEYS: alert state hash. ARGV: warning, critical, exit, k, n, m, ttl, then per point: ts, score, sensors.
 ALERT_LUA = """
@@ -97,6 +113,9 @@ class AlertTracker:
         self._ttl_s = ttl_s
         self._maxlen = stream_maxlen
         self._script = redis.register_script(ALERT_LUA)
+        # Events whose XADD failed after their transition was stored: published first, next time (this process).
+        self._unpublished: list[dict[str, Any]] = []
+        self._publishing = asyncio.Lock()
 
     async def observe(
         self, stream_id: str, model: str, warning: float, critical: float, points: list[ScoredPoint]
@@ -139,14 +158,28 @@ class AlertTracker:
         return events
 
     async def publish(self, event: dict[str, Any]) -> str | None:
-        """Append an event to the bounded alert stream; a failure is logged, never raised to scoring."""
-        fields: dict[Any, Any] = {k: _field_text(v) for k, v in event.items() if k != "id"}
-        try:
-            entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)
-        except RedisError:
-            log.exception("alert event not published for stream %s", event["stream_id"])
-            return None
-        return text(entry_id)
+        """Append an event to the bounded alert stream and return its id. When Redis fails (the transition is
+        already stored, so it will not be raised again) the event is held and appended, in order, before the
+        next one this process publishes; the failure is logged and returns None, never raised to scoring."""
+        async with self._publishing:
+            self._unpublished.append(event)
+            del self._unpublished[:-MAX_UNPUBLISHED_EVENTS]
+            entry_id: str | None = None
+            while self._unpublished:
+                pending = self._unpublished[0]
+                fields: dict[Any, Any] = {k: _field_text(v) for k, v in pending.items() if k != "id"}
+                try:
+                    reply = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)
+                except RedisError:
+                    log.exception(
+                        "alert event not published yet for stream %s (%d held)",
+                        event["stream_id"],
+                        len(self._unpublished),
+                    )
+                    return None
+                self._unpublished.pop(0)
+                entry_id = text(reply)
+            return entry_id
 
     async def forget(self, stream_id: str) -> None:
         await self._redis.delete(alert_key(stream_id))
@@ -156,11 +189,15 @@ class AlertTracker:
         return {text(k): text(v) for k, v in raw.items()}
 
     async def read_events(self, since: str | None, stream_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Events after id ``since`` (exclusive) in order, optionally for one stream."""
+        """Events after id ``since`` (exclusive; see :func:`is_event_id`) in order, optionally for one stream.
+        Raises :class:`StoreUnavailable` when Redis is unreachable."""
         start = f"({since}" if since else "-"
         out: list[dict[str, Any]] = []
         while len(out) < limit:
-            batch = await self._redis.xrange(EVENTS_KEY, min=start, max="+", count=max(limit, 100))
+            try:
+                batch = await self._redis.xrange(EVENTS_KEY, min=start, max="+", count=max(limit, 100))
+            except RedisError as exc:
+                raise StoreUnavailable(f"alert events unavailable: {type(exc).__name__}") from exc
             if not batch:
                 break
             for entry_id, fields in batch:

@@ -18,7 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.alerts import AlertTracker
 from service.auth import KeyRing
 from service.deps import Components
-from service.errors import PayloadTooLarge, StoreUnavailable, error_body, install_error_handlers
+from service.errors import (
+    Overloaded,
+    PayloadTooLarge,
+    StoreUnavailable,
+    error_body,
+    install_error_handlers,
+)
 from service.feed import FeedHub
 from service.history import ScoreHistory
 from service.metrics import Metrics
@@ -131,6 +137,36 @@ class BodyLimitMiddleware:
         await JSONBytesResponse(body, status_code=413)(scope, receive, send)
 
 
+class InflightLimitMiddleware:
+    """Answers 503 ``overloaded`` (Retry-After) at once, before reading the body, while ``max_inflight``
+    HTTP requests are in progress. Under overload the event loop and Redis fill before the inference queue
+    does; without this bound every accepted request waits behind all the others, so latency, open sockets
+    and memory grow with the offered load. Health and metrics stay answerable."""
+
+    EXEMPT = frozenset(("/healthz", "/readyz", "/metrics"))
+
+    def __init__(self, app: ASGIApp, max_inflight: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.metrics = metrics
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            self.metrics.rejections.labels(Overloaded.code).inc()
+            body = error_body(Overloaded.code, f"server busy: {self.inflight} requests in progress")
+            await JSONBytesResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
 def document_bodies(app: FastAPI) -> None:
     """Routes that read raw bodies (JSON or binary) still document their JSON schemas."""
     default_openapi = app.openapi
@@ -203,6 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
     ui.install(app)  # the live view's static files and its on-demand reconstructor
     document_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InflightLimitMiddleware, max_inflight=settings.max_inflight_requests, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

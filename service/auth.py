@@ -71,14 +71,20 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
 
 
 _TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]+")
+_BEARER_VALUE = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+def redact(text: str) -> str:
+    return _BEARER_VALUE.sub(r"\1***", _TOKEN_IN_QUERY.sub(r"\1***", text))
 
 
 class RedactTokens(logging.Filter):
-    """Access logs print query strings; the WebSocket token may travel there, so it is masked."""
+    """Access and WebSocket lines print query strings, where the feed's token may travel; at DEBUG the
+    WebSocket handshake prints its headers, the bearer key among them. Both are masked."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
         return True

@@ -139,9 +139,10 @@ def parse_binary(body: bytes) -> PointBatch:
         offset += 6
     except (struct.error, UnicodeDecodeError) as exc:
         raise BadInput(f"body: truncated or malformed binary header ({exc})") from exc
-    if not _STREAM_ID.match(stream_id):
+    # fullmatch: with ``match``, ``$`` also matches before a trailing newline ("a\n" would pass).
+    if not _STREAM_ID.fullmatch(stream_id):
         raise BadInput("stream_id: must be 1-128 characters of [A-Za-z0-9._:-]")
-    if model is not None and not _MODEL.match(model):
+    if model is not None and not _MODEL.fullmatch(model):
         raise BadInput("model: must be 1-64 characters of [A-Za-z0-9._-]")
     if n_points == 0:
         raise BadInput("points: at least one point is required")

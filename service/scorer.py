@@ -6,6 +6,7 @@ Stream path: validate → append to the window store → batch the due windows �
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -24,10 +25,14 @@ from service.registry import ModelHandle, ModelRegistry
 from service.schemas import StreamScoreRequest
 from service.windows import WindowStore
 
+log = logging.getLogger(__name__)
+
 DROP_REASONS = {1: "duplicate", 2: "stale"}
 F32_MAX = float(np.finfo(np.float32).max)
 # Normalised magnitude beyond which squared reconstruction errors may overflow float32 (scores inf or NaN).
 Z_MAX = 1e15
+# Scored points held for a later alert update after Redis failed mid-request (all streams, this process).
+MAX_UNOBSERVED_POINTS = 1_000_000
 
 
 def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_features: int, field: str) -> F32:
@@ -91,6 +96,9 @@ class StreamScorer:
         self._metrics = metrics
         self._max_points = max_points
         self._top_k = top_k
+        # Points appended and scored whose alert update failed (Redis went down after the append): the next
+        # request of the stream feeds them to the tracker first, so no transition they cause is lost.
+        self._unobserved: dict[str, list[ScoredPoint]] = {}
 
     def _point_scores(
         self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
@@ -219,6 +227,7 @@ class StreamScorer:
     async def _observe_alerts(
         self, stream_id: str, manifest: Manifest, points: list[ScoredPoint]
     ) -> list[dict[str, Any]]:
+        points = self._unobserved.pop(stream_id, []) + points
         if not points:
             return []
         started = time.perf_counter()
@@ -228,6 +237,7 @@ class StreamScorer:
             )
         except Exception:  # noqa: BLE001 - side path: alerts never break scoring
             self._metrics.redis_errors.labels("alerts").inc()
+            self._hold_unobserved(stream_id, points)
             return []
         self._metrics.redis_latency.labels("alerts").observe(time.perf_counter() - started)
         for event in events:
@@ -237,6 +247,19 @@ class StreamScorer:
             elif event["state"] == "resolved":
                 self._metrics.alerts_firing.labels(manifest.name).dec()
         return events
+
+    def _hold_unobserved(self, stream_id: str, points: list[ScoredPoint]) -> None:
+        """Keep ``points`` for the stream's next alert update; beyond the cap the oldest streams' are dropped
+        (logged: their alerts may miss a transition)."""
+        self._unobserved[stream_id] = points
+        held = sum(len(p) for p in self._unobserved.values())
+        while held > MAX_UNOBSERVED_POINTS and len(self._unobserved) > 1:
+            dropped_id, dropped = next(iter(self._unobserved.items()))
+            del self._unobserved[dropped_id]
+            held -= len(dropped)
+            log.error(
+                "alert update of stream %s dropped (%d points): too many held", dropped_id, len(dropped)
+            )
 
     def _count_levels(self, model: str, scores: list[dict[str, Any]]) -> None:
         self._metrics.points_scored.labels(model).inc(len(scores))

@@ -81,8 +81,19 @@ def start_local_redis() -> str:
     raise RuntimeError("local redis-server did not start")
 
 
+def redact_tokens_in_logs() -> None:
+    """Access lines (``uvicorn.access``) and WebSocket handshake lines (``uvicorn.error``, at INFO and DEBUG)
+    both print the query string, where the feed's token may travel."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
 def app_from_environment() -> FastAPI:
-    """uvicorn's factory for worker processes: every worker builds its settings from the environment."""
+    """uvicorn's factory for worker processes: every worker builds its settings from the environment (and
+    installs its own log redaction: spawned workers do not inherit the parent's filters)."""
+    redact_tokens_in_logs()
     return create_app(Settings())
 
 
@@ -115,7 +126,7 @@ def run_server(
     if "VIGIL_REDIS_URL" not in os.environ and not redis_reachable(settings.redis_url):
         os.environ["VIGIL_REDIS_URL"] = start_local_redis()
         settings = Settings()
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    redact_tokens_in_logs()
     print(
         f"Vigil serving on http://{settings.host}:{settings.port} (models in {settings.models_dir})",
         flush=True,

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     top_contributions: int = Field(3, ge=1)
     redis_cluster: bool = False  # VIGIL_REDIS_URL names one node of a Redis Cluster
     max_batch_items: int = Field(1000, ge=1)  # streams in one POST /score/batch
+    max_inflight_requests: int = Field(256, ge=1)  # HTTP requests in progress; beyond it 503 at once
     batching: BatchingSettings = BatchingSettings()
     alerts: AlertSettings = AlertSettings()
     alerts_by_model: dict[str, AlertSettings] = Field(default_factory=dict)  # per-model lifecycle overrides

@@ -7,6 +7,7 @@ import re
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from service.alerts import is_event_id
 from service.deps import Components
 from service.errors import Forbidden, Unauthorized
 from service.feed import FeedHub, id_key
@@ -16,7 +17,6 @@ router = APIRouter(tags=["alerts"])
 
 POLICY_VIOLATION = 1008  # missing or wrong token, bad parameters
 TRY_AGAIN_LATER = 1013  # the client fell behind: reconnect with its last id
-_ID = re.compile(r"^\d+-\d+$")
 _STREAM = re.compile(STREAM_ID_PATTERN)
 
 
@@ -40,8 +40,8 @@ async def alerts_feed(websocket: WebSocket) -> None:
         return
     since = websocket.query_params.get("since")
     stream_id = websocket.query_params.get("stream_id")
-    if (since is not None and not _ID.match(since)) or (
-        stream_id is not None and not _STREAM.match(stream_id)
+    if (since is not None and not is_event_id(since)) or (
+        stream_id is not None and not _STREAM.fullmatch(stream_id)
     ):
         await websocket.close(POLICY_VIOLATION, reason="invalid since or stream_id")
         return

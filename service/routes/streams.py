@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from service.alerts import is_event_id
 from service.deps import AdminKey, ComponentsDep, ReadKey, ScoreKey
-from service.errors import UnknownStream
+from service.errors import BadInput, UnknownStream
 from service.responses import JSONBytesResponse
 from service.schemas import STREAM_ID_PATTERN
 
@@ -86,5 +87,7 @@ async def list_alerts(
     stream_id: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONBytesResponse:
+    if since is not None and not is_event_id(since):
+        raise BadInput("query.since: not an event id (<ms>-<seq>, ASCII digits, each below 2**64)")
     events = await components.alerts.read_events(since, stream_id, limit)
     return JSONBytesResponse({"events": events, "last_id": events[-1]["id"] if events else since})
