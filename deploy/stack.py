@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         raise Stopped
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # A background job of a non-interactive shell starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: Ctrl-C (or a supervisor's SIGINT) would leave the stack running. Take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(args, stack)
     except (KeyboardInterrupt, Stopped):
