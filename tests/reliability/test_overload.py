@@ -8,6 +8,7 @@ serve a normal load normally the moment the overload stops.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -18,11 +19,14 @@ import httpx
 import numpy as np
 import pytest
 import redis
+from starlette.types import Message, Receive, Scope, Send
 
 from bench.harness import CPUMeter
 from bench.loadgen import OpenLoopGenerator, OpenLoopResult
 from bench.peakload import run_wrk
 from bench.workload import Workload, fresh_ts_base, http_request, modes, sample_rows
+from service.app import InflightLimitMiddleware
+from service.metrics import Metrics
 from tests.reliability.conftest import open_fds, rss_mib
 from tests.service.conftest import auth
 from tests.service.live import LiveServer
@@ -49,8 +53,6 @@ def open_loop(
     seconds: float,
     connections: int,
 ) -> tuple[OpenLoopResult, list[tuple[int, float]]]:
-    import asyncio
-
     headers = work.headers(auth("all"))
     generator = StatusLatencies(server.url, connections)
 
@@ -186,4 +188,64 @@ def test_three_times_capacity_is_shed_with_bounded_memory_and_latency_then_recov
     assert admitted_p99_s <= 5.0  # inside the server: behind at most max_inflight_requests others
     assert max(s[1] for s in samples) - rss_before < 150.0  # MiB
     assert set(after.statuses) == {200} and after.unfinished == 0  # recovered at once
-    assert p99_ms(after_pairs) < max(3 * p99_ms(baseline_pairs), 100.0)
+    assert p99_ms(after_pairs) < max(3 * p99_ms(baseline_pairs), 500.0)  # sub-second again, not seconds
+
+
+def test_the_inflight_limit_refuses_at_once_with_retry_after_and_keeps_health_open() -> None:
+    """The middleware alone, on a tiny app whose requests wait on a gate."""
+    metrics = Metrics()
+    gate = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limiter = InflightLimitMiddleware(app, max_inflight=2, metrics=metrics)
+
+    async def call(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await limiter({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+    async def scenario() -> None:
+        held = [asyncio.ensure_future(call("/score")) for _ in range(2)]
+        await asyncio.sleep(0)
+        status, headers, body = await asyncio.wait_for(call("/score"), 1)  # refused without waiting
+        assert status == 503 and headers[b"retry-after"] == b"1" and b'"code":"overloaded"' in body
+        health = asyncio.ensure_future(call("/healthz"))  # exempt: admitted even when full
+        await asyncio.sleep(0)
+        assert not health.done() and limiter.inflight == 2
+        gate.set()
+        assert [r[0] for r in await asyncio.gather(*held, health)] == [200, 200, 200]
+
+    asyncio.run(scenario())
+    assert 'vigil_rejections_total{reason="overloaded"} 1.0' in metrics.render().decode()
+
+
+def test_the_inflight_limit_shrinks_only_under_a_flood_and_grows_back() -> None:
+    """Slow requests alone never shrink the limit; slow ones while requests are refused do; it grows back
+    while still refusing once requests are fast, and is whole again after a step without refusals."""
+    limiter = InflightLimitMiddleware(lambda *_: None, max_inflight=100, metrics=Metrics())  # type: ignore[arg-type]
+
+    def step(duration_s: float, refused: int) -> int:
+        limiter._refused = refused
+        limiter._next_step = 0.0
+        limiter._adapt(duration_s)
+        return limiter.limit
+
+    limiter._mean_s = 2.0
+    assert [step(2.0, 0) for _ in range(5)] == [100] * 5  # slow but no flood
+    assert [step(2.0, 50) for _ in range(3)] == [75, 56, 42]  # slow and refusing: shrinks
+    assert min(step(2.0, 50) for _ in range(30)) == InflightLimitMiddleware.MIN_LIMIT
+    limiter._mean_s = 0.01
+    grown = [step(0.01, 50) for _ in range(5)]
+    assert grown == [5, 6, 7, 8, 10]  # fast again under the flood: grows by a quarter per step
+    assert step(0.01, 0) == 100  # the flood is over: the whole limit at once

@@ -13,10 +13,10 @@ import requests  # schemathesis brings it
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode  # noqa: E402
+from schemathesis import GenerationMode
 
-from tests.service.conftest import auth  # noqa: E402
-from tests.service.live import LiveServer  # noqa: E402
+from tests.service.conftest import auth
+from tests.service.live import LiveServer
 
 
 def fuzz(base_url: str, examples: int) -> tuple[Counter[str], list[str]]:
