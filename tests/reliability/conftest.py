@@ -17,9 +17,15 @@ from typing import Any
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from tests.conftest import start_redis_server
-from tests.service.conftest import test_series  # noqa: F401 - re-exported fixture
+from tests.service.conftest import (
+    auth,
+    make_settings,
+    test_series,  # noqa: F401 - re-exported fixture
+)
 from tests.service.live import LiveServer
 
 HERE = Path(__file__).resolve().parent
@@ -119,3 +125,17 @@ def open_fds(pid: int) -> int:
 def snapshot(client: redis.Redis) -> dict[bytes, bytes]:
     """Every key with its serialised value: two equal snapshots mean no state changed."""
     return {key: client.dump(key) or b"" for key in client.scan_iter(count=1000)}
+
+
+@pytest.fixture(scope="module")
+def api(models_dir: Path, redis_url: str) -> Iterator[tuple[TestClient, redis.Redis]]:
+    """One app for the module (hypothesis runs many examples against it) on the session's Redis."""
+    from tests.reliability.hostile import ROW, stream_body  # hostile.py imports this module's snapshot
+
+    store = redis.Redis.from_url(redis_url)
+    store.flushdb()
+    settings_ = make_settings(models_dir, redis_url, max_body_bytes=1_000_000, max_points_per_request=500)
+    with TestClient(create_app(settings_), headers=auth("all")) as client:
+        assert client.post("/score", json=stream_body("bound", [(0.0, ROW)])).status_code == 200
+        yield client, store
+    store.close()

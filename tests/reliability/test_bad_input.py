@@ -4,95 +4,25 @@ nothing in Redis; generated bodies never cause a server error."""
 from __future__ import annotations
 
 import json
-import math
-import struct
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from service.app import create_app
-from service.codec import BINARY_CONTENT_TYPE, MAGIC, encode_binary, parse_binary
-from service.errors import BadInput
-from service.schemas import StreamScoreRequest
+from service.codec import BINARY_CONTENT_TYPE, MAGIC, encode_binary
 from tests.reliability.conftest import snapshot
-from tests.service.conftest import auth, make_settings
-
-C = 38  # sensors of the test bundle
-ROW = [0.1] * C
-GENERATED = settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+from tests.reliability.hostile import (
+    ROW,
+    C,
+    binary,
+    expect_refused,
+    frame,
+    post,
+    raw_json,
+    stream_body,
 )
-
-
-@pytest.fixture(scope="module")
-def api(models_dir: Path, redis_url: str) -> Iterator[tuple[TestClient, redis.Redis]]:
-    """One app for the module (hypothesis runs many examples against it) on the session's Redis."""
-    store = redis.Redis.from_url(redis_url)
-    store.flushdb()
-    settings_ = make_settings(models_dir, redis_url, max_body_bytes=1_000_000, max_points_per_request=500)
-    with TestClient(create_app(settings_), headers=auth("all")) as client:
-        assert client.post("/score", json=stream_body("bound", [(0.0, ROW)])).status_code == 200
-        yield client, store
-    store.close()
-
-
-def stream_body(stream_id: Any, points: list[tuple[Any, Any]], **extra: Any) -> dict[str, Any]:
-    return {"stream_id": stream_id, "points": [{"ts": t, "values": v} for t, v in points], **extra}
-
-
-def raw_json(body: str) -> tuple[bytes, dict[str, str]]:
-    return body.encode(), {"content-type": "application/json"}
-
-
-def binary(
-    stream_id: str, ts: list[float], values: np.ndarray, model: str | None = None
-) -> tuple[bytes, dict[str, str]]:
-    return encode_binary(stream_id, ts, values, model), {"content-type": BINARY_CONTENT_TYPE}
-
-
-def frame(stream_id: bytes, n_points: int, n_features: int, payload: bytes) -> bytes:
-    """A binary frame built by hand, so that its header may lie."""
-    return (
-        MAGIC
-        + struct.pack("<H", len(stream_id))
-        + stream_id
-        + struct.pack("<H", 0)
-        + struct.pack("<IH", n_points, n_features)
-        + payload
-    )
-
-
-def post(
-    client: TestClient,
-    content: bytes | dict[str, Any],
-    headers: dict[str, str] | None = None,
-    path: str = "/score",
-) -> Any:
-    if isinstance(content, dict):
-        return client.post(path, json=content)
-    return client.post(path, content=content, headers=headers or {"content-type": "application/json"})
-
-
-def expect_refused(
-    api: tuple[TestClient, redis.Redis], status: int, code: str, field: str, send: Any
-) -> dict[str, Any]:
-    """``send(client)`` is answered ``status`` with ``code``, a detail starting with ``field``, no state change."""
-    client, store = api
-    before = snapshot(store)
-    response = send(client)
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code and body["detail"].startswith(field), body
-    assert snapshot(store) == before
-    return body
-
 
 FIELD_CASES: dict[str, tuple[int, str, str, Any]] = {
     # name: (status, code, field the detail starts with, request)
@@ -367,145 +297,3 @@ def test_finite_values_the_model_cannot_score_are_refused_not_scored_as_null(
     expect_refused(
         api, 422, "invalid_request", "window.0.values", lambda c: post(c, {"window": [row] + [ROW] * 99})
     )
-
-
-# ---- generated bodies -------------------------------------------------------------------------------------
-
-json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-any_json = st.recursive(
-    json_leaf,
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
-    ),
-    max_leaves=40,
-)
-stream_ids = st.one_of(
-    st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True),
-    st.text(max_size=140),
-    st.sampled_from(["", "a\n", "{x}", "*", "../x"]),
-)
-floats = st.one_of(
-    st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-10, max_value=10),
-    st.floats(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-)
-near_valid = st.fixed_dictionaries(
-    {
-        "stream_id": stream_ids,
-        "points": st.lists(
-            st.fixed_dictionaries({"ts": floats, "values": st.lists(floats, min_size=C - 1, max_size=C + 1)}),
-            max_size=4,
-        ),
-    },
-    optional={"model": st.sampled_from(["tvnet", "nope", "tvnet\n", ""])},
-)
-
-
-def check_generated(api: tuple[TestClient, redis.Redis], response: Any, before: dict[bytes, bytes]) -> None:
-    _, store = api
-    assert response.status_code < 500, response.text
-    body = response.json()
-    if response.status_code == 200:
-        for score in body.get("scores", []):
-            assert isinstance(score["score"], float) and math.isfinite(score["score"]), score
-        return
-    assert response.status_code in (404, 409, 413, 422), response.text
-    assert body["code"] and ": " in body["detail"] or body["code"] == "unknown_model", body
-    assert snapshot(store) == before, body
-
-
-@GENERATED
-@given(body=any_json)
-def test_arbitrary_json_never_causes_a_server_error(api: tuple[TestClient, redis.Redis], body: Any) -> None:
-    client, store = api
-    before = snapshot(store)
-    check_generated(
-        api,
-        client.post(
-            "/score", content=json.dumps(body).encode(), headers={"content-type": "application/json"}
-        ),
-        before,
-    )
-
-
-@GENERATED
-@given(body=near_valid)
-def test_near_valid_stream_bodies_are_scored_or_refused_cleanly(
-    api: tuple[TestClient, redis.Redis], body: dict[str, Any]
-) -> None:
-    client, store = api
-    before = snapshot(store)
-    content = json.dumps(body, allow_nan=True).encode()  # NaN and Infinity tokens travel as such
-    check_generated(
-        api, client.post("/score", content=content, headers={"content-type": "application/json"}), before
-    )
-
-
-@GENERATED
-@given(
-    data=st.binary(max_size=400)
-    | st.builds(
-        lambda b, cut: b[:cut],
-        st.just(encode_binary("cut", [1.0, 2.0], np.zeros((2, C)))),
-        st.integers(0, 400),
-    )
-)
-def test_arbitrary_binary_bodies_never_cause_a_server_error(
-    api: tuple[TestClient, redis.Redis], data: bytes
-) -> None:
-    client, store = api
-    before = snapshot(store)
-    check_generated(
-        api,
-        client.post(
-            "/score",
-            content=MAGIC + data[4:] if data[:1] == b"V" else data,
-            headers={"content-type": BINARY_CONTENT_TYPE},
-        ),
-        before,
-    )
-
-
-@GENERATED
-@given(stream_id=stream_ids)
-def test_binary_and_json_bodies_accept_exactly_the_same_stream_ids(stream_id: str) -> None:
-    """A frame's stream id passes the same check as a JSON body's (it once let ``"a\\n"`` through)."""
-    try:
-        StreamScoreRequest.model_validate({"stream_id": stream_id, "points": [{"ts": 1.0, "values": [0.0]}]})
-        json_ok = True
-    except ValueError:
-        json_ok = False
-    try:
-        binary_ok = parse_binary(encode_binary(stream_id, [1.0], np.zeros((1, 1)))).stream_id == stream_id
-    except BadInput:
-        binary_ok = False
-    assert binary_ok == json_ok
-
-
-_fresh = iter(range(10**9))
-
-
-@GENERATED
-@given(
-    row=st.integers(0, 99),
-    values=st.lists(
-        st.floats(width=32, allow_nan=False, allow_infinity=False) | st.floats(-10, 10),
-        min_size=C,
-        max_size=C,
-    ),
-)
-def test_every_accepted_window_scores_finite(
-    api: tuple[TestClient, redis.Redis], row: int, values: list[float]
-) -> None:
-    """A full window with one generated row: refused with a 422 or scored, each of its 100 points finite
-    (extreme float32 values once came back as ``score: null``, level normal)."""
-    client, store = api
-    rows = [ROW] * 100
-    rows[row] = values
-    before = snapshot(store)
-    response = post(client, stream_body(f"gen-{next(_fresh)}", [(float(t), r) for t, r in enumerate(rows)]))
-    check_generated(api, response, before)
-    if response.status_code == 200:
-        assert len(response.json()["scores"]) == 100
-    else:
-        assert response.json()["detail"].startswith(f"points.{row}.values"), response.text
