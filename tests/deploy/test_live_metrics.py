@@ -61,6 +61,9 @@ class LiveStack:
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query through Prometheus's HTTP API; a PromQL error fails the test with its message."""
         response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10)
+        assert response.headers.get("content-type", "").startswith("application/json"), (
+            f"{expr}: HTTP {response.status_code} {response.text[:200]!r} from {self.prometheus_url}\n{self.log()}"
+        )
         body = response.json()
         assert body["status"] == "success", f"{expr}: {body.get('error')}"
         result: list[dict[str, Any]] = body["data"]["result"]
