@@ -29,6 +29,7 @@ import numpy as np
 from bench import bundles, harness, loadtest, report, scrape, workload
 from models.manifest import Manifest
 from service.codec import BINARY_CONTENT_TYPE, encode_binary
+from service.settings import Settings
 
 
 def memory_rows(
@@ -87,7 +88,7 @@ def steady_footprint(
         ("w", "window (packed records)"),
         ("m", "meta hash"),
         ("a", "alert state"),
-        ("h", f"score history ({history} points)"),
+        ("r", f"score history ({history} points, VIGIL_HISTORY_POINTS default)"),
     ):
         size = client.memory_usage(f"vigil:{{{stream}}}:{key}", samples=0) or 0
         rows.append([what, size, size / raw])
@@ -137,7 +138,8 @@ def main() -> None:
                 with harness.vigil_server(bundles.serve_dir([bundle]), redis_srv.url, workers=workers) as srv:
                     pids = {"vigil": srv.pid, "redis": redis_srv.pid}
                     if workers == 1:
-                        footprint = steady_footprint(srv, redis_srv, stream_load, 2000)
+                        history = Settings.model_fields["history_points"].default
+                        footprint = steady_footprint(srv, redis_srv, stream_load, history)
                         results.add(kind="footprint", rows=footprint)
                         for size in sizes:
                             stream_load.n_streams = size

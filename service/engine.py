@@ -27,8 +27,10 @@ class ONNXEngine:
         self._output_names = [o.name for o in bundle.session.get_outputs()]
 
     @classmethod
-    def open(cls, bundle_dir: Path, provider: Provider, intra_op_threads: int) -> ONNXEngine:
-        engine = cls(load_bundle(bundle_dir, provider, intra_op_threads))
+    def open(
+        cls, bundle_dir: Path, provider: Provider, intra_op_threads: int, spinning: bool = False
+    ) -> ONNXEngine:
+        engine = cls(load_bundle(bundle_dir, provider, intra_op_threads, spinning))
         log.info(
             "model %s %s on ONNX Runtime %s provider",
             engine.manifest.name,

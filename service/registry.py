@@ -79,7 +79,7 @@ class ModelRegistry:
 
     def _open(self, path: Path) -> ModelHandle:
         s = self._settings
-        engine = ONNXEngine.open(path, s.provider, s.intra_op_threads)
+        engine = ONNXEngine.open(path, s.provider, s.intra_op_threads, s.intra_op_spinning)
         engine.warm_up()
         m = self._metrics
         name, provider = engine.manifest.name, engine.provider

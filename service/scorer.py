@@ -19,7 +19,7 @@ from models.scoring import F32, WindowScores, level_of, normalise, pending_point
 from service.alerts import AlertTracker, ScoredPoint
 from service.codec import PointBatch, WindowInput, stream_batch
 from service.errors import BadInput, PayloadTooLarge, StoreUnavailable, VigilError
-from service.history import ScoreHistory
+from service.history import ScoreHistory, pack_scores
 from service.metrics import Metrics
 from service.registry import ModelHandle, ModelRegistry
 from service.schemas import StreamScoreRequest
@@ -102,25 +102,30 @@ class StreamScorer:
 
     def _point_scores(
         self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
-    ) -> tuple[list[dict[str, Any]], list[ScoredPoint]]:
+    ) -> tuple[list[dict[str, Any]], list[ScoredPoint], list[bytes]]:
+        """Per point: the response item, the alert tracker's input and the packed history record."""
         thresholds, names = manifest.thresholds, manifest.feature_names
         top_index, top_share = top_contributions_rows(shares, self._top_k)
         out: list[dict[str, Any]] = []
         points: list[ScoredPoint] = []
-        for ts_value, score, indices, values in zip(
-            ts.tolist(), scores.tolist(), top_index.tolist(), top_share.tolist(), strict=True
+        ts_list, score_list = ts.tolist(), scores.tolist()
+        levels = [level_of(score, thresholds.warning, thresholds.critical) for score in score_list]
+        for ts_value, score, level, indices, values in zip(
+            ts_list, score_list, levels, top_index.tolist(), top_share.tolist(), strict=True
         ):
             sensors = [names[i] for i in indices]
             out.append(
                 {
                     "ts": ts_value,
                     "score": score,
-                    "level": level_of(score, thresholds.warning, thresholds.critical),
-                    "contributions": [{"sensor": s, "share": v} for s, v in zip(sensors, values, strict=True)],
+                    "level": level,
+                    "contributions": [
+                        {"sensor": s, "share": v} for s, v in zip(sensors, values, strict=True)
+                    ],
                 }
             )
             points.append(ScoredPoint(ts_value, score, sensors))
-        return out, points
+        return out, points, pack_scores(ts_list, score_list, levels, top_index, top_share)
 
     async def _infer(self, handle: ModelHandle, raw_windows: F32) -> WindowScores:
         return await handle.batcher.submit(normalise(raw_windows, handle.manifest.normalisation))
@@ -155,11 +160,12 @@ class StreamScorer:
 
             scores: list[dict[str, Any]] = []
             scored_points: list[ScoredPoint] = []
+            records: list[bytes] = []
             if appended.windows:
                 result = await self._infer(handle, np.stack([w.values for w in appended.windows]))
                 for row, window in enumerate(appended.windows):
                     span = window.span
-                    s, p = self._point_scores(
+                    s, p, r = self._point_scores(
                         manifest,
                         window.ts[-span:],
                         result.scores[row, -span:],
@@ -167,9 +173,10 @@ class StreamScorer:
                     )
                     scores.extend(s)
                     scored_points.extend(p)
+                    records.extend(r)
                 self._count_levels(manifest.name, scores)
             events = await self._observe_alerts(batch.stream_id, manifest, scored_points)
-            await self._history.record(batch.stream_id, scores)
+            await self._history.record(batch.stream_id, records)
             return {
                 "stream_id": batch.stream_id,
                 "model": manifest.name,
@@ -192,7 +199,7 @@ class StreamScorer:
             validate_range(values, manifest.normalisation, "window")
             result = await self._infer(handle, values[None])
             ts = np.arange(manifest.window_length, dtype=np.float64)
-            scores, _ = self._point_scores(manifest, ts, result.scores[0], result.contributions[0])
+            scores, _, _ = self._point_scores(manifest, ts, result.scores[0], result.contributions[0])
             self._count_levels(manifest.name, scores)
             return {"model": manifest.name, "version": manifest.version, "scores": scores}
 

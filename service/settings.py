@@ -80,8 +80,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     intra_op_threads: int = Field(0, ge=0)  # 0 = ONNX Runtime's choice (one per core)
+    # Idle intra-op threads busy-wait for work by default in ONNX Runtime; in a server that steals the cores
+    # the event loop and Redis need between batches (bench/profile_service.py shows it).
+    intra_op_spinning: bool = False
     window_ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    history_points: int = Field(2000, ge=0)  # recent scores kept per stream for the live view (0: none)
+    # Recent scores kept per stream for the live view (0: none): ~33 bytes of Redis each with 3 top sensors,
+    # sized so that a stream's keys stay within 1.3x its raw float32 window (BENCHMARKS.md, cost growth).
+    history_points: int = Field(32, ge=0)
     max_points_per_request: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     top_contributions: int = Field(3, ge=1)

@@ -40,7 +40,9 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def start_redis_server(directory: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis_server(
+    directory: Path, *extra: str, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """A private redis-server on a free (or the given) loopback port; the binary comes from deploy/setup.sh."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -124,8 +126,13 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     try:
         for i in range(3):
             proc, port = start_redis_server(
-                base / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--appendonly", "no",
+                base / f"node{i}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--appendonly",
+                "no",
                 port=free_cluster_port(),
             )
             procs.append(proc)
@@ -133,7 +140,9 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         nodes = [f"127.0.0.1:{p}" for p in ports]
         subprocess.run(
             ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         client = redis.Redis(port=ports[0])
         deadline = time.monotonic() + 30

@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train, export, calibrate and write a model bundle")
-    train.add_argument("--model", default="tvnet", help="tvnet, convtimenet, dense_ae, lstm_ae, pca")
+    from training.config import FAMILY_DEFAULTS  # pydantic only: building the parser never loads torch
+
+    train.add_argument("--model", default="tvnet", choices=list(FAMILY_DEFAULTS), help="model family")
     train.add_argument(
         "--train", type=Path, required=True, help="CSV/TXT (.gz ok) or .npy, rows = time steps"
     )

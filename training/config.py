@@ -69,11 +69,11 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
     # Sized so that one SMD machine (~19k training rows) trains in about a minute on 2 CPU cores: the whole
     # 14-machine evaluation of every family stays within about an hour (bench/evaluate_smd.py).
     "tvnet": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=10),
-    "convtimenet": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=10),
+    "convtimenet": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=20),
     "dense_ae": FamilyDefaults(epochs=8, batch_size=128, learning_rate=1e-3, train_stride=4),
     "lstm_ae": FamilyDefaults(epochs=6, batch_size=64, learning_rate=1e-3, train_stride=5),
     "pca": FamilyDefaults(epochs=1, batch_size=256, learning_rate=1e-3, train_stride=1),
-    "timesnet_ad": FamilyDefaults(epochs=10, batch_size=64, learning_rate=1e-3, train_stride=5),
+    "timesnet_ad": FamilyDefaults(epochs=10, batch_size=64, learning_rate=1e-3, train_stride=10),
 }
 
 

@@ -225,7 +225,9 @@ async def stream_scores(
     handle = components.models.get(model)
     kept = min(limit, components.settings.history_points)
     try:
-        scores = await components.history.recent(stream_id, kept) if kept else []
+        scores = (
+            await components.history.recent(stream_id, kept, handle.manifest.feature_names) if kept else []
+        )
     except RedisError as exc:
         raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc
     body = {

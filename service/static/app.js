@@ -31,6 +31,7 @@
     key: null,
     streams: new Map(),
     selected: null,
+    trail: { streamId: null, points: [] },
     timeAxis: false,
     lastEventId: null,
     events: [],
@@ -243,16 +244,30 @@
     }
   }
 
+  // The server keeps only the newest VIGIL_HISTORY_POINTS scores per stream (Redis memory per stream); the
+  // page keeps what it has seen of the selected stream, so the chart grows to SCORE_POINTS while it is open.
+  function keepTrail(streamId, scores) {
+    if (state.trail.streamId !== streamId) state.trail = { streamId, points: [] };
+    const kept = state.trail.points;
+    const last = kept.length ? kept.at(-1).ts : -Infinity;
+    const first = scores.length ? scores[0].ts : Infinity;
+    // A gap (the history moved on past what the page holds) or a restart of the stream: start again.
+    const joined = first <= last || kept.length === 0 ? kept.filter((p) => p.ts < first) : [];
+    state.trail.points = joined.concat(scores).slice(-SCORE_POINTS);
+    return state.trail.points;
+  }
+
   async function refreshScores() {
     const streamId = state.selected;
     const body = await api(`streams/${encodeURIComponent(streamId)}/scores`, { limit: SCORE_POINTS });
     if (streamId !== state.selected) return;
-    const xs = body.scores.map((p) => p.ts);
+    const points = keepTrail(streamId, body.scores);
+    const xs = points.map((p) => p.ts);
     useTimeAxis(xs);
     const { warning, critical } = body.thresholds;
     const data = [
       xs,
-      body.scores.map((p) => Math.max(p.score, MIN_LOG_SCORE)),
+      points.map((p) => Math.max(p.score, MIN_LOG_SCORE)),
       xs.map(() => warning),
       xs.map(() => critical),
     ];
@@ -265,7 +280,7 @@
     }
     state.scoreChart.setData(data);
     $("score-chart").dataset.points = String(xs.length);
-    const over = body.scores.filter((p) => p.level !== "normal").length;
+    const over = points.filter((p) => p.level !== "normal").length;
     $("score-note").textContent = xs.length
       ? `last ${xs.length} scored points (${over} at or over warning) · model ${body.model} ${body.version} · ` +
         `warning ${formatScore(warning)} · critical ${formatScore(critical)} · log scale`

@@ -134,7 +134,7 @@ def test_compose_references_resolve_to_existing_paths_volumes_and_stages(compose
 
 def test_compose_refuses_to_render_without_a_redis_password(compose_binary: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.env"
-    empty.write_text('VIGIL_API_KEYS=[]\nREPLAY_API_KEY=k\n')  # everything but the password
+    empty.write_text("VIGIL_API_KEYS=[]\nREPLAY_API_KEY=k\n")  # everything but the password
     result = run_compose(compose_binary, "config", "--quiet", env_file=empty)
     assert result.returncode != 0
     assert "REDIS_PASSWORD is not set" in result.stderr

@@ -23,7 +23,7 @@ from tests.service.conftest import auth, make_settings
 
 C = 38
 VICTIM = "victim"
-KEY = re.compile(rb"vigil:\{([^{}]+)\}:([wmah])")
+KEY = re.compile(rb"vigil:\{([^{}]+)\}:([wmar])")
 HOSTILE = [
     "victim}",
     "{victim}",
@@ -73,7 +73,7 @@ def victim_keys(store: redis.Redis) -> dict[bytes, bytes]:
 
 
 def assert_keyspace_well_formed(store: redis.Redis) -> set[str]:
-    """Every key is the alert stream or ``vigil:{<id>}:<w|m|a|h>`` with a valid id; returns the ids."""
+    """Every key is the alert stream or ``vigil:{<id>}:<w|m|a|r>`` with a valid id; returns the ids."""
     ids = set()
     for key in store.scan_iter(count=1000):
         if key == b"vigil:alerts":

@@ -51,7 +51,7 @@ def worker_threads(name: str) -> list[threading.Thread]:
 
 @pytest.fixture(scope="module")
 def engine(bundle_dir: Path) -> ONNXEngine:
-    return ONNXEngine.open(bundle_dir, "cpu", 1)
+    return ONNXEngine.open(bundle_dir, "cpu", 1, spinning=False)
 
 
 @pytest.fixture

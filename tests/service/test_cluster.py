@@ -42,10 +42,15 @@ def test_cluster_parity_with_offline_scoring(
     expected = {float(i): float(s) for i, s in enumerate(offline) if np.isfinite(s)}
     ids = [unique("cl") for _ in range(6)]  # several streams land in different slots and nodes
     for stream_id in ids:
-        streamed = scores_by_ts(stream(cluster_client, stream_id, test_series, 7 if stream_id == ids[0] else 61))
+        streamed = scores_by_ts(
+            stream(cluster_client, stream_id, test_series, 7 if stream_id == ids[0] else 61)
+        )
         assert sorted(streamed) == sorted(expected)
         np.testing.assert_allclose(
-            [streamed[t] for t in sorted(expected)], [expected[t] for t in sorted(expected)], rtol=1e-5, atol=1e-7
+            [streamed[t] for t in sorted(expected)],
+            [expected[t] for t in sorted(expected)],
+            rtol=1e-5,
+            atol=1e-7,
         )
     cluster = RedisCluster.from_url(cluster_client.app.state.components.settings.redis_url)
     nodes = {cluster.get_node_from_key(window_key(i)).name for i in ids}
@@ -61,7 +66,9 @@ def test_cluster_retries_append_nothing_twice(cluster_client: TestClient, test_s
     assert cluster_client.get(f"/streams/{stream_id}").json()["points_total"] == 120
 
 
-def test_cluster_two_replicas_give_one_alert_lifecycle(cluster_settings: Settings, test_series: np.ndarray) -> None:
+def test_cluster_two_replicas_give_one_alert_lifecycle(
+    cluster_settings: Settings, test_series: np.ndarray
+) -> None:
     series = test_series.copy()
     series[420:440, [2, 9, 20]] += 1.5
     single_id, replicated_id = unique("single"), unique("replicated")

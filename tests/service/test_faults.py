@@ -47,7 +47,9 @@ def test_overload_is_answered_at_once_with_503_and_retry_after(
         assert client.post("/score", json=window).status_code == 200  # recovers at once
 
 
-def test_redis_killed_and_restarted_mid_stream(models_dir: Path, tmp_path: Path, test_series: np.ndarray) -> None:
+def test_redis_killed_and_restarted_mid_stream(
+    models_dir: Path, tmp_path: Path, test_series: np.ndarray
+) -> None:
     data = tmp_path / "redis"
     proc, port = start_redis_server(data, "--appendonly", "yes", "--appendfsync", "everysec")
     url = f"redis://127.0.0.1:{port}/0"
@@ -81,7 +83,9 @@ def test_a_failed_batch_fails_every_request_in_it_and_the_worker_goes_on(bundle_
 
     async def scenario() -> tuple[list[object], object]:
         bad = np.zeros((1, 100, 5), dtype=np.float32)  # a real ONNX Runtime shape error
-        batch = await asyncio.gather(batcher.submit(z), batcher.submit(bad), batcher.submit(z), return_exceptions=True)
+        batch = await asyncio.gather(
+            batcher.submit(z), batcher.submit(bad), batcher.submit(z), return_exceptions=True
+        )
         return batch, await batcher.submit(z)
 
     try:
@@ -93,7 +97,9 @@ def test_a_failed_batch_fails_every_request_in_it_and_the_worker_goes_on(bundle_
     assert after.scores.shape == (1, 100)
 
 
-def test_memory_per_stream_stays_within_1_3x_the_raw_window(client: TestClient, test_series: np.ndarray) -> None:
+def test_memory_per_stream_stays_within_1_3x_the_raw_window(
+    client: TestClient, test_series: np.ndarray
+) -> None:
     stream(client, "mem", test_series[:300], 100)
     r = redis.Redis.from_url(client.app.state.components.settings.redis_url)
     used = r.memory_usage(window_key("mem"), samples=0) + r.memory_usage(meta_key("mem"), samples=0)
@@ -110,7 +116,7 @@ def test_too_many_points_is_a_413(client: TestClient, points: int) -> None:
 
 
 def test_an_oversized_body_is_a_413_before_parsing(client: TestClient) -> None:
-    response = client.post("/score", content=b"[" + b"1," * 9_000_000 + b"1]", headers={"content-type": "application/json"})
+    response = client.post(
+        "/score", content=b"[" + b"1," * 9_000_000 + b"1]", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
-
-

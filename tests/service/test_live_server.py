@@ -55,7 +55,9 @@ def test_sigterm_under_load_answers_every_accepted_request(
     unanswered = [sid for sid, o in outcomes if not o.isdigit()]
     assert {o for _, o in outcomes if o.isdigit()} == {"200"}  # no error while draining
     assert all(clean_redis.exists(window_key(sid)) for sid in answered)
-    assert not any(clean_redis.exists(window_key(sid)) for sid in unanswered)  # never processed: safe to retry
+    assert not any(
+        clean_redis.exists(window_key(sid)) for sid in unanswered
+    )  # never processed: safe to retry
     log = (tmp_path / "serve.log").read_text()
     assert "Application shutdown complete" in log and "Finished server process" in log
 

@@ -51,7 +51,9 @@ def test_hot_reload_under_load_fails_no_request(
         def load(stream_id: str) -> None:
             offset = 0
             while not stop.is_set() and offset < 590:
-                response = client.post("/score", json=points_body(stream_id, test_series[offset : offset + 10], offset))
+                response = client.post(
+                    "/score", json=points_body(stream_id, test_series[offset : offset + 10], offset)
+                )
                 statuses.append(response.status_code)
                 versions.append(response.json().get("version", "?"))
                 offset += 10

@@ -41,10 +41,15 @@ def test_the_bundle_is_self_describing(bundle_dir: Path) -> None:
     assert manifest.architecture == "tvnet" and manifest.hyperparameters["d_model"] == 16
     assert manifest.window_length == 100 and manifest.n_features == 38 and manifest.stride == 10
     assert manifest.parity.passed and set(manifest.parity.max_abs_diff) == {"1", "7", "64"}
-    assert manifest.onnx.opset >= 17 and manifest.onnx.sha256 == hashlib.sha256(
-        (bundle_dir / "model.onnx").read_bytes()
-    ).hexdigest()
-    assert manifest.training.n_train_rows + manifest.training.n_validation_rows == manifest.training.n_rows == 3000
+    assert (
+        manifest.onnx.opset >= 17
+        and manifest.onnx.sha256 == hashlib.sha256((bundle_dir / "model.onnx").read_bytes()).hexdigest()
+    )
+    assert (
+        manifest.training.n_train_rows + manifest.training.n_validation_rows
+        == manifest.training.n_rows
+        == 3000
+    )
     assert manifest.training.config["model"] == "tvnet"  # the resolved config is kept
     assert manifest.training.data_sha256 == hashlib.sha256((SAMPLE / "train.txt.gz").read_bytes()).hexdigest()
     assert {level.name for level in manifest.thresholds.levels} == {"warning", "critical"}
@@ -77,7 +82,11 @@ def test_evaluating_on_test_data_never_changes_the_thresholds(bundle_dir: Path, 
     second = evaluate_bundle(bundle, tmp_path / "test.npy", tmp_path / "labels.npy")
     assert (bundle / "manifest.json").read_bytes() == before
     stored = json.loads(before)["thresholds"]
-    assert first["thresholds"] == second["thresholds"] == {"warning": stored["warning"], "critical": stored["critical"]}
+    assert (
+        first["thresholds"]
+        == second["thresholds"]
+        == {"warning": stored["warning"], "critical": stored["critical"]}
+    )
     assert first["metrics"]["auc_pr"] != second["metrics"]["auc_pr"]
     assert (bundle / EVALUATION_REPORT).is_file()
 

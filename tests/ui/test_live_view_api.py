@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from models.manifest import Manifest
 from service.routes.ui import STATIC_DIR
+from service.settings import Settings
 from tests.conftest import free_port
 from tests.service.conftest import auth, scores_by_ts, stream
 
@@ -43,6 +45,18 @@ def test_stream_list_shows_live_streams_with_model_points_and_alert_state_firing
     assert [s["stream_id"] for s in client.get("/streams").json()["streams"]] == ["z-spiky"]
 
 
+def test_deleting_a_stream_removes_every_key_it_owns_and_nothing_else(
+    client: TestClient, test_series: np.ndarray, clean_redis: redis.Redis
+) -> None:
+    stream(client, "gone", with_anomaly(test_series)[:340], chunk=85)
+    stream(client, "kept", test_series[:120], chunk=60)
+    owned = sorted(k.decode().rsplit(":", 1)[1] for k in clean_redis.scan_iter("vigil:{gone}:*"))
+    assert owned == ["a", "m", "r", "w"]  # alert state, meta, score history, window
+    assert client.delete("/streams/gone").status_code in (200, 204)
+    assert list(clean_redis.scan_iter("vigil:{gone}:*")) == []
+    assert sorted(k.decode().rsplit(":", 1)[1] for k in clean_redis.scan_iter("vigil:{kept}:*")) == owned
+
+
 def test_stream_list_is_bounded_by_limit(client: TestClient, test_series: np.ndarray) -> None:
     for name in ("s-1", "s-2", "s-3"):
         stream(client, name, test_series[:5], chunk=5)
@@ -57,16 +71,28 @@ def test_stream_list_is_bounded_by_limit(client: TestClient, test_series: np.nda
 def test_scores_are_the_streamed_scores_with_the_model_thresholds(
     client: TestClient, test_series: np.ndarray
 ) -> None:
-    streamed = scores_by_ts(stream(client, "s", test_series[:300], chunk=50))
-    body = client.get("/streams/s/scores", params={"limit": 40}).json()
-    assert [p["ts"] for p in body["scores"]] == [float(t) for t in range(260, 300)]
-    assert [p["score"] for p in body["scores"]] == [streamed[float(t)] for t in range(260, 300)]
+    bodies = stream(client, "s", test_series[:300], chunk=50)
+    streamed = scores_by_ts(bodies)
+    served = {p["ts"]: p for b in bodies for p in b["scores"]}
+    body = client.get("/streams/s/scores", params={"limit": 20}).json()
+    assert [p["ts"] for p in body["scores"]] == [float(t) for t in range(280, 300)]
+    assert [p["score"] for p in body["scores"]] == [streamed[float(t)] for t in range(280, 300)]
     assert all(p["contributions"] and p["level"] in ("normal", "warning", "critical") for p in body["scores"])
     thresholds = client.get("/models/tvnet").json()["thresholds"]
     assert body["thresholds"] == {"warning": thresholds["warning"], "critical": thresholds["critical"]}
     assert (body["model"], body["version"]) == ("tvnet", "test")
     everything = client.get("/streams/s/scores", params={"limit": 10_000}).json()["scores"]
-    assert len(everything) == 300
+    kept = Settings.model_fields["history_points"].default  # the packed history keeps the newest few
+    assert [p["ts"] for p in everything] == [float(t) for t in range(300 - kept, 300)]
+    for point in everything:  # level, sensors and shares (to 4 decimals) survive the packed record
+        original = served[point["ts"]]
+        assert point["level"] == original["level"]
+        assert [c["sensor"] for c in point["contributions"]] == [
+            c["sensor"] for c in original["contributions"]
+        ]
+        assert [c["share"] for c in point["contributions"]] == pytest.approx(
+            [c["share"] for c in original["contributions"]], abs=1e-4
+        )
     for limit in (0, 10_001):
         assert client.get("/streams/s/scores", params={"limit": limit}).status_code == 422
 

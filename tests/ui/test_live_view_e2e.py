@@ -26,6 +26,7 @@ import httpx
 import pytest
 import redis
 
+from service.settings import Settings
 from tests.conftest import ROOT, SAMPLE, free_port
 from training.data import load_series
 
@@ -175,7 +176,9 @@ def test_live_view_shows_the_stream_its_scores_the_alert_and_the_injected_sensor
             f"{SENSOR_NAME} must drive the alert: {events}"
         )
         # Waits use selectors, not wait_for_function: the page's CSP forbids the eval that one needs.
-        chart_drawn = f'#score-chart[data-points="{ROWS}"] canvas'
+        # Selected after the replay: the chart starts from the stream's kept history (VIGIL_HISTORY_POINTS).
+        kept = min(ROWS, Settings.model_fields["history_points"].default)
+        chart_drawn = f'#score-chart[data-points="{kept}"] canvas'
         feed_item = f'#feed li[data-id="{fired[0]["id"]}"][data-state="firing"][data-stream-id="{STREAM_ID}"]'
 
         page.wait_for_selector(f'#streams tr[data-stream-id="{STREAM_ID}"] .badge[data-state="firing"]')
@@ -197,6 +200,19 @@ def test_live_view_shows_the_stream_its_scores_the_alert_and_the_injected_sensor
         page.wait_for_selector(chart_drawn)
         assert page.text_content("#stream-title") == STREAM_ID
         assert page.evaluate("sessionStorage.getItem('vigil.readKey')") == server.read_key
+
+        # While the page is open its chart keeps what it has seen: 20 more points join the kept history.
+        more = load_series(SAMPLE / "test.txt.gz", max_rows=ROWS + 20)[ROWS:]
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            body = {
+                "stream_id": STREAM_ID,
+                "points": [{"ts": float(ROWS + i), "values": r.tolist()} for i, r in enumerate(more)],
+            }
+            response = client.post(
+                "/score", json=body, headers={"Authorization": f"Bearer {server.score_key}"}
+            )
+            assert response.status_code == 200 and len(response.json()["scores"]) == 20, response.text
+        page.wait_for_selector(f'#score-chart[data-points="{kept + 20}"] canvas')
     except Exception:
         page.screenshot(path=str(tmp_path / "failure.png"))
         print(f"failure screenshot: {tmp_path / 'failure.png'}\nconsole: {errors}\n{server.log_tail()}")  # noqa: T201

@@ -1,0 +1,134 @@
+"""Where a request's time goes: py-spy samples ``vigil serve`` while wrk drives one request kind at peak.
+
+    .venv/bin/python -m bench.profile_service --model tvnet --mode e [--seconds 15] [--workers 1]
+
+Prints the functions with the most samples (own time and total time, as py-spy's ``--format raw`` folded
+stacks give them) and writes the folded stacks to ``artifacts/bench/profiles/<model>-<mode>.folded`` (feed
+them to any flamegraph tool). py-spy comes with the ``dev`` extra; it needs ptrace (root here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from bench import bundles, harness, peakload, workload
+from models.manifest import Manifest
+
+PROFILE_DIR = harness.BENCH_DIR / "profiles"
+
+
+def summarise(folded: Path, top: int) -> tuple[list[tuple[str, int, int]], int]:
+    """(frame, own samples, total samples) for the ``top`` frames by total, and the sample count."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    rows = [(frame, own[frame], total[frame]) for frame, _ in total.most_common(top)]
+    return rows, samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tvnet", choices=bundles.FAMILIES)
+    parser.add_argument("--mode", default="e", help="request kind (bench/workload.py)")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="VIGIL_INTRA_OP_THREADS (default: the service's)"
+    )
+    parser.add_argument("--spinning", action="store_true", help="VIGIL_INTRA_OP_SPINNING=true")
+    args = parser.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(harness.ROOT, ".venv", "bin", "py-spy"))
+
+    bundle = bundles.family_bundle(args.model)
+    manifest = Manifest.load(bundle)
+    mode = workload.modes()[args.mode]
+    load = workload.Workload(
+        mode, workload.sample_rows(), manifest.window_length, manifest.stride, n_streams=200
+    )
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    folded = PROFILE_DIR / f"{args.model}-{args.mode}.folded"
+    with (
+        harness.redis_server() as redis_srv,
+        harness.vigil_server(
+            bundles.serve_dir([bundle]),
+            redis_srv.url,
+            workers=args.workers,
+            intra_op_threads=args.threads,
+            extra_env={"VIGIL_INTRA_OP_SPINNING": "true" if args.spinning else "false"},
+        ) as srv,
+    ):
+        ts_base = workload.fresh_ts_base()
+        load.prime(redis_srv.url, manifest.name, ts_base)
+        pids = harness.process_tree(srv.pid)
+        target = pids[-1] if args.workers == 1 else srv.pid  # the worker that serves, not the supervisor
+        spy = subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(target),
+                "--duration",
+                f"{int(args.seconds)}",
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(folded),
+                "--nonblocking",
+                *(["--subprocesses"] if args.workers > 1 else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        result: dict[str, peakload.PeakResult] = {}
+        runner = threading.Thread(
+            target=lambda: result.setdefault(
+                "wrk",
+                peakload.run_wrk(
+                    srv.base_url,
+                    load,
+                    srv.headers,
+                    ts_base + 10_000,
+                    connections=args.connections,
+                    duration_s=args.seconds,
+                ),
+            )
+        )
+        runner.start()
+        runner.join()
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
+    peak = result["wrk"]
+    print(f"# Profile of `vigil serve` ({args.model}, mode {args.mode}: {mode.title})")
+    print(f"- command: `.venv/bin/python -m bench.profile_service --model {args.model} --mode {args.mode}`")
+    print(
+        f"- load: wrk -c{args.connections} {args.seconds:g}s: {peak.rps:,.1f} req/s, p99 {peak.p99_ms:,.1f} ms"
+    )
+    rows, samples = summarise(folded, args.top)
+    print(f"- {samples} samples at 200 Hz; folded stacks: {folded}\n")
+    print("| frame | own % | total % |\n| --- | --- | --- |")
+    for frame, own, total in rows:
+        print(f"| `{frame}` | {100 * own / samples:.1f} | {100 * total / samples:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
