@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark behind BENCHMARKS.md, one after the other, on a quiet machine (about 75 minutes).
+# Every benchmark behind BENCHMARKS.md, one after the other, on a quiet machine (about 50 minutes).
 #
 #     bash bench/run_all.sh            # REPEAT=2 by default; REPEAT=3 bash bench/run_all.sh for more runs
 #

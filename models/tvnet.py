@@ -39,6 +39,13 @@ class TVNetConfig:
     # conv; patches talk through α and the head. (3, 3, 3) also mixes neighbours but costs 3.3× on ORT CPU.
     kernel_size: tuple[int, int, int] = (1, 3, 3)
     dropout: float = 0.1
+    # Per-window normalisation (the paper's RevIN-style step). It makes the model blind to a level shift that
+    # fills the whole window, which is how many SMD anomalies look once they last longer than L; False feeds
+    # the globally standardised window, clipped to ±input_clip so that a sensor that was flat in training
+    # cannot feed the network values in the thousands (EVALUATION.md measures both). The error is still
+    # taken against the unclipped input, so such a sensor still scores high.
+    window_norm: bool = True
+    input_clip: float = 10.0
 
     def __post_init__(self) -> None:
         if self.patch_stride < 1 or self.window_length % self.patch_stride:
@@ -154,11 +161,14 @@ class TVNet(nn.Module):
         self.feature_head = nn.Linear(d, config.n_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        z, mean, std = self.norm.normalise(x)  # [B, L, C], stats [B, 1, C]
+        if self.config.window_norm:
+            z, mean, std = self.norm.normalise(x)  # [B, L, C], stats [B, 1, C]
+        else:
+            z = x.clamp(-self.config.input_clip, self.config.input_clip)
         h = self.embed_dropout(self.token(z.transpose(1, 2)) + self.positions)  # [B, D, L]
         h3 = self.patches(h)  # [B, D, N, 2, P/2]
         for block in self.blocks:
             h3 = block(h3)
         flat = h3.flatten(start_dim=2)  # [B, D, N·P]
         out = self.feature_head(self.time_head(flat).transpose(1, 2))  # [B, L, C]
-        return self.norm.denormalise(out, mean, std)
+        return self.norm.denormalise(out, mean, std) if self.config.window_norm else out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,33 @@ def test_tvnet_modulation_varies_with_the_sample_and_the_patch() -> None:
     assert alpha.shape == (2, 16, 10)
     assert not torch.allclose(alpha[0], alpha[1])
     assert not torch.allclose(alpha[0, :, 0], alpha[0, :, 5])
+
+
+def test_tvnet_window_norm_hides_a_level_shift_of_the_whole_window_and_without_it_the_shift_shows() -> None:
+    shift = torch.zeros(1, 1, 38)
+    shift[..., 5] = 4.0  # one sensor 4 scales up for the whole window
+    x = torch.randn(2, 100, 38)
+    config = TVNetConfig(window_length=100, n_features=38, d_model=16, n_blocks=2)
+    normed = trained_briefly(config)
+    raw = trained_briefly(dataclasses.replace(config, window_norm=False))
+
+    def error(model: TVNet, v: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(v) - v)[..., 5].pow(2).mean())  # the shifted sensor's error
+
+    # Per-window normalisation: the reconstruction follows the shift, so the error does not change.
+    assert error(normed, x + shift) == pytest.approx(error(normed, x), rel=1e-3)
+    # Fed the standardised window as it is, the model sees the shift.
+    assert error(raw, x + shift) > 2 * error(raw, x)
+
+
+def test_tvnet_without_window_norm_exports_with_parity(tmp_path: Path) -> None:
+    model = trained_briefly(
+        TVNetConfig(window_length=100, n_features=38, d_model=16, n_blocks=2, window_norm=False)
+    )
+    path = export_onnx(model, tmp_path / "tvnet.onnx", 100, 38)
+    result = check_parity(model, path, 100, 38, batch_sizes=(1, 7, 64))
+    assert result.passed, result.max_abs_diff
 
 
 def test_tvnet_onnx_export_matches_pytorch_at_batch_1_7_and_64(tmp_path: Path) -> None:
