@@ -13,7 +13,6 @@ import argparse
 import collections
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 from bench import bundles, harness, peakload, workload
@@ -98,26 +97,18 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        result: dict[str, peakload.PeakResult] = {}
-        runner = threading.Thread(
-            target=lambda: result.setdefault(
-                "wrk",
-                peakload.run_wrk(
-                    srv.base_url,
-                    load,
-                    srv.headers,
-                    ts_base + 10_000,
-                    connections=args.connections,
-                    duration_s=args.seconds,
-                ),
-            )
+        # py-spy samples in its own process while wrk runs here; both last --seconds.
+        peak = peakload.run_wrk(
+            srv.base_url,
+            load,
+            srv.headers,
+            ts_base + 10_000,
+            connections=args.connections,
+            duration_s=args.seconds,
         )
-        runner.start()
-        runner.join()
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
             raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
-    peak = result["wrk"]
     print(f"# Profile of `vigil serve` ({args.model}, mode {args.mode}: {mode.title})")
     print(f"- command: `.venv/bin/python -m bench.profile_service --model {args.model} --mode {args.mode}`")
     print(

@@ -40,7 +40,7 @@ class TVNetConfig:
     kernel_size: tuple[int, int, int] = (1, 3, 3)
     dropout: float = 0.1
     # Per-window normalisation (the paper's RevIN-style step). It makes the model blind to a level shift that
-    # fills the whole window, which is how many SMD anomalies look once they last longer than L; False feeds
+    # fills the whole window (an anomaly lasting longer than L can look like that); False feeds
     # the globally standardised window, clipped to ±input_clip so that a sensor that was flat in training
     # cannot feed the network values in the thousands (EVALUATION.md measures both). The error is still
     # taken against the unclipped input, so such a sensor still scores high.

@@ -11,7 +11,6 @@ Prometheus cannot hold per-stream series; this can, bounded.
 from __future__ import annotations
 
 import logging
-import struct
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,6 @@ log = logging.getLogger(__name__)
 
 LEVELS = ("normal", "warning", "critical")
 LEVEL_CODES = {name: code for code, name in enumerate(LEVELS)}
-HEAD = struct.Struct("<dfB")  # ts, score, level
 PAIR = np.dtype([("sensor", "<u2"), ("share", "<u2")])  # share in [0, 1] as a fraction of SHARE_ONE
 SHARE_ONE = 65535
 # The Redis Stream of text fields this list replaced; deleted with the stream so no old key outlives it.
@@ -37,7 +35,8 @@ def history_key(stream_id: str) -> str:
 
 
 def record_dtype(top_k: int) -> np.dtype[np.void]:
-    return np.dtype([("head", f"V{HEAD.size}"), ("pairs", PAIR, (top_k,))])
+    """Packed (no padding), little-endian: ts float64, score float32, level uint8, then ``top_k`` pairs."""
+    return np.dtype([("ts", "<f8"), ("score", "<f4"), ("level", "u1"), ("pairs", PAIR, (top_k,))])
 
 
 def pack_scores(
@@ -46,7 +45,9 @@ def pack_scores(
     """One packed record per scored point; ``sensors``/``shares`` ``[n, k]`` are its top contributions."""
     n, top_k = sensors.shape
     table = np.empty(n, dtype=record_dtype(top_k))
-    table["head"] = [HEAD.pack(t, s, LEVEL_CODES[lv]) for t, s, lv in zip(ts, scores, levels, strict=True)]
+    table["ts"] = ts
+    table["score"] = scores
+    table["level"] = [LEVEL_CODES[level] for level in levels]
     table["pairs"]["sensor"] = sensors
     table["pairs"]["share"] = np.rint(np.clip(shares, 0.0, 1.0) * SHARE_ONE)
     raw, size = table.tobytes(), table.dtype.itemsize
@@ -54,12 +55,13 @@ def pack_scores(
 
 
 def unpack_score(record: bytes, feature_names: list[str]) -> dict[str, Any]:
-    ts, score, level = HEAD.unpack_from(record)
-    pairs = np.frombuffer(record, dtype=PAIR, offset=HEAD.size)
+    top_k = (len(record) - record_dtype(0).itemsize) // PAIR.itemsize
+    point = np.frombuffer(record, dtype=record_dtype(top_k))[0]
+    pairs = point["pairs"]
     return {
-        "ts": ts,
-        "score": score,
-        "level": LEVELS[level],
+        "ts": float(point["ts"]),
+        "score": float(point["score"]),
+        "level": LEVELS[int(point["level"])],
         "contributions": [
             {"sensor": feature_names[int(i)], "share": round(int(s) / SHARE_ONE, 4)}
             for i, s in zip(pairs["sensor"], pairs["share"], strict=True)
