@@ -58,8 +58,61 @@ class ScoreDefinition(_Frozen):
 class ThresholdLevel(_Frozen):
     name: str
     value: float
-    method: Literal["pot", "quantile"]
+    method: Literal["pot", "quantile", "false_alert_rate"]
     params: dict[str, float]
+
+
+class AdaptivePolicy(_Frozen):
+    """Thresholds that follow each stream (``models.lifecycle``): after ``warmup_points`` of its own scores, a
+    stream's thresholds sit at the same standard score of ``sqrt(score)`` in its own distribution as the
+    calibrated ones sit in the validation distribution. After the warm-up the stream's mean and variance move
+    with an exponential weight of half-life ``half_life_points``, learning only from points under its warning
+    threshold while no alert is open (a sustained anomaly never teaches the threshold to ignore it), and the
+    thresholds stay within ``[min_ratio, max_ratio]`` times the calibrated ones."""
+
+    warmup_points: int = Field(200, ge=2)
+    half_life_points: float = Field(1440.0, ge=1)
+    min_ratio: float = Field(0.25, gt=0, le=1)
+    max_ratio: float = Field(20.0, ge=1)
+    sigma_floor_ratio: float = Field(0.25, gt=0, le=1)  # of the validation std of sqrt(score)
+
+
+class AlertPolicy(_Frozen):
+    """The alert lifecycle of a model: k of the last n points at or over warning (or one at or over critical)
+    fire; m points in a row under ``exit_ratio × warning`` resolve. ``thresholds`` says whether the levels are
+    the calibrated ones for every stream (``fixed``) or follow each stream (``adaptive``)."""
+
+    k: int = Field(3, ge=1)
+    n: int = Field(5, ge=1)
+    m: int = Field(10, ge=1)
+    exit_ratio: float = Field(0.8, gt=0, le=1)
+    thresholds: Literal["fixed", "adaptive"] = "fixed"
+    adaptive: AdaptivePolicy = AdaptivePolicy()
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> AlertPolicy:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must be <= n ({self.n}): k of the last n points fire")
+        return self
+
+
+class ScoreBaseline(_Frozen):
+    """Mean and standard deviation of ``sqrt(score)`` over the validation scores: where per-stream thresholds
+    start from (see :class:`AdaptivePolicy`)."""
+
+    root_mean: float
+    root_std: float = Field(gt=0)
+
+
+class AlertCalibration(_Frozen):
+    """What ``--false-alerts-per-day`` chose on the validation part, through the reference lifecycle."""
+
+    target_per_day: float
+    achieved_per_day: float
+    validation_alerts: int
+    validation_days: float
+    sampling_interval_s: float
+    candidates_tried: int
 
 
 class Thresholds(_Frozen):
@@ -69,6 +122,8 @@ class Thresholds(_Frozen):
     critical: float
     levels: list[ThresholdLevel]
     validation_stats: dict[str, float]
+    baseline: ScoreBaseline | None = None
+    alert_calibration: AlertCalibration | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
@@ -124,6 +179,9 @@ class Manifest(_Frozen):
     normalisation: Normalisation
     score: ScoreDefinition = ScoreDefinition()
     thresholds: Thresholds
+    alerts: AlertPolicy | None = (
+        None  # None: the service's own defaults apply (bundles before alert policies)
+    )
     onnx: ONNXInfo
     parity: Parity
     training: TrainingInfo

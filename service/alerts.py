@@ -2,7 +2,9 @@
 
 Firing needs k of the last n points at or over the warning threshold, or one at or over critical; resolving
 needs m points in a row under ``exit_ratio × warning`` (hysteresis). Severity follows the highest level
-crossed. Transitions are returned as events and appended to a bounded Redis Stream (``vigil:alerts``).
+crossed. Thresholds are the model's calibrated ones or follow each stream (adaptive, state in the same hash).
+Transitions are returned as events and appended to a bounded Redis Stream (``vigil:alerts``). The semantics are
+those of ``models.lifecycle``, the pure-Python reference that offline evaluation and calibration use.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from models.lifecycle import AdaptiveConstants, LevelThresholds
 from service.errors import StoreUnavailable
-from service.settings import AlertSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,64 +38,143 @@ def is_event_id(value: str) -> bool:
     return int(ms) <= _UINT64_MAX and int(seq) <= _UINT64_MAX
 
 
-# KEYS: alert state hash. ARGV: warning, critical, exit, k, n, m, ttl, then per point: ts, score, sensors.
+# KEYS: alert state hash. ARGV: warning, critical, exit_ratio, k, n, m, ttl, adaptive (0/1), z_warning,
+# z_critical, alpha, sigma_floor, warmup, min_ratio, max_ratio, then per point: ts, score, sensors.
+# Returns {events, levels}: events as {state, severity, started, ts, peak, sensors, escalated, threshold}, levels one
+# character per point (0 normal, 1 warning, 2 critical, - skipped). models/lifecycle.py is the same algorithm
+# in Python, op for op: keep them in step (tests/service/test_alert_lifecycle_equivalence.py). Timestamps and
+# peaks keep the client's text and numbers are stored with 17 significant digits, so nothing is rounded.
 ALERT_LUA = """
-local warn, crit, exitv = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local warn0, crit0, ratio = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local k, n, m, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local adaptive = ARGV[8] == '1'
+local zw, zc, alpha, floor = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local warmup, lo, hi = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local s = redis.call('HMGET', KEYS[1], 'state', 'severity', 'started', 'peak', 'peak_sensors', 'flags', 'below',
-                     'last_ts')
+                     'last_ts', 'seen', 'mean', 'var')
 local state, severity, started = s[1] or 'ok', s[2] or 'warning', s[3] or '0'
-local peak, peak_sensors, flags = tonumber(s[4] or '0'), s[5] or '', s[6] or ''
-local below, last_ts = tonumber(s[7] or '0'), s[8] and tonumber(s[8]) or nil
-local events = {}
-local function emit(st, ts, escalated)
-  events[#events + 1] = {st, severity, started, ts, tostring(peak), peak_sensors, escalated and '1' or '0'}
+local peak_text, peak_sensors, flags = s[4] or '0', s[5] or '', s[6] or ''
+local peak, below = tonumber(peak_text), tonumber(s[7] or '0')
+local last_text = s[8]
+local last_ts = last_text and tonumber(last_text) or nil
+local seen, mean, var = tonumber(s[9] or '0'), tonumber(s[10] or '0'), tonumber(s[11] or '0')
+local function fmt(x) return string.format('%.17g', x) end
+local events, levels = {}, {}
+local function emit(st, ts_text, escalated, warn, crit)
+  local thr = warn
+  if severity == 'critical' then thr = crit end
+  events[#events + 1] = {st, severity, started, ts_text, peak_text, peak_sensors, escalated and '1' or '0',
+                         fmt(thr)}
 end
-for i = 8, #ARGV, 3 do
-  local ts_text, score, sensors = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local ts = tonumber(ts_text)
+for i = 16, #ARGV, 3 do
+  local ts_text, score_text, sensors = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local ts, score = tonumber(ts_text), tonumber(score_text)
   if last_ts == nil or ts > last_ts then
-    last_ts = ts
+    last_ts, last_text = ts, ts_text
+    local warn, crit = warn0, crit0
+    if adaptive and seen >= warmup then
+      local sd = math.max(math.sqrt(var), floor)
+      local rw = mean + zw * sd
+      local rc = mean + zc * sd
+      warn = math.min(math.max(rw * rw, warn0 * lo), warn0 * hi)
+      crit = math.min(math.max(rc * rc, crit0 * lo), crit0 * hi)
+      crit = math.max(crit, warn)
+    end
+    local exitv = warn * ratio
     local over = score >= warn
     flags = string.sub(flags .. (over and '1' or '0'), -n)
     local _, hits = string.gsub(flags, '1', '')
     if state == 'ok' and over then
-      state, severity, started, peak, peak_sensors, below = 'pending', 'warning', ts_text, score, sensors, 0
-      emit('pending', ts_text)
+      state, severity, started, peak, peak_text, peak_sensors, below =
+        'pending', 'warning', ts_text, score, score_text, sensors, 0
+      emit('pending', ts_text, false, warn, crit)
     end
     if state == 'pending' then
-      if score > peak then peak, peak_sensors = score, sensors end
+      if score > peak then peak, peak_text, peak_sensors = score, score_text, sensors end
       if score >= crit then severity = 'critical' end
       if hits >= k or score >= crit then
         state = 'firing'
-        emit('firing', ts_text)
+        emit('firing', ts_text, false, warn, crit)
       elseif hits == 0 then
         state = 'ok'
-        emit('cancelled', ts_text)
+        emit('cancelled', ts_text, false, warn, crit)
       end
     elseif state == 'firing' then
-      if score > peak then peak, peak_sensors = score, sensors end
+      if score > peak then peak, peak_text, peak_sensors = score, score_text, sensors end
       if score >= crit and severity ~= 'critical' then
         severity = 'critical'
-        emit('firing', ts_text, true)
+        emit('firing', ts_text, true, warn, crit)
       end
       if score < exitv then below = below + 1 else below = 0 end
       if below >= m then
-        emit('resolved', ts_text)
-        state, flags, below, peak, peak_sensors = 'ok', '', 0, 0, ''
+        emit('resolved', ts_text, false, warn, crit)
+        state, flags, below, peak, peak_text, peak_sensors = 'ok', '', 0, 0, '0', ''
       end
     end
+    if score >= crit then levels[#levels + 1] = '2' elseif over then levels[#levels + 1] = '1'
+    else levels[#levels + 1] = '0' end
+    if adaptive then
+      local root = math.sqrt(score)
+      if seen < warmup then
+        seen = seen + 1
+        local d = root - mean
+        mean = mean + d / seen
+        var = var + (d * (root - mean) - var) / seen
+      elseif state == 'ok' and score < warn then
+        local d = root - mean
+        mean = mean + alpha * d
+        var = (1 - alpha) * (var + alpha * d * d)
+      end
+    end
+  else
+    levels[#levels + 1] = '-'
   end
 end
-redis.call('HSET', KEYS[1], 'state', state, 'severity', severity, 'started', started, 'peak', tostring(peak),
-           'peak_sensors', peak_sensors, 'flags', flags, 'below', below, 'last_ts', tostring(last_ts))
+redis.call('HSET', KEYS[1], 'state', state, 'severity', severity, 'started', started, 'peak', peak_text,
+           'peak_sensors', peak_sensors, 'flags', flags, 'below', below, 'seen', seen, 'mean', fmt(mean),
+           'var', fmt(var))
+if last_text then redis.call('HSET', KEYS[1], 'last_ts', last_text) end
 redis.call('EXPIRE', KEYS[1], ttl)
-return events
+return {events, table.concat(levels)}
 """
 
 
 def alert_key(stream_id: str) -> str:
     return f"vigil:{{{stream_id}}}:a"
+
+
+def lifecycle_args(levels: LevelThresholds, ttl_s: int, points: list[ScoredPoint]) -> list[str | int]:
+    """ARGV of ``ALERT_LUA``: every float as ``repr`` (round-trips exactly), the adaptive constants computed
+    once here by the same code the reference uses."""
+    policy = levels.policy
+    adaptive = AdaptiveConstants.of(levels) if policy.thresholds == "adaptive" else None
+    args: list[str | int] = [
+        repr(levels.warning),
+        repr(levels.critical),
+        repr(policy.exit_ratio),
+        policy.k,
+        policy.n,
+        policy.m,
+        ttl_s,
+        1 if adaptive else 0,
+    ]
+    if adaptive is None:
+        args.extend(("0", "0", "0", "0", 0, "1", "1"))
+    else:
+        args.extend(
+            (
+                repr(adaptive.z_warning),
+                repr(adaptive.z_critical),
+                repr(adaptive.alpha),
+                repr(adaptive.sigma_floor),
+                adaptive.warmup,
+                repr(adaptive.min_ratio),
+                repr(adaptive.max_ratio),
+            )
+        )
+    for point in points:
+        args.extend((repr(point.ts), repr(point.score), ",".join(point.sensors)))
+    return args
 
 
 @dataclass(frozen=True)
@@ -104,12 +184,18 @@ class ScoredPoint:
     sensors: list[str]
 
 
+@dataclass(frozen=True)
+class AlertUpdate:
+    """What one lifecycle update caused: its events (published, with ids) and one level per point (``0`` normal,
+    ``1`` warning, ``2`` critical, ``-`` skipped), from the thresholds in effect for the stream."""
+
+    events: list[dict[str, Any]]
+    levels: str
+
+
 class AlertTracker:
-    def __init__(
-        self, redis: Redis, settings_for: Callable[[str], AlertSettings], ttl_s: int, stream_maxlen: int
-    ) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, stream_maxlen: int) -> None:
         self._redis = redis
-        self._settings_for = settings_for
         self._ttl_s = ttl_s
         self._maxlen = stream_maxlen
         self._script = redis.register_script(ALERT_LUA)
@@ -118,44 +204,34 @@ class AlertTracker:
         self._publishing = asyncio.Lock()
 
     async def observe(
-        self, stream_id: str, model: str, warning: float, critical: float, points: list[ScoredPoint]
-    ) -> list[dict[str, Any]]:
+        self, stream_id: str, model: str, levels: LevelThresholds, points: list[ScoredPoint]
+    ) -> AlertUpdate:
         """Advance the stream's alert state over ``points`` (ts order); returns the events it caused."""
         if not points:
-            return []
-        cfg = self._settings_for(model)
-        args: list[str | int | float] = [
-            repr(warning),
-            repr(critical),
-            repr(warning * cfg.exit_ratio),
-            cfg.k,
-            cfg.n,
-            cfg.m,
-            self._ttl_s,
-        ]
-        for point in points:
-            args.extend((repr(point.ts), repr(point.score), ",".join(point.sensors)))
-        reply = await self._script(keys=[alert_key(stream_id)], args=args)
+            return AlertUpdate([], "")
+        reply = await self._script(
+            keys=[alert_key(stream_id)], args=lifecycle_args(levels, self._ttl_s, points)
+        )
+        raw_events, raw_levels = reply
         events = []
-        for state, severity, started, ts, peak, sensors, escalated in reply:
-            severity_text = severity.decode()
+        for state, severity, started, ts, peak, sensors, escalated, threshold in raw_events:
             events.append(
                 {
                     "stream_id": stream_id,
                     "model": model,
                     "state": state.decode(),
-                    "severity": severity_text,
+                    "severity": severity.decode(),
                     "ts": float(ts),
                     "started_ts": float(started),
                     "peak_score": float(peak),
-                    "threshold": critical if severity_text == "critical" else warning,
+                    "threshold": float(threshold),
                     "sensors": [s for s in sensors.decode().split(",") if s],
                     "escalated": escalated == b"1",
                 }
             )
         for event in events:
             event["id"] = await self.publish(event)
-        return events
+        return AlertUpdate(events, text(raw_levels))
 
     async def publish(self, event: dict[str, Any]) -> str | None:
         """Append an event to the bounded alert stream and return its id. When Redis fails (the transition is

@@ -229,9 +229,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             models.load_all()
             windows = WindowStore(redis, settings.window_ttl_s)
-            alerts = AlertTracker(
-                redis, settings.alerts_for, settings.window_ttl_s, settings.alerts.stream_maxlen
-            )
+            alerts = AlertTracker(redis, settings.window_ttl_s, settings.alerts.stream_maxlen)
             history = ScoreHistory(redis, settings.history_points, settings.window_ttl_s)
             scorer = StreamScorer(
                 models,

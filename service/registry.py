@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.lifecycle import LevelThresholds
 from models.manifest import BundleError, Manifest, find_bundles
 from models.scoring import F32, WindowScores, score_windows
 from service.batcher import MicroBatcher, ScoreFn
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 class ModelHandle:
     engine: ONNXEngine
     batcher: MicroBatcher
+    levels: LevelThresholds  # the calibrated thresholds and the alert policy in effect for this model
     leases: int = field(default=0)
 
     @property
@@ -80,6 +82,17 @@ class ModelRegistry:
     def _open(self, path: Path) -> ModelHandle:
         s = self._settings
         engine = ONNXEngine.open(path, s.provider, s.intra_op_threads, s.intra_op_spinning)
+        manifest = engine.manifest
+        try:
+            policy = s.alert_policy_for(manifest)
+            levels = LevelThresholds(
+                manifest.thresholds.warning,
+                manifest.thresholds.critical,
+                policy,
+                manifest.thresholds.baseline,
+            )
+        except ValueError as exc:
+            raise BundleError(f"{path}: alert policy: {exc}") from exc
         engine.warm_up()
         m = self._metrics
         name, provider = engine.manifest.name, engine.provider
@@ -105,7 +118,7 @@ class ModelRegistry:
         batcher.start()
         m.initialise_model(name, provider)
         m.model_info.labels(name, engine.manifest.version, engine.manifest.architecture, provider).set(1)
-        return ModelHandle(engine=engine, batcher=batcher)
+        return ModelHandle(engine=engine, batcher=batcher, levels=levels)
 
     def get(self, name: str | None) -> ModelHandle:
         if name is None:

@@ -9,14 +9,16 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from models.lifecycle import LevelThresholds
 from models.manifest import Manifest, Normalisation
 from models.scoring import F32, WindowScores, level_of, normalise, pending_points, top_contributions_rows
-from service.alerts import AlertTracker, ScoredPoint
+from service.alerts import AlertTracker, AlertUpdate, ScoredPoint
 from service.codec import PointBatch, WindowInput, stream_batch
 from service.errors import BadInput, PayloadTooLarge, StoreUnavailable, VigilError
 from service.history import ScoreHistory, pack_scores
@@ -100,32 +102,32 @@ class StreamScorer:
         # request of the stream feeds them to the tracker first, so no transition they cause is lost.
         self._unobserved: dict[str, list[ScoredPoint]] = {}
 
-    def _point_scores(
+    def _collect(
         self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
-    ) -> tuple[list[dict[str, Any]], list[ScoredPoint], list[bytes]]:
-        """Per point: the response item, the alert tracker's input and the packed history record."""
-        thresholds, names = manifest.thresholds, manifest.feature_names
+    ) -> ScoredBlock:
         top_index, top_share = top_contributions_rows(shares, self._top_k)
+        return ScoredBlock(ts.tolist(), scores.tolist(), top_index, top_share)
+
+    def _render(
+        self, manifest: Manifest, block: ScoredBlock, levels: list[str]
+    ) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Per point: the response item and the packed history record."""
+        names = manifest.feature_names
         out: list[dict[str, Any]] = []
-        points: list[ScoredPoint] = []
-        ts_list, score_list = ts.tolist(), scores.tolist()
-        levels = [level_of(score, thresholds.warning, thresholds.critical) for score in score_list]
         for ts_value, score, level, indices, values in zip(
-            ts_list, score_list, levels, top_index.tolist(), top_share.tolist(), strict=True
+            block.ts, block.scores, levels, block.top_index.tolist(), block.top_share.tolist(), strict=True
         ):
-            sensors = [names[i] for i in indices]
             out.append(
                 {
                     "ts": ts_value,
                     "score": score,
                     "level": level,
                     "contributions": [
-                        {"sensor": s, "share": v} for s, v in zip(sensors, values, strict=True)
+                        {"sensor": names[i], "share": v} for i, v in zip(indices, values, strict=True)
                     ],
                 }
             )
-            points.append(ScoredPoint(ts_value, score, sensors))
-        return out, points, pack_scores(ts_list, score_list, levels, top_index, top_share)
+        return out, pack_scores(block.ts, block.scores, levels, block.top_index, block.top_share)
 
     async def _infer(self, handle: ModelHandle, raw_windows: F32) -> WindowScores:
         return await handle.batcher.submit(normalise(raw_windows, handle.manifest.normalisation))
@@ -158,24 +160,30 @@ class StreamScorer:
             for item in dropped:
                 self._metrics.points_dropped.labels(item["reason"]).inc()
 
-            scores: list[dict[str, Any]] = []
-            scored_points: list[ScoredPoint] = []
-            records: list[bytes] = []
+            blocks: list[ScoredBlock] = []
             if appended.windows:
                 result = await self._infer(handle, np.stack([w.values for w in appended.windows]))
                 for row, window in enumerate(appended.windows):
                     span = window.span
-                    s, p, r = self._point_scores(
-                        manifest,
-                        window.ts[-span:],
-                        result.scores[row, -span:],
-                        result.contributions[row, -span:],
+                    blocks.append(
+                        self._collect(
+                            manifest,
+                            window.ts[-span:],
+                            result.scores[row, -span:],
+                            result.contributions[row, -span:],
+                        )
                     )
-                    scores.extend(s)
-                    scored_points.extend(p)
-                    records.extend(r)
+            block = ScoredBlock.join(blocks, self._top_k)
+            names = manifest.feature_names
+            scored_points = [
+                ScoredPoint(t, v, [names[i] for i in idx])
+                for t, v, idx in zip(block.ts, block.scores, block.top_index.tolist(), strict=True)
+            ]
+            update = await self._observe_alerts(batch.stream_id, handle, scored_points)
+            levels = _levels(block, handle.levels, update)
+            scores, records = self._render(manifest, block, levels)
+            if scores:
                 self._count_levels(manifest.name, scores)
-            events = await self._observe_alerts(batch.stream_id, manifest, scored_points)
             await self._history.record(batch.stream_id, records)
             return {
                 "stream_id": batch.stream_id,
@@ -185,7 +193,7 @@ class StreamScorer:
                 "dropped": dropped,
                 "pending": pending_points(appended.count_after, manifest.window_length, manifest.stride),
                 "scores": scores,
-                "alerts": events,
+                "alerts": update.events if update else [],
             }
 
     async def score_window(self, request: WindowInput) -> dict[str, Any]:
@@ -199,7 +207,8 @@ class StreamScorer:
             validate_range(values, manifest.normalisation, "window")
             result = await self._infer(handle, values[None])
             ts = np.arange(manifest.window_length, dtype=np.float64)
-            scores, _, _ = self._point_scores(manifest, ts, result.scores[0], result.contributions[0])
+            block = self._collect(manifest, ts, result.scores[0], result.contributions[0])
+            scores, _ = self._render(manifest, block, _levels(block, handle.levels, None))
             self._count_levels(manifest.name, scores)
             return {"model": manifest.name, "version": manifest.version, "scores": scores}
 
@@ -232,28 +241,31 @@ class StreamScorer:
         return results
 
     async def _observe_alerts(
-        self, stream_id: str, manifest: Manifest, points: list[ScoredPoint]
-    ) -> list[dict[str, Any]]:
-        points = self._unobserved.pop(stream_id, []) + points
+        self, stream_id: str, handle: ModelHandle, points: list[ScoredPoint]
+    ) -> AlertUpdate | None:
+        """The stream's lifecycle over ``points`` (after any held from a failed update); None when Redis failed
+        (the points are held for the stream's next request)."""
+        held = self._unobserved.pop(stream_id, [])
+        points = held + points
         if not points:
-            return []
+            return AlertUpdate([], "")
+        name = handle.manifest.name
         started = time.perf_counter()
         try:
-            events = await self._alerts.observe(
-                stream_id, manifest.name, manifest.thresholds.warning, manifest.thresholds.critical, points
-            )
+            update = await self._alerts.observe(stream_id, name, handle.levels, points)
         except Exception:  # noqa: BLE001 - side path: alerts never break scoring
             self._metrics.redis_errors.labels("alerts").inc()
             self._hold_unobserved(stream_id, points)
-            return []
+            return None
         self._metrics.redis_latency.labels("alerts").observe(time.perf_counter() - started)
-        for event in events:
-            self._metrics.alert_transitions.labels(manifest.name, event["state"], event["severity"]).inc()
+        for event in update.events:
+            self._metrics.alert_transitions.labels(name, event["state"], event["severity"]).inc()
             if event["state"] == "firing" and not event["escalated"]:
-                self._metrics.alerts_firing.labels(manifest.name).inc()
+                self._metrics.alerts_firing.labels(name).inc()
             elif event["state"] == "resolved":
-                self._metrics.alerts_firing.labels(manifest.name).dec()
-        return events
+                self._metrics.alerts_firing.labels(name).dec()
+        # The levels of this request's points are the last ones (held points came first).
+        return AlertUpdate(update.events, update.levels[len(held) :])
 
     def _hold_unobserved(self, stream_id: str, points: list[ScoredPoint]) -> None:
         """Keep ``points`` for the stream's next alert update; beyond the cap the oldest streams' are dropped
@@ -276,6 +288,41 @@ class StreamScorer:
             self._metrics.scores_above.labels(model, "warning").inc(warnings)
         if criticals:
             self._metrics.scores_above.labels(model, "critical").inc(criticals)
+
+
+@dataclass(frozen=True)
+class ScoredBlock:
+    """Scored points in ts order: their scores and top contributions ``[n, k]`` (sensor index, share)."""
+
+    ts: list[float]
+    scores: list[float]
+    top_index: npt.NDArray[np.intp]
+    top_share: F32
+
+    @classmethod
+    def join(cls, blocks: list[ScoredBlock], top_k: int) -> ScoredBlock:
+        if len(blocks) == 1:
+            return blocks[0]
+        if not blocks:
+            return cls([], [], np.empty((0, top_k), dtype=np.intp), np.empty((0, top_k), dtype=np.float32))
+        return cls(
+            [t for b in blocks for t in b.ts],
+            [v for b in blocks for v in b.scores],
+            np.concatenate([b.top_index for b in blocks]),
+            np.concatenate([b.top_share for b in blocks]),
+        )
+
+
+LEVEL_NAMES = {"0": "normal", "1": "warning", "2": "critical"}
+
+
+def _levels(block: ScoredBlock, levels: LevelThresholds, update: AlertUpdate | None) -> list[str]:
+    """Each point's level: against the stream's own thresholds when they follow the stream (the alert update
+    says which were in effect), else against the model's calibrated ones."""
+    if update is not None and levels.policy.thresholds == "adaptive" and len(update.levels) == len(block.ts):
+        fixed = [level_of(v, levels.warning, levels.critical) for v in block.scores]
+        return [LEVEL_NAMES.get(c, f) for c, f in zip(update.levels, fixed, strict=True)]
+    return [level_of(v, levels.warning, levels.critical) for v in block.scores]
 
 
 def _item_error(stream_id: str | None, exc: VigilError) -> dict[str, Any]:

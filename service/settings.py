@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.manifest import AdaptivePolicy, AlertPolicy, Manifest
+
 Role = Literal["score", "read", "admin"]
 PLACEHOLDER_SECRETS = (
     "changeme",
@@ -29,17 +31,28 @@ class BatchingSettings(BaseModel):
     queue_capacity: int = Field(8192, ge=1)  # windows waiting per model; beyond it requests get 503
 
 
-class AlertSettings(BaseModel):
-    """Alert lifecycle: k of the last n points over warning (or one over critical) fires; m points in a row
-    under ``exit_ratio × warning`` resolve (hysteresis)."""
+class AlertSettings(AlertPolicy):
+    """The lifecycle for bundles that carry no alert policy of their own (bundles since the false-alert-rate
+    calibration carry one), and the retention of the alert event stream."""
 
-    model_config = ConfigDict(frozen=True)
-
-    k: int = Field(3, ge=1)
-    n: int = Field(5, ge=1)
-    m: int = Field(10, ge=1)
-    exit_ratio: float = Field(0.8, gt=0, le=1)
     stream_maxlen: int = Field(100_000, ge=100)
+
+    def policy(self) -> AlertPolicy:
+        return AlertPolicy.model_validate(self.model_dump(exclude={"stream_maxlen"}))
+
+
+class AlertPolicyOverride(BaseModel):
+    """Per-model changes to the bundle's alert policy (``VIGIL_ALERTS_BY_MODEL``): only the fields given replace
+    the bundle's, e.g. ``{"tvnet": {"thresholds": "adaptive"}}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
+    m: int | None = Field(None, ge=1)
+    exit_ratio: float | None = Field(None, gt=0, le=1)
+    thresholds: Literal["fixed", "adaptive"] | None = None
+    adaptive: AdaptivePolicy | None = None
 
 
 class APIKey(BaseModel):
@@ -95,7 +108,7 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(256, ge=1)  # HTTP requests in progress; beyond it 503 at once
     batching: BatchingSettings = BatchingSettings()
     alerts: AlertSettings = AlertSettings()
-    alerts_by_model: dict[str, AlertSettings] = Field(default_factory=dict)  # per-model lifecycle overrides
+    alerts_by_model: dict[str, AlertPolicyOverride] = Field(default_factory=dict)  # over the bundle's policy
     feed: FeedSettings = FeedSettings()
     api_keys: list[APIKey] = Field(default_factory=list)
     auth_disabled: bool = False  # only for local development: every route opens without a key
@@ -115,5 +128,11 @@ class Settings(BaseSettings):
             raise ValueError("API key names must be unique")
         return self
 
-    def alerts_for(self, model: str) -> AlertSettings:
-        return self.alerts_by_model.get(model, self.alerts)
+    def alert_policy_for(self, manifest: Manifest) -> AlertPolicy:
+        """The bundle's alert policy (the service default for bundles without one), with the fields of
+        ``alerts_by_model[name]`` replacing it. Raises ``ValueError`` when the result is inconsistent."""
+        base = manifest.alerts or self.alerts.policy()
+        override = self.alerts_by_model.get(manifest.name)
+        if override is None:
+            return base
+        return AlertPolicy.model_validate({**base.model_dump(), **override.model_dump(exclude_none=True)})

@@ -1,14 +1,23 @@
-"""Alert thresholds from validation (held-out normal) scores only: POT (Siffer et al. 2017) or quantiles."""
+"""Alert thresholds from validation (held-out normal) scores only.
+
+Point level: POT (Siffer et al. 2017) or quantiles. Alert level: the warning threshold and lifecycle (k, n, m)
+that the reference lifecycle (``models.lifecycle``, equal to the service's) says raise at most a target number
+of alerts a day on the validation part, choosing the most sensitive such setting.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 from libspot import Spot
 
-from models.manifest import ThresholdLevel, Thresholds
+from models.lifecycle import LevelThresholds, replay_series
+from models.manifest import AlertCalibration, AlertPolicy, ScoreBaseline, ThresholdLevel, Thresholds
 from training.config import CalibrationConfig
 
 
@@ -69,4 +78,131 @@ def calibrate(validation_scores: npt.NDArray[np.floating], config: CalibrationCo
         "p999": float(np.quantile(scores, 0.999)),
         "max": float(scores.max()),
     }
-    return Thresholds(warning=warning, critical=critical, levels=levels, validation_stats=stats)
+    return Thresholds(
+        warning=warning,
+        critical=critical,
+        levels=levels,
+        validation_stats=stats,
+        baseline=validation_baseline(scores),
+    )
+
+
+def validation_baseline(validation_scores: npt.NDArray[np.floating]) -> ScoreBaseline:
+    """Mean and std of sqrt(score) on validation: where per-stream (adaptive) thresholds start from."""
+    roots = np.sqrt(np.maximum(np.asarray(validation_scores, dtype=np.float64), 0.0))  # scores are >= 0
+    roots = roots[np.isfinite(roots)]
+    return ScoreBaseline(root_mean=float(roots.mean()), root_std=max(float(roots.std()), 1e-12))
+
+
+@dataclass(frozen=True)
+class _Choice:
+    policy: AlertPolicy
+    warning: float
+    critical: float
+    alerts: int
+    exceedance: float  # share of validation points at or over warning: higher is more sensitive
+
+
+def _within(
+    scores: npt.NDArray[np.float64],
+    budget: int,
+    max_share: float,
+    policy: AlertPolicy,
+    warning: float,
+    critical: float,
+) -> bool:
+    """At most ``budget`` firing alerts, together open for at most ``max_share`` of the points: an alert that
+    never closes is one alert, so the count alone would accept a threshold under the normal level."""
+    spans = replay_series(scores, LevelThresholds(warning, critical, policy))
+    open_points = sum(s.end - s.start for s in spans)
+    return len(spans) <= budget and open_points <= max_share * scores.size
+
+
+def _same(within: Callable[[float, float], bool], critical: float) -> bool:
+    return within(critical, critical)
+
+
+def _under(within: Callable[[float, float], bool], critical: float, warning: float) -> bool:
+    return within(warning, critical)
+
+
+def _lowest_within(candidates: npt.NDArray[np.float64], within: Callable[[float], bool]) -> float:
+    """The lowest of ascending ``candidates`` that is ``within`` budget, by bisection (alerts only grow as the
+    threshold falls; the last candidate must be within)."""
+    lo, hi = 0, len(candidates) - 1
+    if within(float(candidates[lo])):
+        return float(candidates[lo])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if within(float(candidates[mid])):
+            hi = mid
+        else:
+            lo = mid
+    return float(candidates[hi])
+
+
+def calibrate_alerts(
+    validation_scores: npt.NDArray[np.floating], point: Thresholds, config: CalibrationConfig
+) -> tuple[Thresholds, AlertPolicy]:
+    """Thresholds and lifecycle for at most ``config.false_alerts_per_day`` alerts a day on validation.
+
+    For each lifecycle of the grid, the lowest warning threshold within the budget (at most that many alerts,
+    open together for at most ``config.max_alert_share`` of the validation points), with the point-level critical
+    threshold in place, raised when critical points alone exceed the budget; the lifecycle kept is the
+    most sensitive one: the largest share of validation points at or over its warning threshold (ties: smaller
+    k, then smaller m). Never sees test data.
+    """
+    assert config.false_alerts_per_day is not None
+    scores = np.asarray(validation_scores, dtype=np.float64)
+    finite = np.sort(scores[np.isfinite(scores)])
+    days = finite.size * config.sampling_interval_s / 86_400.0
+    budget = math.floor(config.false_alerts_per_day * days + 1e-9)
+    ceiling = float(finite[-1]) * (1 + 1e-6) + 1e-12  # over every validation score: no alert at all
+    candidates = np.append(np.unique(finite[finite.size // 2 :]), ceiling)  # never below the median
+    choices: list[_Choice] = []
+    for k, n in config.lifecycle_grid:
+        for m in config.resolve_grid:
+            policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio)
+            within = partial(_within, scores, budget, config.max_alert_share, policy)
+            critical = max(point.critical, float(candidates[0]))
+            if not within(critical, critical):
+                critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
+            warning = _lowest_within(candidates[candidates <= critical], partial(_under, within, critical))
+            alerts = len(replay_series(scores, LevelThresholds(warning, critical, policy)))
+            exceedance = float(np.mean(finite >= warning))
+            choices.append(_Choice(policy, warning, critical, alerts, exceedance))
+    best = max(choices, key=lambda c: (c.exceedance, -c.policy.k, -c.policy.m))
+    params = {
+        "false_alerts_per_day": config.false_alerts_per_day,
+        "k": float(best.policy.k),
+        "n": float(best.policy.n),
+        "m": float(best.policy.m),
+        "validation_exceedance": best.exceedance,
+    }
+    warning_level = ThresholdLevel(
+        name="warning", value=best.warning, method="false_alert_rate", params=params
+    )
+    critical_level = point.levels[1]
+    if best.critical != point.critical:
+        critical_level = ThresholdLevel(
+            name="critical",
+            value=best.critical,
+            method="false_alert_rate",
+            params={**params, "raised_from": point.critical},
+        )
+    thresholds = Thresholds(
+        warning=best.warning,
+        critical=best.critical,
+        levels=[warning_level, critical_level],
+        validation_stats=point.validation_stats,
+        baseline=validation_baseline(finite),
+        alert_calibration=AlertCalibration(
+            target_per_day=config.false_alerts_per_day,
+            achieved_per_day=best.alerts / days if days else 0.0,
+            validation_alerts=best.alerts,
+            validation_days=days,
+            sampling_interval_s=config.sampling_interval_s,
+            candidates_tried=len(choices),
+        ),
+    )
+    return thresholds, best.policy

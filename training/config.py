@@ -13,10 +13,19 @@ class CalibrationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Literal["pot", "quantile"] = "pot"
+    method: Literal["pot", "quantile"] = "pot"  # point-level thresholds (critical; warning without a target)
     warning_risk: float = Field(1e-3, gt=0, lt=1)  # POT risk q, or 1 - quantile
     critical_risk: float = Field(1e-4, gt=0, lt=1)
     pot_level: float = Field(0.98, gt=0.5, lt=1)  # initial threshold quantile of the POT fit
+    # Alert-level calibration: the warning threshold and lifecycle that give at most this many alerts a day on
+    # the validation part (through the reference lifecycle). None: point-level warning threshold only.
+    false_alerts_per_day: float | None = Field(1.0, gt=0)
+    sampling_interval_s: float = Field(60.0, gt=0)  # seconds between points (SMD: one a minute)
+    # Lifecycles tried: (k, n) pairs and m; exit_ratio stays fixed.
+    lifecycle_grid: list[tuple[int, int]] = [(1, 1), (2, 3), (3, 5), (5, 8)]
+    resolve_grid: list[int] = [3, 6, 12]
+    max_alert_share: float = Field(0.01, gt=0, le=1)  # of validation time in alert, all alerts together
+    exit_ratio: float = Field(0.8, gt=0, le=1)
 
 
 class TrainConfig(BaseModel):

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from models.lifecycle import LevelThresholds
+from models.manifest import AlertPolicy, Manifest
 from models.runtime import LoadedBundle, load_bundle
 from models.scoring import SeriesScores, normalise, score_series
+from training.alert_metrics import evaluate_alerts
 from training.data import load_labels, load_series
 from training.metrics import evaluate_scores, parse_interpretation_labels
 
@@ -26,6 +29,16 @@ def score_test_series(bundle: LoadedBundle, path: Path) -> SeriesScores:
     )
 
 
+def alert_levels(manifest: Manifest, thresholds: str | None = None) -> LevelThresholds:
+    """The bundle's thresholds and alert policy (the service's default policy for bundles without one), with
+    ``thresholds`` ("fixed" or "adaptive") replacing the policy's choice when given."""
+    policy = manifest.alerts or AlertPolicy()
+    if thresholds is not None:
+        policy = policy.model_copy(update={"thresholds": thresholds})
+    t = manifest.thresholds
+    return LevelThresholds(t.warning, t.critical, policy, t.baseline)
+
+
 def evaluate_bundle(
     bundle_dir: Path,
     test_path: Path,
@@ -33,8 +46,10 @@ def evaluate_bundle(
     interpretation_path: Path | None = None,
     threads: int = 0,
     report: bool = False,
+    sampling_interval_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Threshold-free and at-threshold metrics of a bundle on labelled test data (thresholds never see it)."""
+    """Threshold-free, at-threshold and alert-level metrics of a bundle on labelled test data (thresholds
+    never see it). Alerts come from the reference lifecycle with fixed and with per-stream thresholds."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
     scored = score_test_series(bundle, test_path)
     labels = load_labels(labels_path, n_rows=scored.scores.shape[0])
@@ -60,4 +75,12 @@ def evaluate_bundle(
             "critical": bundle.manifest.thresholds.critical,
         },
         "metrics": detection.as_dict(),
+        "alerts": {
+            mode: evaluate_alerts(
+                scored.scores, labels, alert_levels(bundle.manifest, mode), sampling_interval_s
+            ).as_dict()
+            for mode in ("fixed", "adaptive")
+        },
+        "alert_policy": (bundle.manifest.alerts or AlertPolicy()).model_dump(),
+        "sampling_interval_s": sampling_interval_s,
     }

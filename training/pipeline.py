@@ -12,7 +12,7 @@ from models.manifest import ONNX_FILE, Manifest, ONNXInfo, Parity, ScoreDefiniti
 from models.registry import build_model
 from models.runtime import open_session
 from models.scoring import F32, ModelOutput, SeriesScores, normalise, score_series
-from training.calibrate import calibrate
+from training.calibrate import calibrate, calibrate_alerts
 from training.config import TrainConfig, resolve
 from training.data import file_sha256, fit_normalisation, load_series, make_windows, split_chronological
 from training.export import ExportError, check_parity, export_onnx
@@ -96,6 +96,9 @@ def train_bundle(config: TrainConfig) -> Path:
         onnx_path, validation_z, config.window_length, config.stride, config.threads, definition
     )
     thresholds = calibrate(validation_scores.scores, config.calibration)
+    policy = None
+    if config.calibration.false_alerts_per_day is not None:
+        thresholds, policy = calibrate_alerts(validation_scores.scores, thresholds, config.calibration)
 
     names = config.feature_names or [f"sensor_{i + 1}" for i in range(n_features)]
     if len(names) != n_features:
@@ -112,6 +115,7 @@ def train_bundle(config: TrainConfig) -> Path:
         normalisation=norm,
         score=definition,
         thresholds=thresholds,
+        alerts=policy,
         onnx=ONNXInfo(
             input_name=parity.input_name,
             output_names=parity.output_names,

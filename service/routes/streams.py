@@ -61,6 +61,7 @@ async def get_model(
             "hyperparameters": m.hyperparameters,
             "score": m.score.model_dump(),
             "thresholds": m.thresholds.model_dump(),
+            "alert_policy": handle.levels.policy.model_dump(),  # the bundle's, with VIGIL_ALERTS_BY_MODEL
             "parity": m.parity.model_dump(),
             "training": {k: v for k, v in m.training.model_dump().items() if k not in ("history", "config")},
             "evaluation": m.evaluation,

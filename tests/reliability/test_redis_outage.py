@@ -23,6 +23,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from models.lifecycle import LevelThresholds
 from service.alerts import EVENTS_KEY, AlertTracker, ScoredPoint, alert_key
 from service.app import create_app
 from service.settings import AlertSettings, Settings
@@ -59,16 +60,16 @@ def expected_events(
         client = Redis.from_url(redis_url.rsplit("/", 1)[0] + "/15")
         await client.flushdb()
         defaults = Settings.model_fields
-        tracker = AlertTracker(
-            client, lambda _: AlertSettings(), defaults["window_ttl_s"].default, AlertSettings().stream_maxlen
-        )
+        tracker = AlertTracker(client, defaults["window_ttl_s"].default, AlertSettings().stream_maxlen)
+        levels = LevelThresholds(warning, critical, AlertSettings().policy())
         out = {}
         for sid, log in logs.items():
             points = [
                 ScoredPoint(s["ts"], s["score"], [c["sensor"] for c in s["contributions"]])
                 for s in sorted(log.scores, key=lambda s: s["ts"])
             ]
-            out[sid] = [strip_id(e) for e in await tracker.observe(sid, "tvnet", warning, critical, points)]
+            update = await tracker.observe(sid, "tvnet", levels, points)
+            out[sid] = [strip_id(e) for e in update.events]
         await client.flushdb()
         await client.aclose()
         return out

@@ -40,3 +40,55 @@ def test_calibrate_ignores_unscored_points_and_refuses_too_few_scores() -> None:
     scores[:40] = 1.0
     with pytest.raises(CalibrationError, match="40 validation scores"):
         calibrate(scores, CalibrationConfig())
+
+
+def _noisy_validation(seed: int, n: int = 6 * 1440) -> np.ndarray:
+    """Six days of per-minute scores: autocorrelated noise with a few bursts, as reconstruction errors are."""
+    rng = np.random.default_rng(seed)
+    noise = np.convolve(rng.gamma(2.0, 0.05, size=n + 9), np.ones(10) / 10, mode="valid")
+    for start in rng.integers(0, n - 20, size=12):
+        noise[start : start + rng.integers(1, 15)] += rng.gamma(2.0, 0.3)
+    return noise
+
+
+@pytest.mark.parametrize("per_day", [0.5, 1.0, 3.0])
+def test_false_alert_calibration_meets_its_budget_on_validation(per_day: float) -> None:
+    from models.lifecycle import LevelThresholds, replay_series
+    from training.calibrate import calibrate_alerts
+
+    scores = _noisy_validation(3)
+    config = CalibrationConfig(false_alerts_per_day=per_day)
+    thresholds, policy = calibrate_alerts(scores, calibrate(scores, config), config)
+    spans = replay_series(scores, LevelThresholds(thresholds.warning, thresholds.critical, policy))
+    assert len(spans) <= per_day * 6
+    assert sum(s.end - s.start for s in spans) <= config.max_alert_share * scores.size
+    assert thresholds.alert_calibration is not None
+    assert thresholds.alert_calibration.validation_alerts == len(spans)
+    assert thresholds.alert_calibration.validation_days == pytest.approx(6.0)
+    assert (policy.k, policy.n) in config.lifecycle_grid and policy.m in config.resolve_grid
+    assert thresholds.levels[0].method == "false_alert_rate"
+    assert thresholds.critical >= thresholds.warning
+
+
+def test_false_alert_calibration_is_more_sensitive_with_a_larger_budget() -> None:
+    from training.calibrate import calibrate_alerts
+
+    scores = _noisy_validation(4)
+    exceedance = []
+    for per_day in (0.2, 1.0, 5.0):
+        config = CalibrationConfig(false_alerts_per_day=per_day)
+        thresholds, _ = calibrate_alerts(scores, calibrate(scores, config), config)
+        exceedance.append(thresholds.levels[0].params["validation_exceedance"])
+    assert exceedance == sorted(exceedance) and exceedance[0] < exceedance[-1]
+
+
+def test_false_alert_calibration_does_not_accept_an_alert_that_never_closes() -> None:
+    """One alert open over the whole validation part counts as a single alert: the time-in-alert bound, not the
+    count, must refuse a threshold under the normal level."""
+    from training.calibrate import calibrate_alerts
+
+    rng = np.random.default_rng(5)
+    scores = np.r_[rng.normal(1.0, 0.01, size=2 * 1440), rng.normal(2.0, 0.01, size=1440)]  # a level shift
+    config = CalibrationConfig(false_alerts_per_day=1.0)
+    thresholds, policy = calibrate_alerts(scores, calibrate(scores, config), config)
+    assert thresholds.warning > np.quantile(scores[2 * 1440 :], 0.5), policy

@@ -11,11 +11,12 @@ import numpy as np
 from models.manifest import Manifest
 from models.scoring import normalise
 from tests.conftest import SAMPLE
-from training.calibrate import calibrate
+from training.calibrate import calibrate, calibrate_alerts
 from training.config import CalibrationConfig, TrainConfig
 from training.data import load_series, split_chronological
 from training.evaluate import evaluate_bundle
 from training.pipeline import score_with_onnx, train_bundle
+from training.recalibrate import recalibrate_bundle
 from training.report import EVALUATION_REPORT, TRAINING_REPORT
 
 
@@ -63,9 +64,28 @@ def test_thresholds_come_from_the_held_out_validation_tail_only(bundle_dir: Path
     scores = score_with_onnx(
         bundle_dir / "model.onnx", normalise(validation, manifest.normalisation), 100, 10, 2, manifest.score
     ).scores
-    again = calibrate(scores, CalibrationConfig(**manifest.training.config["calibration"]))
+    config = CalibrationConfig(**manifest.training.config["calibration"])
+    again, policy = calibrate_alerts(scores, calibrate(scores, config), config)
     assert again.warning == manifest.thresholds.warning and again.critical == manifest.thresholds.critical
     assert again.validation_stats["n"] == manifest.training.n_validation_rows
+    assert policy == manifest.alerts and again.baseline == manifest.thresholds.baseline
+
+
+def test_recalibrating_a_bundle_with_its_own_calibration_reproduces_it(bundle_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir, models / "tvnet" / "test")
+    manifest = Manifest.load(bundle_dir)
+    config = CalibrationConfig(**manifest.training.config["calibration"])
+    same = Manifest.load(recalibrate_bundle(models / "tvnet" / "test", config, version="again", threads=2))
+    assert (same.thresholds, same.alerts, same.score) == (manifest.thresholds, manifest.alerts, manifest.score)
+    assert (models / "tvnet" / "again" / "model.onnx").read_bytes() == (bundle_dir / "model.onnx").read_bytes()
+    stricter = config.model_copy(update={"false_alerts_per_day": 0.01})
+    fewer = Manifest.load(recalibrate_bundle(models / "tvnet" / "test", stricter, version="fewer", threads=2))
+    assert fewer.thresholds.alert_calibration is not None
+    assert fewer.thresholds.alert_calibration.validation_alerts == 0
+    assert fewer.thresholds.warning >= manifest.thresholds.warning
 
 
 def test_evaluating_on_test_data_never_changes_the_thresholds(bundle_dir: Path, tmp_path: Path) -> None:

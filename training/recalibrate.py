@@ -1,0 +1,72 @@
+"""``vigil calibrate``: new thresholds (and scoring options) for a trained bundle, without retraining (torch-free).
+
+The validation part is rebuilt exactly as training held it out (same file, rows, fraction), scored through the
+bundle's exported graph with the service's windowing, and calibrated; the new bundle version shares the graph.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from models.manifest import ONNX_FILE, Manifest, ScoreDefinition
+from models.runtime import load_bundle
+from models.scoring import F32, normalise, score_series
+from training.calibrate import calibrate, calibrate_alerts
+from training.config import CalibrationConfig
+from training.data import DataError, load_series, split_chronological
+
+
+def validation_part(manifest: Manifest, train_path: Path | None = None) -> F32:
+    """The bundle's validation rows, normalised: the training file's held-out tail, as training split it."""
+    config = manifest.training.config
+    path = train_path or Path(config["train_path"])
+    series = load_series(path, config.get("max_rows"))
+    if series.shape[1] != manifest.n_features:
+        raise DataError(f"{path}: {series.shape[1]} sensors, the bundle has {manifest.n_features}")
+    split = split_chronological(series, config.get("validation_fraction", 0.2), manifest.window_length)
+    return normalise(split.validation, manifest.normalisation)
+
+
+def recalibrate_bundle(
+    bundle_dir: Path,
+    calibration: CalibrationConfig,
+    version: str | None = None,
+    score: ScoreDefinition | None = None,
+    train_path: Path | None = None,
+    threads: int = 0,
+) -> Path:
+    """Write ``<models_dir>/<name>/<version>`` with thresholds (and alert policy) calibrated anew on the
+    bundle's validation part, optionally under another score definition; returns the new bundle directory."""
+    bundle = load_bundle(bundle_dir, "cpu", threads)
+    manifest = bundle.manifest
+    definition = score or manifest.score
+    validation = validation_part(manifest, train_path)
+    scored = score_series(validation, manifest.window_length, manifest.stride, bundle.run, definition)
+    thresholds = calibrate(scored.scores, calibration)
+    policy = None
+    if calibration.false_alerts_per_day is not None:
+        thresholds, policy = calibrate_alerts(scored.scores, thresholds, calibration)
+    version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = bundle_dir.parent / version
+    if out.resolve() == bundle_dir.resolve():
+        raise ValueError(f"{out}: the new version must differ from the bundle's own")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bundle_dir / manifest.onnx.file, out / ONNX_FILE)
+    training = manifest.training.model_copy(
+        update={"config": {**manifest.training.config, "calibration": calibration.model_dump(mode="json")}}
+    )
+    updated = manifest.model_copy(
+        update={
+            "version": version,
+            "score": definition,
+            "thresholds": thresholds,
+            "alerts": policy,
+            "training": training,
+            "evaluation": None,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+    )
+    Manifest.model_validate(updated.model_dump()).save(out)
+    return out
