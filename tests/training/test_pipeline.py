@@ -71,7 +71,9 @@ def test_thresholds_come_from_the_held_out_validation_tail_only(bundle_dir: Path
     assert policy == manifest.alerts and again.baseline == manifest.thresholds.baseline
 
 
-def test_recalibrating_a_bundle_with_its_own_calibration_reproduces_it(bundle_dir: Path, tmp_path: Path) -> None:
+def test_recalibrating_a_bundle_with_its_own_calibration_reproduces_it(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
     import shutil
 
     models = tmp_path / "models"
@@ -79,8 +81,14 @@ def test_recalibrating_a_bundle_with_its_own_calibration_reproduces_it(bundle_di
     manifest = Manifest.load(bundle_dir)
     config = CalibrationConfig(**manifest.training.config["calibration"])
     same = Manifest.load(recalibrate_bundle(models / "tvnet" / "test", config, version="again", threads=2))
-    assert (same.thresholds, same.alerts, same.score) == (manifest.thresholds, manifest.alerts, manifest.score)
-    assert (models / "tvnet" / "again" / "model.onnx").read_bytes() == (bundle_dir / "model.onnx").read_bytes()
+    assert (same.thresholds, same.alerts, same.score) == (
+        manifest.thresholds,
+        manifest.alerts,
+        manifest.score,
+    )
+    assert (models / "tvnet" / "again" / "model.onnx").read_bytes() == (
+        bundle_dir / "model.onnx"
+    ).read_bytes()
     stricter = config.model_copy(update={"false_alerts_per_day": 0.01})
     fewer = Manifest.load(recalibrate_bundle(models / "tvnet" / "test", stricter, version="fewer", threads=2))
     assert fewer.thresholds.alert_calibration is not None
