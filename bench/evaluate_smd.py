@@ -6,19 +6,23 @@
 
 Protocol: `vigil train` defaults on each machine's train file (the last 20 % held out chronologically for
 early stopping and threshold calibration: thresholds never see test data), then `vigil evaluate` on the
-untouched test file with its labels and interpretation labels. One result JSON per (family, machine) under
---out, so an interrupted run resumes where it stopped.
+untouched test file with its labels and interpretation labels, and the test scores through the alert lifecycle
+(fixed and per-stream thresholds). One result JSON per (row, machine) under --out, so an interrupted run
+resumes where it stopped; trained bundles are kept and reused by rows that only change the calibration.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # TVNet fed the globally standardised window, without the per-window normalisation (EVALUATION.md).
     "tvnet_no_window_norm": ("tvnet", {"window_norm": False}),
 }
-ROWS = [*FAMILIES, *VARIANTS]
+# Rows that reuse another row's trained graph with another calibration (`vigil calibrate`): no retraining.
+CALIBRATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    # The point-level POT thresholds of earlier runs with the service's default lifecycle (k 3 of 5, m 10):
+    # the control for the false-alert-rate calibration (issue 13).
+    **{f"{family}_pot": (family, {"false_alerts_per_day": None}) for family in FAMILIES},
+}
+ROWS = [*FAMILIES, *VARIANTS, *CALIBRATIONS]
+SAMPLING_INTERVAL_S = 60.0  # SMD: one point a minute
+ALERT_METRICS = [
+    ("event_recall", "event recall"),
+    ("false_alerts_per_day", "false alerts / day"),
+    ("time_in_alert", "time in alert"),
+    ("median_delay_points", "median delay (points)"),
+    ("alerts_per_detected_event", "alerts per detected event"),
+]
 METRICS = [
     ("vus_pr", "VUS-PR"),
     ("auc_pr", "AUC-PR"),
@@ -54,17 +72,16 @@ def machines_in(data: Path) -> list[str]:
     return sorted(p.name.removesuffix(".txt.gz") for p in (data / "train").glob("machine-*.txt.gz"))
 
 
-def run_one(
-    data: Path, out: Path, row: str, machine: str, threads: int, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """Train row ``row`` (a family, or a variant of one) on ``machine``, then evaluate it on the test file."""
+def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra: dict[str, Any]) -> Path:
+    """The trained bundle of a family (or a training variant) on ``machine``: reused when already there."""
     from training.config import TrainConfig
-    from training.evaluate import evaluate_bundle
     from training.pipeline import train_bundle
 
+    bundle = out / "bundles" / machine / row / "eval"
+    if (bundle / "manifest.json").exists():
+        return bundle
     family, overrides = VARIANTS.get(row, (row, {}))
-    started = time.perf_counter()
-    bundle = train_bundle(
+    return train_bundle(
         TrainConfig(
             model=family,
             train_path=data / "train" / f"{machine}.txt.gz",
@@ -76,10 +93,26 @@ def run_one(
             hyperparameters={**overrides, **extra},
         )
     )
-    trained = time.perf_counter()
-    from models.manifest import Manifest
 
-    epochs_run = Manifest.load(bundle).training.epochs_run
+
+def run_one(
+    data: Path, out: Path, row: str, machine: str, threads: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Train (or reuse) row ``row``'s bundle on ``machine``, calibrate it if the row says so, then evaluate it on
+    the test file: ranking metrics, thresholded metrics and alerts through the lifecycle."""
+    from models.manifest import Manifest
+    from training.config import CalibrationConfig
+    from training.evaluate import evaluate_bundle
+    from training.recalibrate import recalibrate_bundle
+
+    base, calibration = CALIBRATIONS.get(row, (row, {}))
+    bundle = train_row(data, out, base, machine, threads, extra)
+    # Every row calibrates its trained graph with today's code (a cached bundle keeps the calibration of the
+    # code that trained it); with the defaults this equals what `vigil train` writes.
+    trained = time.perf_counter()
+    bundle = recalibrate_bundle(bundle, CalibrationConfig(**calibration), version=row, threads=threads)
+    prepared = time.perf_counter()
+    manifest = Manifest.load(bundle)
     result = evaluate_bundle(
         bundle,
         data / "test" / f"{machine}.txt.gz",
@@ -87,13 +120,15 @@ def run_one(
         data / "interpretation_label" / f"{machine}.txt",
         threads=threads,
         report=True,
+        sampling_interval_s=SAMPLING_INTERVAL_S,
     )
     result.update(
         machine=machine,
         family=row,
-        epochs_run=epochs_run,
-        train_s=trained - started,
-        evaluate_s=time.perf_counter() - trained,
+        epochs_run=manifest.training.epochs_run,
+        train_s=manifest.training.wall_time_s,
+        evaluate_s=time.perf_counter() - prepared,
+        calibrate_s=prepared - trained,
         bundle=str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle),
     )
     return result
@@ -129,6 +164,61 @@ def summary_table(results: dict[str, dict[str, dict[str, Any]]], families: list[
     return lines
 
 
+def _mean_median(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v == v]
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), statistics.median(values)
+
+
+def alert_table(results: dict[str, dict[str, dict[str, Any]]], families: list[str], mode: str) -> list[str]:
+    """Alerts through the lifecycle: mean / median over machines (delay: median over machines of each machine's
+    median delay), with the labelled share beside time in alert."""
+    head = " | ".join(f"{label}" for _, label in ALERT_METRICS)
+    lines = [
+        f"| row | machines | VUS-PR | {head} | labelled share | (k, n, m) |",
+        "|---|---|---|" + "---|" * (len(ALERT_METRICS) + 2),
+    ]
+    for family in families:
+        runs = [r for r in results.get(family, {}).values() if "alerts" in r]
+        if not runs:
+            continue
+        cells = []
+        for key, _ in ALERT_METRICS:
+            mean, median = _mean_median([r["alerts"][mode][key] for r in runs])
+            cells.append(f"{fmt(median)}" if key == "median_delay_points" else f"{fmt(mean)} / {fmt(median)}")
+        vus = _mean_median([r["metrics"]["vus_pr"] for r in runs])
+        labelled = _mean_median([r["alerts"][mode]["labelled_share"] for r in runs])
+        policies = Counter(
+            (r["alert_policy"]["k"], r["alert_policy"]["n"], r["alert_policy"]["m"]) for r in runs
+        )
+        common = ", ".join(f"{k}/{n}/{m} ×{c}" for (k, n, m), c in policies.most_common(2))
+        lines.append(
+            f"| {family} | {len(runs)} | {fmt(vus[0])} / {fmt(vus[1])} | "
+            + " | ".join(cells)
+            + f" | {fmt(labelled[0])} | {common} |"
+        )
+    return lines
+
+
+def alert_machine_table(
+    results: dict[str, dict[str, dict[str, Any]]], families: list[str], mode: str
+) -> list[str]:
+    """Per machine: event recall / false alerts a day, for each row."""
+    present = [f for f in families if f in results]
+    machines = sorted({m for f in present for m in results[f]})
+    lines = ["| machine | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for machine in machines:
+        cells = []
+        for f in present:
+            alerts = results[f].get(machine, {}).get("alerts", {}).get(mode)
+            cells.append(
+                f"{fmt(alerts['event_recall'])} / {alerts['false_alerts_per_day']:.1f}" if alerts else "—"
+            )
+        lines.append(f"| {machine} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def machine_table(results: dict[str, dict[str, dict[str, Any]]], families: list[str], key: str) -> list[str]:
     present = [f for f in families if f in results]
     machines = sorted({m for f in present for m in results[f]})
@@ -150,21 +240,30 @@ def refused_lines(out: Path) -> list[str]:
 
 
 def timing_table(results: dict[str, dict[str, dict[str, Any]]], families: list[str]) -> list[str]:
-    lines = ["| family | train s (sum) | evaluate s (sum) | epochs run (median) |", "|---|---|---|---|"]
+    lines = [
+        "| row | train s (sum) | calibrate s (sum) | evaluate s (sum) | epochs run (median) |",
+        "|---|---|---|---|---|",
+    ]
     for family in families:
         runs = list(results.get(family, {}).values())
         if runs:
             epochs = statistics.median(r.get("epochs_run", 0) for r in runs)
-            train = sum(r["train_s"] for r in runs)
+            train = 0.0 if family in CALIBRATIONS else sum(r["train_s"] for r in runs)
+            calibrate = sum(r.get("calibrate_s", 0.0) for r in runs)
             lines.append(
-                f"| {family} | {train:.0f} | {sum(r['evaluate_s'] for r in runs):.0f} | {epochs:g} |"
+                f"| {family} | {train:.0f} | {calibrate:.0f} | {sum(r['evaluate_s'] for r in runs):.0f} | "
+                f"{epochs:g} |"
             )
     return lines
 
 
 def write_tables(out: Path, families: list[str], command: str, path: Path) -> None:
     results = load_results(out)
-    total = sum(r["train_s"] + r["evaluate_s"] for fam in results.values() for r in fam.values())
+    total = sum(
+        (0.0 if row in CALIBRATIONS else r["train_s"]) + r.get("calibrate_s", 0.0) + r["evaluate_s"]
+        for row, runs in results.items()
+        for r in runs.values()
+    )
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -177,9 +276,22 @@ def write_tables(out: Path, families: list[str], command: str, path: Path) -> No
         "<!-- generated by bench/evaluate_smd.py: edit the script, not this block -->",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} cores ({cpu}), {datetime.now(UTC):%Y-%m-%d}; "
-        f"wall time of all trainings and evaluations: {total / 60:.1f} min.",
+        f"wall time of all trainings, calibrations and evaluations: {total / 60:.1f} min; "
+        f"{SAMPLING_INTERVAL_S:g} s between points.",
         "",
-        "### Mean / median over the machines",
+        "### Alerts as an operator lives them (fixed thresholds), mean / median over the machines",
+        "",
+        *alert_table(results, families, "fixed"),
+        "",
+        "### The same with thresholds that follow each stream (adaptive, from the test period's own start)",
+        "",
+        *alert_table(results, families, "adaptive"),
+        "",
+        "### Event recall / false alerts a day per machine (fixed thresholds)",
+        "",
+        *alert_machine_table(results, families, "fixed"),
+        "",
+        "### Ranking and point metrics, mean / median over the machines",
         "",
         *summary_table(results, families),
         "",
@@ -218,7 +330,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "eval")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hyperparameters", default="{}", help="JSON overrides for every family (ablations)")
-    parser.add_argument("--force", action="store_true", help="re-run pairs that already have a result")
+    parser.add_argument(
+        "--force", action="store_true", help="re-evaluate pairs that already have a result (bundles are reused)"
+    )
+    parser.add_argument("--retrain", action="store_true", help="with --force: train the bundles anew too")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--write", type=Path, default=ROOT / "EVALUATION.md")
     args = parser.parse_args()
@@ -236,6 +351,8 @@ def main() -> int:
                 target = args.out / "results" / family / f"{machine}.json"
                 if target.exists() and not args.force:
                     continue
+                if args.retrain and family not in CALIBRATIONS:
+                    shutil.rmtree(args.out / "bundles" / machine / family, ignore_errors=True)
                 try:
                     result = run_one(
                         args.data, args.out, family, machine, args.threads, json.loads(args.hyperparameters)
@@ -250,10 +367,11 @@ def main() -> int:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(json.dumps(result, indent=2))
-                m = result["metrics"]
+                m, a = result["metrics"], result["alerts"]["fixed"]
                 print(
-                    f"{machine} {family:<12} VUS-PR {fmt(m['vus_pr'])} AUC-PR {fmt(m['auc_pr'])} "
-                    f"F1 {fmt(m['point_f1'])} PA-F1 {fmt(m['point_adjusted_f1'])} "
+                    f"{machine} {family:<20} VUS-PR {fmt(m['vus_pr'])} F1 {fmt(m['point_f1'])} | alerts: recall "
+                    f"{fmt(a['event_recall'])} false/day {a['false_alerts_per_day']:.2f} in alert "
+                    f"{a['time_in_alert']:.3f} (labelled {a['labelled_share']:.3f}) | "
                     f"train {result['train_s']:.0f}s eval {result['evaluate_s']:.0f}s",
                     flush=True,
                 )

@@ -7,10 +7,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.config import CalibrationConfig
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.config import CalibrationConfig, TrainConfig
+    from training.config import TrainConfig
     from training.pipeline import train_bundle
 
     hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
@@ -30,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_rows=args.max_rows,
         hyperparameters=hyper,
-        calibration=CalibrationConfig(method=args.calibration),
+        calibration=_calibration(args),
         progress=not args.quiet,
         report=not args.no_report,
     )
@@ -39,20 +43,66 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration(args: argparse.Namespace) -> CalibrationConfig:
+    from training.config import CalibrationConfig
+
+    return CalibrationConfig(
+        method=args.calibration,
+        false_alerts_per_day=args.false_alerts_per_day or None,
+        sampling_interval_s=args.sampling_interval_s,
+    )
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from training.recalibrate import recalibrate_bundle
+
+    bundle_dir = recalibrate_bundle(
+        args.bundle, _calibration(args), version=args.version, train_path=args.train, threads=args.threads
+    )
+    print(f"bundle written: {bundle_dir}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_bundle
 
     result = evaluate_bundle(
-        args.bundle, args.test, args.labels, args.interpretation, args.threads, args.report
+        args.bundle,
+        args.test,
+        args.labels,
+        args.interpretation,
+        args.threads,
+        args.report,
+        sampling_interval_s=args.sampling_interval_s,
     )
     metrics = result["metrics"]
     print(f"model {result['model']} {result['version']} ({result['architecture']}) on {args.test}")
     for key, value in metrics.items():
         if isinstance(value, float | int):
             print(f"  {key:<28} {value:.4f}")
+    print(alert_summary(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def alert_summary(result: dict[str, Any]) -> str:
+    """The alert-level figures of an evaluation, as an operator would read them."""
+    policy = result["alert_policy"]
+    lines = [
+        f"alerts through the lifecycle (k={policy['k']} of n={policy['n']}, m={policy['m']}; "
+        f"{result['sampling_interval_s']:g} s between points):"
+    ]
+    for mode, a in result["alerts"].items():
+        lines.append(
+            f"  {mode + ' thresholds':<20} event recall {a['event_recall']:.2f} "
+            f"({a['events_detected']}/{a['n_events']} events), false alerts/day {a['false_alerts_per_day']:.2f} "
+            f"({a['n_false_alerts']} of {a['n_alerts']} alerts in {a['days']:.1f} days), median delay "
+            f"{a['median_delay_points']:g} points, time in alert {a['time_in_alert']:.1%} "
+            f"(labelled {a['labelled_share']:.1%}), alerts per detected event "
+            f"{a['alerts_per_detected_event']:.2f}"
+        )
+    return "\n".join(lines)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -102,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
     train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")
-    train.add_argument("--calibration", choices=["pot", "quantile"], default="pot")
+    _calibration_arguments(train)
     train.add_argument("--quiet", action="store_true")
     train.add_argument("--no-report", action="store_true", help="skip training_report.png")
     train.set_defaults(func=_train)
@@ -115,7 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=0)
     evaluate.add_argument("--json", type=Path, default=None)
     evaluate.add_argument("--report", action="store_true", help="write evaluation_report.png into the bundle")
+    evaluate.add_argument(
+        "--sampling-interval-s", type=float, default=60.0, help="seconds between points (false alerts per day)"
+    )
     evaluate.set_defaults(func=_evaluate)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="calibrate a trained bundle's thresholds anew, without retraining"
+    )
+    calibrate.add_argument("--bundle", type=Path, required=True, help="MODELS_DIR/NAME/VERSION")
+    calibrate.add_argument("--version", default=None, help="the new version (default: a UTC timestamp)")
+    calibrate.add_argument(
+        "--train", type=Path, default=None, help="the training file, when it moved since training"
+    )
+    calibrate.add_argument("--threads", type=int, default=0)
+    _calibration_arguments(calibrate)
+    calibrate.set_defaults(func=_calibrate)
 
     serve = sub.add_parser("serve", help="run the scoring service")
     serve.add_argument("--models-dir", type=Path, default=None)
@@ -140,6 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="print only alerts and the summary")
     replay.set_defaults(func=_replay)
     return parser
+
+
+def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calibration", choices=["pot", "quantile"], default="pot", help="point-level threshold method"
+    )
+    parser.add_argument(
+        "--false-alerts-per-day",
+        type=float,
+        default=1.0,
+        help="choose the warning threshold and alert lifecycle (k, n, m) for at most this many alerts a day on "
+        "the validation part (0: point-level thresholds only, service's lifecycle)",
+    )
+    parser.add_argument(
+        "--sampling-interval-s", type=float, default=60.0, help="seconds between points of the data"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,82 @@
+"""The `vigil calibrate` and `vigil evaluate` commands as a user runs them (torch-free subcommands)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.manifest import Manifest
+from tests.conftest import SAMPLE
+from training.cli import main
+from training.data import load_series
+
+
+def test_calibrate_writes_a_new_version_sharing_the_graph_and_evaluate_prints_alert_figures(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir, models / "tvnet" / "test")
+    assert (
+        main(
+            [
+                "calibrate",
+                "--bundle",
+                str(models / "tvnet" / "test"),
+                "--version",
+                "strict",
+                "--false-alerts-per-day",
+                "0.5",
+                "--sampling-interval-s",
+                "30",
+            ]
+        )
+        == 0
+    )
+    strict = Manifest.load(models / "tvnet" / "strict")
+    assert strict.thresholds.alert_calibration is not None
+    assert strict.thresholds.alert_calibration.target_per_day == 0.5
+    assert strict.thresholds.alert_calibration.sampling_interval_s == 30
+    assert strict.onnx == Manifest.load(bundle_dir).onnx
+
+    test = load_series(SAMPLE / "test.txt.gz", max_rows=2000)
+    np.save(tmp_path / "test.npy", test)
+    labels = np.zeros(2000)
+    labels[900:960] = 1
+    np.save(tmp_path / "labels.npy", labels)
+    capsys.readouterr()
+    out_json = tmp_path / "result.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(models / "tvnet" / "strict"),
+                "--test",
+                str(tmp_path / "test.npy"),
+                "--labels",
+                str(tmp_path / "labels.npy"),
+                "--sampling-interval-s",
+                "30",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "fixed thresholds" in printed and "adaptive thresholds" in printed
+    assert "false alerts/day" in printed and "event recall" in printed
+    result = json.loads(out_json.read_text())
+    assert result["alerts"]["fixed"]["days"] == pytest.approx(2000 * 30 / 86400)
+    assert result["alerts"]["fixed"]["n_events"] == 1
+
+
+def test_calibrate_refuses_to_overwrite_the_bundle_it_reads(bundle_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir, models / "tvnet" / "test")
+    with pytest.raises(ValueError, match="must differ"):
+        main(["calibrate", "--bundle", str(models / "tvnet" / "test"), "--version", "test"])
