@@ -47,6 +47,7 @@ class AdaptiveConstants:
 
     z_warning: float
     z_critical: float
+    z_exit: float
     alpha: float
     sigma_floor: float
     warmup: int
@@ -60,6 +61,7 @@ class AdaptiveConstants:
         return cls(
             z_warning=(math.sqrt(levels.warning) - base.root_mean) / base.root_std,
             z_critical=(math.sqrt(levels.critical) - base.root_mean) / base.root_std,
+            z_exit=(math.sqrt(levels.warning * levels.policy.exit_ratio) - base.root_mean) / base.root_std,
             alpha=1.0 - 0.5 ** (1.0 / adaptive.half_life_points),
             sigma_floor=base.root_std * adaptive.sigma_floor_ratio,
             warmup=adaptive.warmup_points,
@@ -105,20 +107,23 @@ class StepResult:
 
 def stream_thresholds(
     state: StreamAlertState, levels: LevelThresholds, constants: AdaptiveConstants | None
-) -> tuple[float, float]:
-    """(warning, critical) in effect for the stream's next point."""
+) -> tuple[float, float, float]:
+    """(warning, critical, exit) in effect for the stream's next point. Fixed: the calibrated levels and
+    ``exit_ratio × warning``. Adaptive, after the warm-up: each at the standard score of sqrt(score) it has in
+    the validation distribution, in the stream's own (exit at most warning)."""
     if constants is None or state.seen < constants.warmup:
-        return levels.warning, levels.critical
+        return levels.warning, levels.critical, levels.warning * levels.policy.exit_ratio
     sd = max(math.sqrt(state.var), constants.sigma_floor)
     root_w = state.mean + constants.z_warning * sd
     root_c = state.mean + constants.z_critical * sd
+    root_e = max(state.mean + constants.z_exit * sd, 0.0)
     warning = min(
         max(root_w * root_w, levels.warning * constants.min_ratio), levels.warning * constants.max_ratio
     )
     critical = min(
         max(root_c * root_c, levels.critical * constants.min_ratio), levels.critical * constants.max_ratio
     )
-    return warning, max(critical, warning)
+    return warning, max(critical, warning), min(root_e * root_e, warning)
 
 
 def advance(
@@ -137,8 +142,7 @@ def advance(
             out.levels.append("-")
             continue
         s.last_ts = ts
-        warn, crit = stream_thresholds(s, levels, constants)
-        exitv = warn * policy.exit_ratio
+        warn, crit, exitv = stream_thresholds(s, levels, constants)
         over = score >= warn
         s.flags = (s.flags + ("1" if over else "0"))[-n:]
         hits = s.flags.count("1")

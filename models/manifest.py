@@ -44,8 +44,35 @@ class Normalisation(_Frozen):
         return self
 
 
+class LevelTerm(_Frozen):
+    """A window's recent level relative to training, scored beside the reconstruction (models that normalise
+    each window cannot see a level shift that fills it). Per sensor: the causal exponential average of the
+    normalised values over the window (``alpha``), standardised by the ``center`` and ``scale`` of that average on
+    validation windows, squared, times ``weight``."""
+
+    alpha: float = Field(gt=0, le=1)
+    center: list[float]
+    scale: list[float]
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LevelTerm:
+        if len(self.center) != len(self.scale):
+            raise ValueError("level term center and scale differ in length")
+        if any(not math.isfinite(v) or v <= 0 for v in self.scale):
+            raise ValueError("level term scale must be finite and > 0")
+        return self
+
+
 class ScoreDefinition(_Frozen):
-    """How a window and its reconstruction become per-point scores (see ``models.scoring``)."""
+    """How a window and its reconstruction become per-point scores (see ``models.scoring``).
+
+    Per sensor and point: the squared reconstruction error in normalised space, divided by ``sensor_scale``
+    when given (statistics of the validation errors), plus the level term when given, then smoothed causally
+    over the window (exponential, ``smoothing_alpha``; only earlier points of the same window), then aggregated
+    over sensors (mean, mean of the ``top_k`` largest, or max). A sensor's contribution is its share of the
+    per-sensor terms. Everything comes from the window alone, so streaming equals offline scoring.
+    """
 
     kind: Literal["reconstruction_mse", "association_weighted_mse"] = "reconstruction_mse"
     description: str = (
@@ -53,6 +80,19 @@ class ScoreDefinition(_Frozen):
         "a sensor's contribution is its share of that sum"
     )
     temperature: float | None = None
+    sensor_scale: list[float] | None = None
+    level: LevelTerm | None = None
+    smoothing_alpha: float | None = Field(None, gt=0, le=1)
+    aggregation: Literal["mean", "top_k", "max"] = "mean"
+    top_k: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreDefinition:
+        if self.sensor_scale is not None and any(not math.isfinite(v) or v <= 0 for v in self.sensor_scale):
+            raise ValueError("sensor_scale must be finite and > 0")
+        if (self.aggregation == "top_k") != (self.top_k is not None):
+            raise ValueError("top_k is set exactly when aggregation is 'top_k'")
+        return self
 
 
 class ThresholdLevel(_Frozen):
@@ -73,7 +113,7 @@ class AdaptivePolicy(_Frozen):
     warmup_points: int = Field(200, ge=2)
     half_life_points: float = Field(1440.0, ge=1)
     min_ratio: float = Field(0.25, gt=0, le=1)
-    max_ratio: float = Field(20.0, ge=1)
+    max_ratio: float = Field(1000.0, ge=1)
     sigma_floor_ratio: float = Field(0.25, gt=0, le=1)  # of the validation std of sqrt(score)
 
 
@@ -203,6 +243,10 @@ class Manifest(_Frozen):
             raise ValueError("feature_names length differs from n_features")
         if len(self.normalisation.mean) != self.n_features:
             raise ValueError("normalisation length differs from n_features")
+        if self.score.sensor_scale is not None and len(self.score.sensor_scale) != self.n_features:
+            raise ValueError("score sensor_scale length differs from n_features")
+        if self.score.level is not None and len(self.score.level.center) != self.n_features:
+            raise ValueError("score level term length differs from n_features")
         return self
 
     def save(self, bundle_dir: Path) -> Path:

@@ -1,8 +1,11 @@
 """The one scoring function, shared by calibration, offline evaluation and the service (torch-free).
 
 The parity rule: windows end at stream indices L-1, L-1+s, L-1+2s, ...; the first window scores all its
-L points, each later window scores its s newest points. A point's score is the mean over sensors of the
-squared reconstruction error in normalised space; a sensor's contribution is its share of that sum.
+L points, each later window scores its s newest points. A point's score comes from per-sensor terms (the
+squared reconstruction error in normalised space, optionally standardised, with a level term, smoothed
+causally within the window) aggregated over sensors (``models.manifest.ScoreDefinition``); a sensor's
+contribution is its share of those terms. Every step is per window and per sample, so a window scores the
+same alone, in any batch, streamed in any chunking, or offline.
 """
 
 from __future__ import annotations
@@ -54,18 +57,55 @@ def normalise(values: npt.NDArray[np.floating], norm: Normalisation) -> F32:
     return ((np.asarray(values, dtype=np.float32) - mean) / scale).astype(np.float32, copy=False)
 
 
+def causal_average(values: F32, alpha: float) -> F32:
+    """Exponential average along the time axis of ``values`` [B, L, C], from each window's first point:
+    ``y[0] = x[0]``, ``y[t] = alpha·x[t] + (1 − alpha)·y[t − 1]``. Only earlier points of the same window count."""
+    a, b = np.float32(alpha), np.float32(1.0 - alpha)
+    out = np.empty_like(values)
+    acc = values[:, 0]
+    out[:, 0] = acc
+    for t in range(1, values.shape[1]):
+        acc = a * values[:, t] + b * acc
+        out[:, t] = acc
+    return out
+
+
+def sensor_terms(windows: F32, output: ModelOutput, definition: ScoreDefinition) -> F32:
+    """Per-sensor, per-point terms ``[B, L, C]`` before aggregation (see ``ScoreDefinition``)."""
+    terms = np.square(windows - output.reconstruction, dtype=np.float32)
+    if definition.sensor_scale is not None:
+        terms = terms / np.asarray(definition.sensor_scale, dtype=np.float32)
+    if definition.level is not None:
+        level = definition.level
+        recent = causal_average(windows.astype(np.float32, copy=False), level.alpha)
+        center = np.asarray(level.center, dtype=np.float32)
+        scale = np.asarray(level.scale, dtype=np.float32)
+        terms = terms + np.float32(level.weight) * np.square((recent - center) / scale, dtype=np.float32)
+    if definition.smoothing_alpha is not None:
+        terms = causal_average(terms, definition.smoothing_alpha)
+    out: F32 = terms.astype(np.float32, copy=False)
+    return out
+
+
 def score_windows(windows: F32, output: ModelOutput, definition: ScoreDefinition) -> WindowScores:
     """Per-point scores and per-sensor shares for windows ``[B, L, C]`` and their model output."""
-    squared = np.square(windows - output.reconstruction, dtype=np.float32)  # [B, L, C]
-    total = squared.sum(axis=-1, dtype=np.float32)  # [B, L]
+    terms = sensor_terms(windows, output, definition)  # [B, L, C]
+    total = terms.sum(axis=-1, dtype=np.float32)  # [B, L]
     n_features = np.float32(windows.shape[-1])
-    scores = total / n_features
+    if definition.aggregation == "max":
+        scores = terms.max(axis=-1)
+    elif definition.aggregation == "top_k":
+        k = min(definition.top_k or 1, terms.shape[-1])
+        largest = -np.partition(-terms, k - 1, axis=-1)[..., :k]
+        scores = np.sort(largest, axis=-1).sum(axis=-1, dtype=np.float32) / np.float32(k)
+    else:
+        scores = total / n_features
     if definition.kind == "association_weighted_mse":
         if output.association is None:
             raise ValueError("score definition needs the model's association output")
         scores = scores * output.association
     safe_total = np.where(total > 0, total, np.float32(1.0))[..., None]
-    contributions = np.where(total[..., None] > 0, squared / safe_total, np.float32(1.0) / n_features)
+    contributions = np.where(total[..., None] > 0, terms / safe_total, np.float32(1.0) / n_features)
     return WindowScores(scores.astype(np.float32, copy=False), contributions.astype(np.float32, copy=False))
 
 
@@ -115,6 +155,15 @@ def score_series(
             scores[end - span + 1 : end + 1] = result.scores[row, -span:]
             contributions[end - span + 1 : end + 1] = result.contributions[row, -span:]
     return SeriesScores(scores, contributions)
+
+
+def reconstruct_all(windows: F32, reconstruct: Reconstruct, batch_size: int = 256) -> ModelOutput:
+    """The model's output for many windows ``[N, L, C]``, run ``batch_size`` at a time."""
+    parts = [reconstruct(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+    association = None
+    if parts and parts[0].association is not None:
+        association = np.concatenate([np.asarray(p.association) for p in parts]).astype(np.float32)
+    return ModelOutput(np.concatenate([p.reconstruction for p in parts]).astype(np.float32), association)
 
 
 def level_of(score: float, warning: float, critical: float) -> str:

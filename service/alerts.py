@@ -39,7 +39,7 @@ def is_event_id(value: str) -> bool:
 
 
 # KEYS: alert state hash. ARGV: warning, critical, exit_ratio, k, n, m, ttl, adaptive (0/1), z_warning,
-# z_critical, alpha, sigma_floor, warmup, min_ratio, max_ratio, then per point: ts, score, sensors.
+# z_critical, z_exit, alpha, sigma_floor, warmup, min_ratio, max_ratio, then per point: ts, score, sensors.
 # Returns {events, levels}: events as {state, severity, started, ts, peak, sensors, escalated, threshold}, levels one
 # character per point (0 normal, 1 warning, 2 critical, - skipped). models/lifecycle.py is the same algorithm
 # in Python, op for op: keep them in step (tests/service/test_alert_lifecycle_equivalence.py). Timestamps and
@@ -48,8 +48,9 @@ ALERT_LUA = """
 local warn0, crit0, ratio = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local k, n, m, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local adaptive = ARGV[8] == '1'
-local zw, zc, alpha, floor = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local warmup, lo, hi = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local zw, zc, ze = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local alpha, floor = tonumber(ARGV[12]), tonumber(ARGV[13])
+local warmup, lo, hi = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local s = redis.call('HMGET', KEYS[1], 'state', 'severity', 'started', 'peak', 'peak_sensors', 'flags', 'below',
                      'last_ts', 'seen', 'mean', 'var')
 local state, severity, started = s[1] or 'ok', s[2] or 'warning', s[3] or '0'
@@ -66,21 +67,22 @@ local function emit(st, ts_text, escalated, warn, crit)
   events[#events + 1] = {st, severity, started, ts_text, peak_text, peak_sensors, escalated and '1' or '0',
                          fmt(thr)}
 end
-for i = 16, #ARGV, 3 do
+for i = 17, #ARGV, 3 do
   local ts_text, score_text, sensors = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local ts, score = tonumber(ts_text), tonumber(score_text)
   if last_ts == nil or ts > last_ts then
     last_ts, last_text = ts, ts_text
-    local warn, crit = warn0, crit0
+    local warn, crit, exitv = warn0, crit0, warn0 * ratio
     if adaptive and seen >= warmup then
       local sd = math.max(math.sqrt(var), floor)
       local rw = mean + zw * sd
       local rc = mean + zc * sd
+      local re = math.max(mean + ze * sd, 0)
       warn = math.min(math.max(rw * rw, warn0 * lo), warn0 * hi)
       crit = math.min(math.max(rc * rc, crit0 * lo), crit0 * hi)
       crit = math.max(crit, warn)
+      exitv = math.min(re * re, warn)
     end
-    local exitv = warn * ratio
     local over = score >= warn
     flags = string.sub(flags .. (over and '1' or '0'), -n)
     local _, hits = string.gsub(flags, '1', '')
@@ -159,12 +161,13 @@ def lifecycle_args(levels: LevelThresholds, ttl_s: int, points: list[ScoredPoint
         1 if adaptive else 0,
     ]
     if adaptive is None:
-        args.extend(("0", "0", "0", "0", 0, "1", "1"))
+        args.extend(("0", "0", "0", "0", "0", 0, "1", "1"))
     else:
         args.extend(
             (
                 repr(adaptive.z_warning),
                 repr(adaptive.z_critical),
+                repr(adaptive.z_exit),
                 repr(adaptive.alpha),
                 repr(adaptive.sigma_floor),
                 adaptive.warmup,

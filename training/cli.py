@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from training.config import CalibrationConfig
+    from training.score_fit import ScoreOptions
 
 
 def _train(args: argparse.Namespace) -> int:
     from training.config import TrainConfig
     from training.pipeline import train_bundle
+    from training.score_fit import ScoreOptions
 
     hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
     config = TrainConfig(
@@ -35,6 +37,7 @@ def _train(args: argparse.Namespace) -> int:
         max_rows=args.max_rows,
         hyperparameters=hyper,
         calibration=_calibration(args),
+        score=_score_options(args.score) or ScoreOptions(),
         progress=not args.quiet,
         report=not args.no_report,
     )
@@ -53,11 +56,22 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     )
 
 
+def _score_options(text: str | None) -> ScoreOptions | None:
+    from training.score_fit import ScoreOptions
+
+    return ScoreOptions.model_validate_json(text) if text else None
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from training.recalibrate import recalibrate_bundle
 
     bundle_dir = recalibrate_bundle(
-        args.bundle, _calibration(args), version=args.version, train_path=args.train, threads=args.threads
+        args.bundle,
+        _calibration(args),
+        version=args.version,
+        score=_score_options(args.score),
+        train_path=args.train,
+        threads=args.threads,
     )
     print(f"bundle written: {bundle_dir}")
     return 0
@@ -166,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, default=None)
     evaluate.add_argument("--report", action="store_true", help="write evaluation_report.png into the bundle")
     evaluate.add_argument(
-        "--sampling-interval-s", type=float, default=60.0, help="seconds between points (false alerts per day)"
+        "--sampling-interval-s",
+        type=float,
+        default=60.0,
+        help="seconds between points (false alerts per day)",
     )
     evaluate.set_defaults(func=_evaluate)
 
@@ -208,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--score",
+        default=None,
+        help="scoring options as JSON, fitted on the validation part, e.g. "
+        '\'{"smoothing_alpha": 0.1, "standardise": "q99"}\' (keys of training.score_fit.ScoreOptions)',
+    )
     parser.add_argument(
         "--calibration", choices=["pot", "quantile"], default="pot", help="point-level threshold method"
     )

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from training.score_fit import ScoreOptions
+
 
 class CalibrationConfig(BaseModel):
     """Threshold calibration on validation scores only (never test data)."""
@@ -53,6 +55,7 @@ class TrainConfig(BaseModel):
     max_rows: int | None = Field(None, ge=1)  # use only the first rows of the file (tests, quick demos)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     calibration: CalibrationConfig = CalibrationConfig()
+    score: ScoreOptions = ScoreOptions()
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     feature_names: list[str] | None = None
     progress: bool = True

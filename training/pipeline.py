@@ -11,20 +11,19 @@ import numpy as np
 from models.manifest import ONNX_FILE, Manifest, ONNXInfo, Parity, ScoreDefinition, TrainingInfo, sha256_file
 from models.registry import build_model
 from models.runtime import open_session
-from models.scoring import F32, ModelOutput, SeriesScores, normalise, score_series
+from models.scoring import F32, ModelOutput, Reconstruct, SeriesScores, normalise, score_series
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import TrainConfig, resolve
 from training.data import file_sha256, fit_normalisation, load_series, make_windows, split_chronological
 from training.export import ExportError, check_parity, export_onnx
 from training.loop import seed_everything, train_module
+from training.score_fit import fit_for_series
 
 log = logging.getLogger(__name__)
 
 
-def score_with_onnx(
-    onnx_path: Path, series: F32, window_length: int, stride: int, threads: int, definition: ScoreDefinition
-) -> SeriesScores:
-    """Score a normalised series through the exported graph with the service's windowing."""
+def onnx_reconstruct(onnx_path: Path, threads: int) -> Reconstruct:
+    """The exported graph as a ``windows → ModelOutput`` function (CPU)."""
     session = open_session(onnx_path, "cpu", threads)
     input_name = session.get_inputs()[0].name
 
@@ -32,7 +31,14 @@ def score_with_onnx(
         outputs = session.run(None, {input_name: windows})
         return ModelOutput(np.asarray(outputs[0], dtype=np.float32), outputs[1] if len(outputs) > 1 else None)
 
-    return score_series(series, window_length, stride, reconstruct, definition)
+    return reconstruct
+
+
+def score_with_onnx(
+    onnx_path: Path, series: F32, window_length: int, stride: int, threads: int, definition: ScoreDefinition
+) -> SeriesScores:
+    """Score a normalised series through the exported graph with the service's windowing."""
+    return score_series(series, window_length, stride, onnx_reconstruct(onnx_path, threads), definition)
 
 
 def train_bundle(config: TrainConfig) -> Path:
@@ -91,9 +97,17 @@ def train_bundle(config: TrainConfig) -> Path:
         raise ExportError(f"ONNX Runtime differs from PyTorch: {parity.max_abs_diff} > {parity.tolerance}")
 
     define = getattr(built.module, "score_definition", None)
-    definition = define() if callable(define) else ScoreDefinition()
-    validation_scores = score_with_onnx(
-        onnx_path, validation_z, config.window_length, config.stride, config.threads, definition
+    reconstruct = onnx_reconstruct(onnx_path, config.threads)
+    definition = fit_for_series(
+        validation_z,
+        config.window_length,
+        config.stride,
+        reconstruct,
+        define() if callable(define) else ScoreDefinition(),
+        config.score,
+    )
+    validation_scores = score_series(
+        validation_z, config.window_length, config.stride, reconstruct, definition
     )
     thresholds = calibrate(validation_scores.scores, config.calibration)
     policy = None

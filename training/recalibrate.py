@@ -16,6 +16,12 @@ from models.scoring import F32, normalise, score_series
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import CalibrationConfig
 from training.data import DataError, load_series, split_chronological
+from training.score_fit import ScoreOptions, fit_for_series
+
+
+def model_definition(definition: ScoreDefinition) -> ScoreDefinition:
+    """What the model itself defines (its kind and temperature), without fitted scoring options."""
+    return ScoreDefinition(kind=definition.kind, temperature=definition.temperature)
 
 
 def validation_part(manifest: Manifest, train_path: Path | None = None) -> F32:
@@ -33,16 +39,26 @@ def recalibrate_bundle(
     bundle_dir: Path,
     calibration: CalibrationConfig,
     version: str | None = None,
-    score: ScoreDefinition | None = None,
+    score: ScoreOptions | None = None,
     train_path: Path | None = None,
     threads: int = 0,
 ) -> Path:
     """Write ``<models_dir>/<name>/<version>`` with thresholds (and alert policy) calibrated anew on the
-    bundle's validation part, optionally under another score definition; returns the new bundle directory."""
+    bundle's validation part, optionally with other scoring options fitted anew on it (None: the bundle's score
+    definition as it is); returns the new bundle directory."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
     manifest = bundle.manifest
-    definition = score or manifest.score
     validation = validation_part(manifest, train_path)
+    definition = manifest.score
+    if score is not None:
+        definition = fit_for_series(
+            validation,
+            manifest.window_length,
+            manifest.stride,
+            bundle.run,
+            model_definition(manifest.score),
+            score,
+        )
     scored = score_series(validation, manifest.window_length, manifest.stride, bundle.run, definition)
     thresholds = calibrate(scored.scores, calibration)
     policy = None
@@ -54,9 +70,10 @@ def recalibrate_bundle(
         raise ValueError(f"{out}: the new version must differ from the bundle's own")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle_dir / manifest.onnx.file, out / ONNX_FILE)
-    training = manifest.training.model_copy(
-        update={"config": {**manifest.training.config, "calibration": calibration.model_dump(mode="json")}}
-    )
+    config = {**manifest.training.config, "calibration": calibration.model_dump(mode="json")}
+    if score is not None:
+        config["score"] = score.model_dump(mode="json")
+    training = manifest.training.model_copy(update={"config": config})
     updated = manifest.model_copy(
         update={
             "version": version,

@@ -92,3 +92,89 @@ def test_top_contributions_rows_match_the_per_row_ranking() -> None:
         assert [int(n) for n, _ in expected] == indices[row].tolist() or row == 3
         np.testing.assert_allclose(values[row], [v for _, v in expected])
     assert indices[3, :2].tolist() == [4, 9]
+
+
+def _random_windows(seed: int, b: int = 5, length: int = 30, c: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    windows = rng.normal(size=(b, length, c)).astype(np.float32)
+    return windows, (windows + rng.normal(0, 0.3, size=windows.shape)).astype(np.float32)
+
+
+def test_causal_average_uses_only_earlier_points_of_the_window() -> None:
+    from models.scoring import causal_average
+
+    values, _ = _random_windows(1)
+    smoothed = causal_average(values, 0.25)
+    changed = values.copy()
+    changed[:, 20:] += 100.0  # later points change ...
+    np.testing.assert_array_equal(
+        causal_average(changed, 0.25)[:, :20], smoothed[:, :20]
+    )  # ... earlier do not
+    expected = values[:, 0]
+    for t in range(1, 5):
+        expected = np.float32(0.25) * values[:, t] + np.float32(0.75) * expected
+    np.testing.assert_array_equal(smoothed[:, 4], expected)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sensor_scale": [1.0, 2.0, 0.5, 4.0, 1.0, 3.0]},
+        {"smoothing_alpha": 0.2},
+        {"aggregation": "max"},
+        {"aggregation": "top_k", "top_k": 2},
+        {"level": {"alpha": 0.1, "center": [0.0] * 6, "scale": [1.0] * 6, "weight": 0.5}},
+        {
+            "sensor_scale": [1.0, 2.0, 0.5, 4.0, 1.0, 3.0],
+            "smoothing_alpha": 0.1,
+            "aggregation": "top_k",
+            "top_k": 3,
+            "level": {"alpha": 0.2, "center": [0.1] * 6, "scale": [2.0] * 6},
+        },
+    ],
+    ids=["scale", "smooth", "max", "top_k", "level", "all"],
+)
+def test_scoring_options_score_a_window_the_same_alone_and_in_any_batch(options: dict) -> None:
+    windows, recon = _random_windows(2)
+    definition = ScoreDefinition(**options)
+    together = score_windows(windows, ModelOutput(recon), definition)
+    for i in range(len(windows)):
+        alone = score_windows(windows[i : i + 1], ModelOutput(recon[i : i + 1]), definition)
+        np.testing.assert_array_equal(alone.scores[0], together.scores[i])
+        np.testing.assert_array_equal(alone.contributions[0], together.contributions[i])
+    np.testing.assert_allclose(together.contributions.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_scoring_options_compute_what_the_definition_says() -> None:
+    from models.scoring import causal_average
+
+    windows, recon = _random_windows(3)
+    squared = (windows - recon) ** 2
+    scale = np.array([1.0, 2.0, 0.5, 4.0, 1.0, 3.0], dtype=np.float32)
+    terms = squared / scale
+    got = score_windows(windows, ModelOutput(recon), ScoreDefinition(sensor_scale=scale.tolist()))
+    np.testing.assert_allclose(got.scores, terms.mean(axis=-1), rtol=1e-6)
+    np.testing.assert_allclose(got.contributions, terms / terms.sum(axis=-1, keepdims=True), rtol=1e-5)
+    got = score_windows(windows, ModelOutput(recon), ScoreDefinition(aggregation="top_k", top_k=2))
+    np.testing.assert_allclose(got.scores, np.sort(squared, axis=-1)[..., -2:].mean(axis=-1), rtol=1e-6)
+    got = score_windows(windows, ModelOutput(recon), ScoreDefinition(aggregation="max"))
+    np.testing.assert_allclose(got.scores, squared.max(axis=-1), rtol=1e-6)
+    level = {"alpha": 0.3, "center": [0.5] * 6, "scale": [2.0] * 6, "weight": 0.7}
+    got = score_windows(windows, ModelOutput(recon), ScoreDefinition(level=level))
+    level_terms = 0.7 * ((causal_average(windows, 0.3) - 0.5) / 2.0) ** 2
+    np.testing.assert_allclose(got.scores, (squared + level_terms).mean(axis=-1), rtol=1e-5)
+    got = score_windows(windows, ModelOutput(recon), ScoreDefinition(smoothing_alpha=0.4))
+    np.testing.assert_allclose(got.scores, causal_average(squared, 0.4).mean(axis=-1), rtol=1e-5)
+
+
+def test_a_level_shift_filling_the_window_raises_the_level_term_only() -> None:
+    windows, _ = _random_windows(4)
+    recon = windows.copy()  # a per-window-normalising model reconstructs a shifted window perfectly
+    shifted = windows + 5.0
+    level = {"alpha": 0.2, "center": [0.0] * 6, "scale": [1.0] * 6}
+    plain = score_windows(shifted, ModelOutput(shifted), ScoreDefinition())
+    with_level = score_windows(shifted, ModelOutput(shifted), ScoreDefinition(level=level))
+    assert plain.scores.max() == 0.0
+    assert with_level.scores[:, -10:].min() > 5.0
+    base = score_windows(windows, ModelOutput(recon), ScoreDefinition(level=level))
+    assert base.scores[:, -10:].mean() < with_level.scores[:, -10:].mean() / 5

@@ -1,0 +1,60 @@
+"""Scoring options fitted on validation windows: the statistics are what they say, and only validation is read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.manifest import ScoreDefinition
+from models.scoring import ModelOutput, causal_average, window_ends
+from training.score_fit import ScoreOptions, fit_score_definition, scored_windows
+
+
+def test_scored_windows_follow_the_parity_rule() -> None:
+    series = np.arange(250 * 2, dtype=np.float32).reshape(250, 2)
+    windows, spans = scored_windows(series, 100, 10)
+    ends = window_ends(250, 100, 10)
+    assert len(windows) == len(ends) and spans.tolist() == [100] + [10] * (len(ends) - 1)
+    np.testing.assert_array_equal(windows[-1], series[ends[-1] - 99 : ends[-1] + 1])
+
+
+def test_fit_standardises_each_sensor_by_its_validation_error_quantile_with_a_floor() -> None:
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(40, 20, 4)).astype(np.float32)
+    noise = rng.normal(size=windows.shape).astype(np.float32) * np.array(
+        [1.0, 3.0, 0.1, 1e-4], dtype=np.float32
+    )
+    spans = np.full(40, 5)
+    definition = fit_score_definition(
+        windows, spans, ModelOutput(windows + noise), ScoreDefinition(), ScoreOptions(standardise="q99")
+    )
+    assert definition.sensor_scale is not None
+    errors = np.concatenate([noise[i, -5:] ** 2 for i in range(40)])
+    q99 = np.quantile(errors.astype(np.float64), 0.99, axis=0)
+    floor = 0.1 * np.median(q99)
+    np.testing.assert_allclose(definition.sensor_scale, np.maximum(q99, floor), rtol=1e-6)
+    assert definition.sensor_scale[3] == pytest.approx(floor)  # the near-constant sensor is floored
+
+
+def test_fit_level_term_centres_and_scales_the_recent_level() -> None:
+    rng = np.random.default_rng(1)
+    windows = (rng.normal(size=(30, 20, 3)) + np.array([0.0, 2.0, -1.0])).astype(np.float32)
+    spans = np.full(30, 20)
+    definition = fit_score_definition(
+        windows,
+        spans,
+        ModelOutput(windows),
+        ScoreDefinition(),
+        ScoreOptions(level_alpha=0.2, level_weight=0.5),
+    )
+    assert definition.level is not None and definition.level.weight == 0.5
+    recent = causal_average(windows, 0.2).reshape(-1, 3)
+    np.testing.assert_allclose(definition.level.center, np.median(recent, axis=0), rtol=1e-5)
+    assert min(definition.level.scale) >= 0.1
+
+
+def test_default_options_leave_the_models_definition_alone() -> None:
+    base = ScoreDefinition(kind="association_weighted_mse", temperature=50.0)
+    windows = np.zeros((2, 10, 2), dtype=np.float32)
+    fitted = fit_score_definition(windows, np.array([10, 2]), ModelOutput(windows), base, ScoreOptions())
+    assert fitted == base

@@ -1,0 +1,95 @@
+"""Scoring options fitted on validation windows only: per-sensor error scales and the level term's statistics.
+
+The fitted numbers go into the manifest's ``ScoreDefinition``; ``models.scoring`` applies them identically
+offline and in the service.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.manifest import LevelTerm, ScoreDefinition
+from models.scoring import F32, ModelOutput, Reconstruct, causal_average, reconstruct_all, window_ends
+
+IQR_TO_SIGMA = 1.349  # interquartile range of a normal distribution, in standard deviations
+
+
+class ScoreOptions(BaseModel):
+    """What ``vigil train --score`` asks for (JSON); the statistics behind it come from validation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    standardise: Literal["none", "median", "q99"] = "none"  # divide each sensor's error by this statistic
+    scale_floor: float = Field(0.1, gt=0)  # of the median over sensors of that statistic
+    smoothing_alpha: float | None = Field(None, gt=0, le=1)
+    aggregation: Literal["mean", "top_k", "max"] = "mean"
+    top_k: int | None = Field(None, ge=1)
+    level_alpha: float | None = Field(None, gt=0, le=1)  # None: no level term
+    level_weight: float = Field(1.0, gt=0)
+    level_scale_floor: float = Field(0.1, gt=0)  # in training standard deviations
+
+
+def scored_windows(series: F32, window_length: int, stride: int) -> tuple[F32, npt.NDArray[np.intp]]:
+    """The windows ``[N, L, C]`` the service would score over ``series`` and, per window, how many newest points
+    it scores (parity rule)."""
+    ends = window_ends(series.shape[0], window_length, stride)
+    windows = np.stack([series[e - window_length + 1 : e + 1] for e in ends]).astype(np.float32)
+    spans = np.array([window_length if e == window_length - 1 else stride for e in ends], dtype=np.intp)
+    return windows, spans
+
+
+def _scored_points(values: F32, spans: npt.NDArray[np.intp]) -> F32:
+    """The scored points' rows ``[n, C]`` of per-window values ``[N, L, C]``."""
+    return np.concatenate([values[i, -span:] for i, span in enumerate(spans)])
+
+
+def fit_score_definition(
+    windows: F32,
+    spans: npt.NDArray[np.intp],
+    outputs: ModelOutput,
+    base: ScoreDefinition,
+    options: ScoreOptions,
+) -> ScoreDefinition:
+    """``base`` with the options applied and their statistics fitted on validation ``windows`` [N, L, C] (as
+    scored, with ``spans``) and the model's ``outputs`` for them."""
+    update: dict[str, object] = {
+        "smoothing_alpha": options.smoothing_alpha,
+        "aggregation": options.aggregation,
+        "top_k": options.top_k if options.aggregation == "top_k" else None,
+    }
+    if options.standardise != "none":
+        errors = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
+        q = 0.5 if options.standardise == "median" else 0.99
+        statistic = np.quantile(errors.astype(np.float64), q, axis=0)
+        floor = options.scale_floor * float(np.median(statistic))
+        update["sensor_scale"] = [float(v) for v in np.maximum(statistic, max(floor, 1e-12))]
+    if options.level_alpha is not None:
+        recent = _scored_points(causal_average(windows, options.level_alpha), spans).astype(np.float64)
+        center = np.median(recent, axis=0)
+        spread = (np.quantile(recent, 0.75, axis=0) - np.quantile(recent, 0.25, axis=0)) / IQR_TO_SIGMA
+        update["level"] = LevelTerm(
+            alpha=options.level_alpha,
+            center=[float(v) for v in center],
+            scale=[float(v) for v in np.maximum(spread, options.level_scale_floor)],
+            weight=options.level_weight,
+        )
+    return ScoreDefinition.model_validate({**base.model_dump(), **update})
+
+
+def fit_for_series(
+    series: F32,
+    window_length: int,
+    stride: int,
+    reconstruct: Reconstruct,
+    base: ScoreDefinition,
+    options: ScoreOptions,
+) -> ScoreDefinition:
+    """``fit_score_definition`` over the windows the service would score on a normalised validation series."""
+    if options == ScoreOptions():
+        return base
+    windows, spans = scored_windows(series, window_length, stride)
+    return fit_score_definition(windows, spans, reconstruct_all(windows, reconstruct), base, options)
