@@ -331,7 +331,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hyperparameters", default="{}", help="JSON overrides for every family (ablations)")
     parser.add_argument(
-        "--force", action="store_true", help="re-evaluate pairs that already have a result (bundles are reused)"
+        "--force",
+        action="store_true",
+        help="re-evaluate pairs that already have a result (bundles are reused)",
     )
     parser.add_argument("--retrain", action="store_true", help="with --force: train the bundles anew too")
     parser.add_argument("--report-only", action="store_true")

@@ -261,11 +261,35 @@ class AlertTracker:
             return entry_id
 
     async def forget(self, stream_id: str) -> None:
-        await self._redis.delete(alert_key(stream_id))
+        """Delete the stream's alert state. Raises :class:`StoreUnavailable` when Redis fails."""
+        try:
+            await self._redis.delete(alert_key(stream_id))
+        except RedisError as exc:
+            raise StoreUnavailable(f"alert state unavailable: {type(exc).__name__}") from exc
 
     async def state(self, stream_id: str) -> dict[str, str]:
-        raw = await self._redis.hgetall(alert_key(stream_id))
+        """The stream's alert state hash (empty: ``ok``). Raises :class:`StoreUnavailable` when Redis fails."""
+        try:
+            raw = await self._redis.hgetall(alert_key(stream_id))
+        except RedisError as exc:
+            raise StoreUnavailable(f"alert state unavailable: {type(exc).__name__}") from exc
         return {text(k): text(v) for k, v in raw.items()}
+
+    async def states(self, stream_ids: list[str]) -> list[tuple[str, str | None]]:
+        """``(state, severity)`` of each stream in one round trip; ``("ok", None)`` for a stream without alert
+        state, and severity None unless an alert is open. Raises :class:`StoreUnavailable` when Redis fails."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stream_id in stream_ids:
+            pipe.hmget(alert_key(stream_id), "state", "severity")
+        try:
+            replies = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"alert state unavailable: {type(exc).__name__}") from exc
+        out: list[tuple[str, str | None]] = []
+        for state, severity in replies:
+            current = text(state) if state else "ok"
+            out.append((current, text(severity) if severity and current != "ok" else None))
+        return out
 
     async def read_events(self, since: str | None, stream_id: str | None, limit: int) -> list[dict[str, Any]]:
         """Events after id ``since`` (exclusive; see :func:`is_event_id`) in order, optionally for one stream.

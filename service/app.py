@@ -13,20 +13,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.alerts import AlertTracker
 from service.auth import KeyRing
 from service.deps import Components
 from service.errors import (
-    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     StoreUnavailable,
     error_body,
     install_error_handlers,
 )
 from service.feed import FeedHub
 from service.history import ScoreHistory
+from service.inflight import InflightLimitMiddleware, KeySlots
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
@@ -74,12 +76,33 @@ async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:
     raise AssertionError("unreachable")
 
 
-class MetricsMiddleware:
-    """Counts requests and latency by route template (never by raw path: ids are unbounded)."""
+def route_template(scope: Scope, routes: list[BaseRoute]) -> str:
+    """The template of the route a request is for: the one routing set, else the first route its path and
+    method match (a request refused before routing, e.g. by the in-flight limit), else ``unmatched``."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    partial = "unmatched"
+    for candidate in routes:
+        path = getattr(candidate, "path", None)
+        if path is None:
+            continue
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return str(path)
+        if match is Match.PARTIAL and partial == "unmatched":
+            partial = str(path)
+    return partial
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+
+class MetricsMiddleware:
+    """Counts requests and latency by route template (never by raw path: ids are unbounded). A client that
+    went away before its answer is counted under status 499 (service/errors.py), not as a server error."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,19 +120,21 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = route_template(scope, self.routes)
             method = scope["method"]
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.request_latency.labels(template, method).observe(time.perf_counter() - started)
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413 before they are parsed."""
+    """Refuses bodies over ``max_bytes`` with 413 before they are parsed, and bodies that have not all arrived
+    ``timeout_s`` after the app first asked for them with 408 (a client that sends a few bytes, then idles,
+    would otherwise hold its connection and its in-flight slot for as long as it likes)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,14 +145,27 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send)
             return
         seen = 0
+        deadline: float | None = None
+        complete = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline, complete
+            if complete:  # after the body, receive() waits for a disconnect: no deadline on that
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"body: not all received within {self.timeout_s:g} s ({seen} bytes came)"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise PayloadTooLarge(f"body: larger than {self.max_bytes} bytes")
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -135,66 +173,6 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = error_body(PayloadTooLarge.code, f"body: larger than {self.max_bytes} bytes")
         await JSONBytesResponse(body, status_code=413)(scope, receive, send)
-
-
-class InflightLimitMiddleware:
-    """Answers 503 ``overloaded`` (Retry-After) at once, before reading the body, while ``limit`` HTTP
-    requests are in progress. Under overload the event loop and Redis fill before the inference queue does;
-    without this bound every accepted request waits behind all the others, so latency, open sockets and
-    memory grow with the offered load. Health and metrics stay answerable.
-
-    ``limit`` starts at ``max_inflight`` and adapts: when a flood keeps the event loop saturated (reading and
-    refusing requests costs time too), admitted requests slow down however few they are, so while requests
-    are being refused and the admitted ones' mean time in the server stays above ``TARGET_S``, the limit
-    shrinks by a quarter per ``STEP_S``. It grows by a quarter per step while they are fast again, and is
-    back at ``max_inflight`` after a step without refusals (slow requests alone never shrink it)."""
-
-    EXEMPT = frozenset(("/healthz", "/readyz", "/metrics"))
-    TARGET_S = 0.5
-    STEP_S = 0.25
-    MIN_LIMIT = 4
-
-    def __init__(self, app: ASGIApp, max_inflight: int, metrics: Metrics) -> None:
-        self.app = app
-        self.max_inflight = max_inflight
-        self.metrics = metrics
-        self.inflight = 0
-        self.limit = max_inflight
-        self._mean_s = 0.0  # exponentially weighted time in the server of admitted requests
-        self._next_step = 0.0
-        self._refused = 0  # since the last step
-
-    def _adapt(self, duration_s: float) -> None:
-        self._mean_s += 0.05 * (duration_s - self._mean_s)
-        now = time.monotonic()
-        if now < self._next_step:
-            return
-        self._next_step = now + self.STEP_S
-        refused, self._refused = self._refused, 0
-        if not refused:
-            self.limit = self.max_inflight
-        elif self._mean_s > self.TARGET_S:
-            self.limit = max(self.MIN_LIMIT, self.limit * 3 // 4)
-        elif self._mean_s < self.TARGET_S / 2:
-            self.limit = min(self.max_inflight, self.limit + max(1, self.limit // 4))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
-            await self.app(scope, receive, send)
-            return
-        if self.inflight >= self.limit:
-            self._refused += 1
-            self.metrics.rejections.labels(Overloaded.code).inc()
-            body = error_body(Overloaded.code, f"server busy: {self.inflight} requests in progress")
-            await JSONBytesResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
-            return
-        self.inflight += 1
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.inflight -= 1
-            self._adapt(time.perf_counter() - started)
 
 
 def document_bodies(app: FastAPI) -> None:
@@ -228,7 +206,13 @@ def create_app(settings: Settings) -> FastAPI:
         hub: FeedHub | None = None
         try:
             models.load_all()
-            windows = WindowStore(redis, settings.window_ttl_s)
+            windows = WindowStore(
+                redis,
+                settings.window_ttl_s,
+                claim_s=settings.scoring_claim_s,
+                max_backlog=settings.max_points_per_request,
+                max_ts_jump=settings.max_ts_jump,
+            )
             alerts = AlertTracker(redis, settings.window_ttl_s, settings.alerts.stream_maxlen)
             history = ScoreHistory(redis, settings.history_points, settings.window_ttl_s)
             scorer = StreamScorer(
@@ -261,14 +245,22 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSONBytesResponse,
     )
     app.state.keyring = KeyRing(settings.api_keys, settings.auth_disabled)
+    per_key = settings.max_inflight_per_key or max(1, settings.max_inflight_requests // 4)
+    app.state.key_slots = KeySlots(None if settings.auth_disabled else per_key)
     install_error_handlers(app)
-    for router in (score.router, streams.router, feed.router, health.router, ui.router):
+    routers = (score.router, streams.router, feed.router, health.router, ui.router)
+    for router in routers:
         app.include_router(router)
     ui.install(app)  # the live view's static files and its on-demand reconstructor
     document_bodies(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(InflightLimitMiddleware, max_inflight=settings.max_inflight_requests, metrics=metrics)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # The routes as declared name the requests refused before routing (FastAPI's wrappers of included
+    # routers carry no template).
+    declared = [*(route for router in routers for route in router.routes), *app.router.routes]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=declared)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

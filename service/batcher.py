@@ -82,6 +82,10 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._pending
 
+    def has_room(self, count: int) -> bool:
+        """Whether ``count`` more windows would be admitted now (the test ``submit`` applies)."""
+        return self._pending == 0 or self._pending + count <= self._capacity
+
     def start(self) -> None:
         if not self._started:
             self._worker.start()

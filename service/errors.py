@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 
 from service.responses import JSONBytesResponse
 
@@ -50,6 +51,28 @@ class PayloadTooLarge(VigilError):
     code, status = "payload_too_large", 413
 
 
+class UnsupportedMediaType(VigilError):
+    code, status = "unsupported_media_type", 415
+
+
+class RequestTimeout(VigilError):
+    """The body did not arrive in time; the connection is closed with the answer (its framing is lost)."""
+
+    code, status = "request_timeout", 408
+
+
+class HeadersTooLarge(VigilError):
+    """Answered by the HTTP protocol itself (service/http_limits.py), before the app sees the request."""
+
+    code, status = "headers_too_large", 431
+
+
+class TooManyRequests(VigilError):
+    """One API key holds more requests in progress than its share: that key waits, the others are served."""
+
+    code, status = "too_many_requests", 429
+
+
 class Overloaded(VigilError):
     code, status = "overloaded", 503
 
@@ -62,8 +85,24 @@ class InferenceFailed(VigilError):
     code, status = "inference_failed", 500
 
 
+# nginx's status for a client that closed the connection before the answer: counted in
+# vigil_requests_total{status="499"} (not a server error), never sent.
+CLIENT_CLOSED_REQUEST = 499
+POLICY_VIOLATION = 1008  # WebSocket close code: missing or wrong token, or a key without the role
+TRY_AGAIN_LATER = 1013  # WebSocket close code: the client fell behind; reconnect with its last id
+
+
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "detail": detail, **extra}
+
+
+def close_code(exc: VigilError) -> int:
+    """The WebSocket close code for a refused feed connection: 1008 (policy violation) for a missing, wrong or
+    under-privileged key; otherwise 4000 + the HTTP status (4422 for a bad query parameter), in the range
+    RFC 6455 leaves to applications. The close reason is ``"<code>: <detail>"``."""
+    if isinstance(exc, Unauthorized | Forbidden):
+        return POLICY_VIOLATION
+    return 4000 + exc.status
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -75,9 +114,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_vigil_error(request: Request, exc: Exception) -> JSONBytesResponse:
         assert isinstance(exc, VigilError)
         count(request, exc.code)
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
+        if exc.status == 408:
+            headers = {"Connection": "close"}  # the rest of the body may still be on its way
         return JSONBytesResponse(error_body(exc.code, exc.detail, **exc.extra), exc.status, headers=headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONBytesResponse:
@@ -91,5 +132,11 @@ def install_error_handlers(app: FastAPI) -> None:
         count(request, BadInput.code)
         return JSONBytesResponse(error_body(BadInput.code, detail, errors=errors), 422)
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # The client closed the connection while its body was being read: nothing can be answered (uvicorn
+        # drops it), nothing failed on this side. Counted under 499, not as a 500 with a traceback.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     app.add_exception_handler(VigilError, on_vigil_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(RequestValidationError, on_validation_error)

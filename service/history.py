@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models.scoring import F32
+from service.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,19 @@ PAIR = np.dtype([("sensor", "<u2"), ("share", "<u2")])  # share in [0, 1] as a f
 SHARE_ONE = 65535
 # The Redis Stream of text fields this list replaced; deleted with the stream so no old key outlives it.
 LEGACY_SUFFIX = ":h"
+
+
+# KEYS: history list. ARGV: maxlen, ttl, then packed records in ts order (each starts with its ts, float64).
+RECORD_LUA = """
+local newest = redis.call('LINDEX', KEYS[1], -1)
+local last = newest and struct.unpack('<d', newest) or nil
+for i = 3, #ARGV do
+  if last == nil or struct.unpack('<d', ARGV[i]) > last then redis.call('RPUSH', KEYS[1], ARGV[i]) end
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
 
 
 def history_key(stream_id: str) -> str:
@@ -75,26 +89,35 @@ class ScoreHistory:
         self._redis = redis
         self._maxlen = maxlen
         self._ttl_s = ttl_s
+        self._record = redis.register_script(RECORD_LUA)
 
     async def record(self, stream_id: str, records: list[bytes]) -> None:
-        """Append packed scored points (one pipelined round trip); failures are logged, never raised to
-        scoring: the history serves the live view, not the alert path."""
+        """Append packed scored points (one Lua call); failures are logged, never raised to scoring: the
+        history serves the live view, not the alert path. Records whose ts is not after the newest held one are
+        skipped, so a window scored again after a crash (``service.windows``) is not recorded twice."""
         if not records or self._maxlen == 0:
             return
-        key = history_key(stream_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.rpush(key, *records[-self._maxlen :])
-        pipe.ltrim(key, -self._maxlen, -1)
-        pipe.expire(key, self._ttl_s)
         try:
-            await pipe.execute()
+            await self._record(
+                keys=[history_key(stream_id)], args=[self._maxlen, self._ttl_s, *records[-self._maxlen :]]
+            )
         except RedisError:
             log.exception("score history not recorded for stream %s", stream_id)
 
     async def recent(self, stream_id: str, limit: int, feature_names: list[str]) -> list[dict[str, Any]]:
-        """The newest ``limit`` scored points, oldest first."""
-        records: list[bytes] = await self._redis.lrange(history_key(stream_id), -limit, -1) or []  # type: ignore[assignment]
+        """The newest ``limit`` scored points, oldest first (none when ``limit`` is 0). Raises
+        :class:`StoreUnavailable` when Redis fails."""
+        if limit <= 0:
+            return []
+        try:
+            records: list[bytes] = await self._redis.lrange(history_key(stream_id), -limit, -1) or []  # type: ignore[assignment]
+        except RedisError as exc:
+            raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc
         return [unpack_score(r, feature_names) for r in records]
 
     async def forget(self, stream_id: str) -> None:
-        await self._redis.delete(history_key(stream_id), f"vigil:{{{stream_id}}}{LEGACY_SUFFIX}")
+        """Delete the stream's history. Raises :class:`StoreUnavailable` when Redis fails."""
+        try:
+            await self._redis.delete(history_key(stream_id), f"vigil:{{{stream_id}}}{LEGACY_SUFFIX}")
+        except RedisError as exc:
+            raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +18,15 @@ import numpy.typing as npt
 
 from models.lifecycle import LevelThresholds
 from models.manifest import Manifest, Normalisation
-from models.scoring import F32, WindowScores, level_of, normalise, pending_points, top_contributions_rows
+from models.scoring import F32, WindowScores, level_of, normalise, top_contributions_rows
 from service.alerts import AlertTracker, AlertUpdate, ScoredPoint
 from service.codec import PointBatch, WindowInput, stream_batch
-from service.errors import BadInput, PayloadTooLarge, StoreUnavailable, VigilError
+from service.errors import BadInput, Overloaded, PayloadTooLarge, StoreUnavailable, VigilError
 from service.history import ScoreHistory, pack_scores
 from service.metrics import Metrics
 from service.registry import ModelHandle, ModelRegistry
 from service.schemas import StreamScoreRequest
-from service.windows import WindowStore
+from service.windows import Claim, DueWindow, StreamGeometry, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,17 @@ def validate_range(values: F32, norm: Normalisation, field: str) -> None:
         )
 
 
+MAX_ABS_TS = 1e19  # epoch nanoseconds reach 1e19 in the year 2286
+
+
 def validate_ts(ts: npt.NDArray[np.float64]) -> None:
     if not np.isfinite(ts).all():
         raise BadInput(f"points.{int(np.argmin(np.isfinite(ts)))}.ts: must be a finite number")
+    far = np.abs(ts) > MAX_ABS_TS
+    if far.any():
+        raise BadInput(
+            f"points.{int(np.argmax(far))}.ts: beyond ±{MAX_ABS_TS:g} (epoch ns reach 1e19 in 2286)"
+        )
     steps = np.diff(ts)
     if (steps <= 0).any():
         raise BadInput(
@@ -133,6 +142,8 @@ class StreamScorer:
         return await handle.batcher.submit(normalise(raw_windows, handle.manifest.normalisation))
 
     async def score_points(self, batch: PointBatch) -> dict[str, Any]:
+        """Append a stream's points and score every window now due: the new ones and any that an earlier
+        request stored but did not get scored (see ``service.windows``): scoring is as durable as storage."""
         if len(batch.ts) > self._max_points:
             raise PayloadTooLarge(
                 f"points: {len(batch.ts)} points in one request; at most {self._max_points}"
@@ -142,15 +153,26 @@ class StreamScorer:
             values = validate_values(batch.values, manifest.n_features, "points")
             validate_range(values, manifest.normalisation, "points")
             validate_ts(batch.ts)
+            geometry = StreamGeometry(
+                manifest.name, manifest.window_length, manifest.stride, manifest.n_features
+            )
+            expected_windows = len(batch.ts) // manifest.stride + 1
+            if not handle.batcher.has_room(expected_windows):  # refuse before storing anything
+                raise Overloaded(f"model {manifest.name!r}: inference queue full")
+            token = uuid.uuid4().hex
             started = time.perf_counter()
             try:
-                appended = await self._windows.append(
-                    batch.stream_id, manifest.name, manifest.window_length, manifest.stride, batch.ts, values
-                )
+                appended = await self._windows.append(batch.stream_id, geometry, batch.ts, values, token)
             except StoreUnavailable:
                 self._metrics.redis_errors.labels("append").inc()
                 raise
             self._metrics.redis_latency.labels("append").observe(time.perf_counter() - started)
+            if appended.abandoned_windows:
+                log.error(
+                    "stream %s: %d unscored windows given up (backlog over its bound after failures)",
+                    batch.stream_id,
+                    appended.abandoned_windows,
+                )
             dropped = [
                 {"ts": float(batch.ts[i]), "reason": DROP_REASONS[s]}
                 for i, s in enumerate(appended.status)
@@ -160,41 +182,64 @@ class StreamScorer:
             for item in dropped:
                 self._metrics.points_dropped.labels(item["reason"]).inc()
 
-            blocks: list[ScoredBlock] = []
-            if appended.windows:
-                result = await self._infer(handle, np.stack([w.values for w in appended.windows]))
-                for row, window in enumerate(appended.windows):
-                    span = window.span
-                    blocks.append(
-                        self._collect(
-                            manifest,
-                            window.ts[-span:],
-                            result.scores[row, -span:],
-                            result.contributions[row, -span:],
-                        )
+            scores: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
+            claim: Claim | None = appended.claim
+            try:
+                while claim is not None and claim.windows:
+                    more_scores, more_events = await self._score_claimed(
+                        batch.stream_id, handle, claim.windows
                     )
-            block = ScoredBlock.join(blocks, self._top_k)
-            names = manifest.feature_names
-            scored_points = [
-                ScoredPoint(t, v, [names[i] for i in idx])
-                for t, v, idx in zip(block.ts, block.scores, block.top_index.tolist(), strict=True)
-            ]
-            update = await self._observe_alerts(batch.stream_id, handle, scored_points)
-            levels = _levels(block, handle.levels, update)
-            scores, records = self._render(manifest, block, levels)
-            if scores:
-                self._count_levels(manifest.name, scores)
-            await self._history.record(batch.stream_id, records)
+                    scores.extend(more_scores)
+                    events.extend(more_events)
+                    claim = await self._windows.commit(
+                        batch.stream_id, geometry, token, claim.windows[-1].end_index
+                    )
+            except BaseException:
+                await self._windows.release(batch.stream_id, token)  # the next request scores them
+                raise
+            frontier = claim or appended.claim
+            scored = frontier.scored_points(manifest.window_length, manifest.stride)
             return {
                 "stream_id": batch.stream_id,
                 "model": manifest.name,
                 "version": manifest.version,
                 "accepted": appended.count_after - appended.count_before,
                 "dropped": dropped,
-                "pending": pending_points(appended.count_after, manifest.window_length, manifest.stride),
+                "pending": max(0, appended.count_after - scored),
                 "scores": scores,
-                "alerts": update.events if update else [],
+                "alerts": events,
             }
+
+    async def _score_claimed(
+        self, stream_id: str, handle: ModelHandle, windows: list[DueWindow]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Score claimed windows, advance the stream's alerts and history; returns the points' scores and the
+        alert events."""
+        manifest = handle.manifest
+        result = await self._infer(handle, np.stack([w.values for w in windows]))
+        block = ScoredBlock.join(
+            [
+                self._collect(
+                    manifest,
+                    window.ts[-window.span :],
+                    result.scores[row, -window.span :],
+                    result.contributions[row, -window.span :],
+                )
+                for row, window in enumerate(windows)
+            ],
+            self._top_k,
+        )
+        names = manifest.feature_names
+        scored_points = [
+            ScoredPoint(t, v, [names[i] for i in idx])
+            for t, v, idx in zip(block.ts, block.scores, block.top_index.tolist(), strict=True)
+        ]
+        update = await self._observe_alerts(stream_id, handle, scored_points)
+        scores, records = self._render(manifest, block, _levels(block, handle.levels, update))
+        self._count_levels(manifest.name, scores)
+        await self._history.record(stream_id, records)
+        return scores, update.events if update else []
 
     async def score_window(self, request: WindowInput) -> dict[str, Any]:
         """Stateless: score every row of one whole window; no stream, no alerts."""

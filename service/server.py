@@ -1,16 +1,23 @@
-"""``vigil serve``: settings from env and flags, a Redis to talk to, then uvicorn."""
+"""``vigil serve``: settings from env and flags, a Redis to talk to, then uvicorn.
+
+The Redis is ``VIGIL_REDIS_URL`` when set, else one answering on 127.0.0.1:6379, else (or with
+``VIGIL_REDIS_URL=local``) a private ``redis-server`` that lives exactly as long as this process. A graceful
+stop on SIGTERM or SIGINT exits 0.
+"""
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from urllib.parse import urlparse
 
 import uvicorn
@@ -43,8 +50,53 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_local_redis() -> str:
-    """Start a private ``redis-server`` (AOF on) on a free loopback port; stopped when this process exits."""
+# ``VIGIL_REDIS_URL=local`` (or ``vigil serve --redis-url local``): always start a private redis-server, even
+# when one answers on 127.0.0.1:6379.
+LOCAL_REDIS = "local"
+
+# The keeper of a private redis-server: a shell that starts it, then reads its stdin, the read end of a pipe
+# whose write end only `vigil serve` holds. However Vigil ends (it returns, SIGTERM, SIGINT, a crash, SIGKILL)
+# the kernel closes that pipe; the keeper then stops Redis with SIGTERM (Redis flushes its AOF and exits) and
+# removes the data directory. It ignores the signals a terminal or a service manager sends, so Redis is still
+# there while Vigil drains and goes after it. ``$1``: the data directory; then the redis-server command line.
+# (PR_SET_PDEATHSIG on redis-server would stop it on a crash just as fast, but leave its directory behind.)
+KEEPER_SH = """
+trap '' HUP INT TERM
+dir=$1
+shift
+"$@" </dev/null &
+redis=$!
+read -r _ || true
+kill -TERM "$redis" 2>/dev/null
+wait "$redis"
+rm -rf -- "$dir"
+"""
+
+
+@dataclass
+class LocalRedis:
+    """A private ``redis-server`` (AOF on) on a free loopback port with a temporary data directory, held by a
+    keeper process (``KEEPER_SH``) so that both go when this process does, on every exit path."""
+
+    url: str
+    port: int
+    data_dir: Path
+    keeper: subprocess.Popen[bytes]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop Redis and remove its data directory; returns once both are gone (or ``timeout_s`` passed)."""
+        if self.keeper.stdin is not None and not self.keeper.stdin.closed:
+            self.keeper.stdin.close()
+        try:
+            self.keeper.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "the private redis-server on port %d did not stop within %.0f s", self.port, timeout_s
+            )
+
+
+def start_local_redis(timeout_s: float = 5.0) -> LocalRedis:
+    """Start a private ``redis-server`` (see :class:`LocalRedis`); raises ``RuntimeError`` when it cannot."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -52,33 +104,51 @@ def start_local_redis() -> str:
         )
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="vigil-redis-"))
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-        ],
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+    ]
+    keeper = subprocess.Popen(
+        ["/bin/sh", "-c", KEEPER_SH, "vigil-redis-keeper", str(data_dir), *command],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C in a terminal reaches Vigil, which drains, not its Redis
     )
-    atexit.register(proc.terminate)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        if redis_reachable(url):
-            log.info("started a local redis-server on port %d (data in %s)", port, data_dir)
-            return url
+    local = LocalRedis(f"redis://127.0.0.1:{port}/0", port, data_dir, keeper)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and keeper.poll() is None:
+        if redis_reachable(local.url):
+            log.info(
+                "started a private redis-server on 127.0.0.1:%d (data in %s); it stops when Vigil does",
+                port,
+                data_dir,
+            )
+            return local
         time.sleep(0.05)
-    raise RuntimeError("local redis-server did not start")
+    local.stop()
+    raise RuntimeError("the private redis-server did not start")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (systemd, Docker and Kubernetes stop a service with it). uvicorn drains and shuts down
+    first, then re-raises the signal; :func:`run_server` turns it into this exception so that it can clean up
+    and exit 0, the status a service manager expects from a clean stop (the default action would exit 143)."""
+
+
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 def redact_tokens_in_logs() -> None:
@@ -123,9 +193,24 @@ def run_server(
         if value is not None:
             os.environ[name] = str(value)
     settings = Settings()  # validates the whole configuration before anything starts
-    if "VIGIL_REDIS_URL" not in os.environ and not redis_reachable(settings.redis_url):
-        os.environ["VIGIL_REDIS_URL"] = start_local_redis()
+    requested = os.environ.get("VIGIL_REDIS_URL")
+    local_redis: LocalRedis | None = None
+    if requested == LOCAL_REDIS or (requested is None and not redis_reachable(settings.redis_url)):
+        local_redis = start_local_redis()
+        os.environ["VIGIL_REDIS_URL"] = local_redis.url
         settings = Settings()
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return serve(settings)
+    except Terminated:
+        return 0
+    finally:
+        if local_redis is not None:
+            local_redis.stop()
+
+
+def serve(settings: Settings) -> int:
+    """uvicorn with one process or ``settings.workers``, until it stops."""
     redact_tokens_in_logs()
     print(
         f"Vigil serving on http://{settings.host}:{settings.port} (models in {settings.models_dir})",
@@ -141,6 +226,8 @@ def run_server(
             workers=settings.workers,
             log_level=settings.log_level,
             timeout_graceful_shutdown=10,
+            http="service.http_limits:HeadLimitedAuto",  # 431 over the header bounds (service/http_limits.py)
+            h11_max_incomplete_event_size=settings.max_header_bytes,  # that module's byte bound, both parsers
         )
         return 0
     uvicorn.run(
@@ -149,5 +236,7 @@ def run_server(
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        http="service.http_limits:HeadLimitedAuto",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0

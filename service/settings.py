@@ -101,11 +101,21 @@ class Settings(BaseSettings):
     # sized so that a stream's keys stay within 1.3x its raw float32 window (BENCHMARKS.md, cost growth).
     history_points: int = Field(32, ge=0)
     max_points_per_request: int = Field(10_000, ge=1)
+    # How far a point's ts may be ahead of its stream's last ts (0: no bound). One wild ts (1e300) would leave
+    # every later point stale; the default admits gaps of 31 years in epoch seconds, 11.6 days in epoch ns.
+    max_ts_jump: float = Field(1e15, ge=0)
+    # A request's claim on the windows it scores lapses after this long if it dies holding it: then the next
+    # request of the stream scores them (service/windows.py).
+    scoring_claim_s: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     top_contributions: int = Field(3, ge=1)
     redis_cluster: bool = False  # VIGIL_REDIS_URL names one node of a Redis Cluster
     max_batch_items: int = Field(1000, ge=1)  # streams in one POST /score/batch
     max_inflight_requests: int = Field(256, ge=1)  # HTTP requests in progress; beyond it 503 at once
+    # Requests in progress per API key (None: a quarter of max_inflight_requests); beyond it 429 for that key.
+    max_inflight_per_key: int | None = Field(None, ge=1)
+    body_timeout_s: float = Field(10.0, gt=0)  # the whole body must arrive within this; else 408
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; beyond it 431 and close
     batching: BatchingSettings = BatchingSettings()
     alerts: AlertSettings = AlertSettings()
     alerts_by_model: dict[str, AlertPolicyOverride] = Field(default_factory=dict)  # over the bundle's policy

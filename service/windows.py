@@ -1,12 +1,21 @@
 """Per-stream sliding windows in Redis: packed float32 records, one atomic Lua call per append.
 
-Keys are hash-tagged by stream (``vigil:{<stream_id>}:w`` list of records, ``:m`` hash of model binding,
-last ts and point count) so one stream's keys share a Redis Cluster slot. A record is the point's ts as a
-little-endian float64 followed by its C values as little-endian float32.
+Keys are hash-tagged by stream (``vigil:{<stream_id>}:w`` list of records, ``:m`` hash of model binding, last
+ts, point count and the scoring frontier) so one stream's keys share a Redis Cluster slot. A record is the
+point's ts as a little-endian float64 followed by its C values as little-endian float32.
+
+Scoring is as durable as storage. The meta hash keeps ``next_end``, the end index of the first window not yet
+scored (and alert-tracked); the list keeps every point that window still needs. An append claims the windows
+now due (all of them from ``next_end``, including any that a failed request left behind) for the request,
+with a deadline; the request scores them, updates alerts, then commits (``next_end`` moves past them) or, on
+failure, releases the claim. A claim whose holder died lapses at its deadline. While another request holds a
+valid claim, an append stores its points and claims nothing: the holder's commit picks up what became due
+meanwhile, so nothing waits for a later request. Admission control refuses before appending where it can.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,25 +23,56 @@ import numpy.typing as npt
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from models.scoring import F32, window_ends
-from service.errors import ModelMismatch, StoreUnavailable
+from models.scoring import F32
+from service.errors import BadInput, ModelMismatch, StoreUnavailable
 
-# KEYS: window list, meta hash. ARGV: model, L, stride, ttl_s, then per point: ts, record.
-# Returns {count_before, status per point (0 accepted, 1 duplicate, 2 stale), held records if a window is due}.
-APPEND_LUA = """
+# Shared Lua: the first window end at or after index f, the claim of the due windows, and the trim.
+_LUA_HELPERS = """
+local function first_end_from(f, L, stride)
+  if f <= L - 1 then return L - 1 end
+  return L - 1 + math.ceil((f - (L - 1)) / stride) * stride
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Claims the windows due from next_end (if any) for token; returns first, last end and their records.
+local function claim_due(list, meta, token, claim_ms, next_end, count, L, stride)
+  if next_end > count - 1 then return -1, -1, {} end
+  local last_end = next_end + math.floor((count - 1 - next_end) / stride) * stride
+  redis.call('HSET', meta, 'claim', token, 'claim_until', now_ms() + claim_ms)
+  local base = count - redis.call('LLEN', list)
+  return next_end, last_end, redis.call('LRANGE', list, next_end - L + 1 - base, last_end - base)
+end
+-- Keeps the points the first unscored window needs, or the last L.
+local function trim(list, next_end, count, L)
+  local keep_from = math.min(next_end - L + 1, count - L)
+  if keep_from > 0 then redis.call('LTRIM', list, keep_from - count, -1) end
+end
+"""
+
+# KEYS: window list, meta hash. ARGV: model, L, stride, ttl_s, token, claim_ms, max_backlog, max_jump, then per
+# point: ts, record. Returns {count_before, status per point (0 accepted, 1 duplicate, 2 stale), first and last
+# claimed window end (-1: none), their records, next_end, windows abandoned}, or {-1, bound model}, or
+# {-2, index of the point, previous ts} when a point jumps further ahead than max_jump (nothing is written).
+APPEND_LUA = (
+    _LUA_HELPERS
+    + """
 local model, L, stride, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local meta = redis.call('HMGET', KEYS[2], 'model', 'last_ts', 'count')
+local token, claim_ms, max_backlog, max_jump = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local meta = redis.call('HMGET', KEYS[2], 'model', 'last_ts', 'count', 'next_end', 'claim', 'claim_until')
 if meta[1] and meta[1] ~= model then return {-1, meta[1]} end
 local last = meta[2] and tonumber(meta[2]) or nil
 local last_text = meta[2]
 local count = tonumber(meta[3] or '0')
-local held = nil
-local status, pushed = {}, 0
-for i = 5, #ARGV, 2 do
+local status, held = {}, nil
+for i = 9, #ARGV, 2 do
   local t = tonumber(ARGV[i])
   if last == nil or t > last then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
-    last, last_text, pushed = t, ARGV[i], pushed + 1
+    if last ~= nil and max_jump > 0 and t - last > max_jump then
+      return {-2, (i - 9) / 2, string.format('%.17g', last)}
+    end
+    last = t
     status[#status + 1] = 0
   else
     if held == nil then held = redis.call('LRANGE', KEYS[1], 0, -1) end
@@ -43,25 +83,64 @@ for i = 5, #ARGV, 2 do
     status[#status + 1] = reason
   end
 end
-local due = false
-if pushed > 0 then
-  local first_end = L - 1
-  local hi = count + pushed - 1
-  local lo = math.max(count, first_end)
-  if hi >= lo then
-    local e = lo + ((stride - ((lo - first_end) % stride)) % stride)
-    due = e <= hi
+local pushed = 0
+for i = 9, #ARGV, 2 do
+  if status[(i - 7) / 2] == 0 then
+    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
+    last_text, pushed = ARGV[i], pushed + 1
   end
 end
-local window = {}
-if due then window = redis.call('LRANGE', KEYS[1], 0, -(pushed + 1)) end
-if pushed > 0 then
-  redis.call('LTRIM', KEYS[1], -L, -1)
-  redis.call('HSET', KEYS[2], 'model', model, 'last_ts', last_text, 'count', count + pushed)
+local count_after = count + pushed
+local next_end = tonumber(meta[4] or '-1')
+if next_end < 0 then next_end = first_end_from(count, L, stride) end  -- kept since before the frontier
+local abandoned = 0
+local backlog = count_after - (next_end - L + 1)
+if backlog > max_backlog and next_end <= count_after - 1 then
+  abandoned = math.min(math.ceil((backlog - max_backlog) / stride),
+                       math.floor((count_after - 1 - next_end) / stride) + 1)
+  next_end = next_end + abandoned * stride
+end
+local first, last_end, window = -1, -1, {}
+local claim, until_ms = meta[5], tonumber(meta[6] or '0')
+if not claim or claim == token or until_ms <= now_ms() then
+  first, last_end, window = claim_due(KEYS[1], KEYS[2], token, claim_ms, next_end, count_after, L, stride)
+end
+if pushed > 0 or abandoned > 0 or meta[4] == false then
+  trim(KEYS[1], next_end, count_after, L)
+  redis.call('HSET', KEYS[2], 'model', model, 'count', count_after, 'next_end', next_end)
+  if last_text then redis.call('HSET', KEYS[2], 'last_ts', last_text) end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-return {count, status, window}
+return {count, status, first, last_end, window, next_end, abandoned}
+"""
+)
+
+# KEYS: window list, meta hash. ARGV: token, last scored end, L, stride, claim_ms. Moves next_end past the
+# scored windows and claims what became due meanwhile; {-1} when the claim went to another request.
+COMMIT_LUA = (
+    _LUA_HELPERS
+    + """
+local meta = redis.call('HMGET', KEYS[2], 'count', 'next_end', 'claim')
+if meta[3] ~= ARGV[1] then return {-1} end
+local L, stride, claim_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local count = tonumber(meta[1])
+local next_end = math.max(tonumber(meta[2]), tonumber(ARGV[2]) + stride)
+redis.call('HSET', KEYS[2], 'next_end', next_end)
+local first, last_end, window = claim_due(KEYS[1], KEYS[2], ARGV[1], claim_ms, next_end, count, L, stride)
+if first < 0 then redis.call('HDEL', KEYS[2], 'claim', 'claim_until') end
+trim(KEYS[1], next_end, count, L)
+return {first, last_end, window, next_end}
+"""
+)
+
+# KEYS: meta hash. ARGV: token. Gives up the claim (a failed request), so the next request scores its windows.
+RELEASE_LUA = """
+if redis.call('HGET', KEYS[1], 'claim') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'claim', 'claim_until')
+  return 1
+end
+return 0
 """
 
 
@@ -108,80 +187,127 @@ class DueWindow:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """Windows claimed for one request (scored by it, then committed or released) and the frontier after."""
+
+    windows: list[DueWindow]
+    next_end: int  # end index of the first window not yet scored
+
+    def scored_points(self, window_length: int, stride: int) -> int:
+        """Points of the stream already scored (or being scored under this claim)."""
+        end = self.windows[-1].end_index + stride if self.windows else self.next_end
+        return 0 if end <= window_length - 1 else end - stride + 1
+
+
+@dataclass(frozen=True)
 class AppendResult:
     count_before: int
     count_after: int
     status: list[int]  # per point: 0 accepted, 1 duplicate, 2 stale
-    windows: list[DueWindow]
+    claim: Claim
+    abandoned_windows: int  # unscored windows given up because the backlog passed its bound
+
+    @property
+    def windows(self) -> list[DueWindow]:
+        return self.claim.windows
+
+
+@dataclass(frozen=True)
+class StreamGeometry:
+    """What the store needs of a stream's model."""
+
+    model: str
+    window_length: int
+    stride: int
+    n_features: int
 
 
 class WindowStore:
-    """Appends points to a stream's window and returns the windows that are now due (parity rule)."""
+    """Appends points to a stream's window and claims the windows that are now due (parity rule)."""
 
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_s: int,
+        claim_s: float = 30.0,
+        max_backlog: int = 10_000,
+        max_ts_jump: float = 0.0,
+    ) -> None:
+        """``max_backlog``: unscored points kept beyond a window (then the oldest windows are given up);
+        ``max_ts_jump``: how far a point may be ahead of its stream's last ts (0: no bound)."""
         self._redis = redis
         self._ttl_s = ttl_s
-        self._script = redis.register_script(APPEND_LUA)
+        self._claim_ms = int(claim_s * 1000)
+        self._max_backlog = max_backlog
+        self._max_ts_jump = max_ts_jump
+        self._append = redis.register_script(APPEND_LUA)
+        self._commit = redis.register_script(COMMIT_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
 
     async def append(
         self,
         stream_id: str,
-        model: str,
-        window_length: int,
-        stride: int,
+        geometry: StreamGeometry,
         ts: npt.NDArray[np.float64],
         values: F32,
+        token: str,
     ) -> AppendResult:
-        """Append points (ts strictly increasing) atomically; duplicates and stale ts are dropped."""
+        """Append points (ts strictly increasing) atomically; duplicates and stale ts are dropped. Claims every
+        window now due for ``token`` (commit or release it). Raises :class:`ModelMismatch`, :class:`BadInput`
+        (a ts jumping too far ahead: nothing is written) or :class:`StoreUnavailable`."""
+        g = geometry
         records = pack_records(ts, values)
-        args: list[bytes | str | int] = [model, window_length, stride, self._ttl_s]
+        args: list[bytes | str | int | float] = [
+            g.model,
+            g.window_length,
+            g.stride,
+            self._ttl_s,
+            token,
+            self._claim_ms,
+            self._max_backlog + g.window_length,
+            repr(self._max_ts_jump),
+        ]
         for t, record in zip(ts.tolist(), records, strict=True):
             args.append(repr(float(t)))
             args.append(record)
         try:
-            reply = await self._script(keys=[window_key(stream_id), meta_key(stream_id)], args=args)
+            reply = await self._append(keys=[window_key(stream_id), meta_key(stream_id)], args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
         if reply[0] == -1:
-            bound = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            bound = text(reply[1])
             raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)
-        count_before, status, held = int(reply[0]), [int(s) for s in reply[1]], list(reply[2])
-        accepted = np.asarray([s == 0 for s in status])
-        count_after = count_before + int(accepted.sum())
-        windows = self._due_windows(held, ts[accepted], values[accepted], count_before, window_length, stride)
-        return AppendResult(count_before, count_after, status, windows)
-
-    @staticmethod
-    def _due_windows(
-        held: list[bytes],
-        new_ts: npt.NDArray[np.float64],
-        new_values: F32,
-        count_before: int,
-        window_length: int,
-        stride: int,
-    ) -> list[DueWindow]:
-        count_after = count_before + len(new_ts)
-        ends = window_ends(count_after, window_length, stride, first_index=count_before)
-        if not ends:
-            return []
-        n_features = new_values.shape[1]
-        held_ts, held_values = (
-            unpack_records(held, n_features)
-            if held
-            else (
-                np.empty(0, np.float64),
-                np.empty((0, n_features), np.float32),
+        if reply[0] == -2:
+            raise BadInput(
+                f"points.{int(reply[1])}.ts: more than {self._max_ts_jump:g} after the stream's last ts "
+                f"({text(reply[2])}); the bound is VIGIL_MAX_TS_JUMP"
             )
-        )
-        all_ts = np.concatenate([held_ts, new_ts])
-        all_values = np.concatenate([held_values, new_values])
-        base = count_before - len(held_ts)  # stream index of all_values[0]
-        windows = []
-        for end in ends:
-            lo, hi = end - window_length + 1 - base, end + 1 - base
-            span = window_length if end == window_length - 1 else stride
-            windows.append(DueWindow(end, all_values[lo:hi], all_ts[lo:hi], span))
-        return windows
+        count_before, status = int(reply[0]), [int(s) for s in reply[1]]
+        claim = _claim(g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
+        return AppendResult(count_before, count_before + status.count(0), status, claim, int(reply[6]))
+
+    async def commit(
+        self, stream_id: str, geometry: StreamGeometry, token: str, last_end: int
+    ) -> Claim | None:
+        """Mark the claimed windows up to ``last_end`` scored; returns the windows that became due meanwhile
+        (claimed for ``token`` in turn), or None when the claim lapsed to another request."""
+        g = geometry
+        try:
+            reply = await self._commit(
+                keys=[window_key(stream_id), meta_key(stream_id)],
+                args=[token, last_end, g.window_length, g.stride, self._claim_ms],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+        if reply[0] == -1 and len(reply) == 1:
+            return None
+        return _claim(g, int(reply[0]), int(reply[1]), list(reply[2]), int(reply[3]))
+
+    async def release(self, stream_id: str, token: str) -> None:
+        """Give the claim up after a failure, so the next request scores its windows (best effort: a claim
+        that cannot be released lapses at its deadline)."""
+        with contextlib.suppress(RedisError):
+            await self._release(keys=[meta_key(stream_id)], args=[token])
 
     async def describe(self, stream_id: str) -> dict[str, str] | None:
         try:
@@ -201,3 +327,17 @@ class WindowStore:
         except RedisError as exc:
             raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
         return int(removed) > 0
+
+
+def _claim(g: StreamGeometry, first: int, last_end: int, records: list[bytes], next_end: int) -> Claim:
+    """The claimed windows ``first, first + stride, …, last_end`` from the records covering them."""
+    if first < 0:
+        return Claim([], next_end)
+    ts, values = unpack_records(records, g.n_features)
+    base = first - g.window_length + 1  # stream index of records[0]
+    windows = []
+    for end in range(first, last_end + 1, g.stride):
+        lo, hi = end - g.window_length + 1 - base, end + 1 - base
+        span = g.window_length if end == g.window_length - 1 else g.stride
+        windows.append(DueWindow(end, values[lo:hi], ts[lo:hi], span))
+    return Claim(windows, next_end)

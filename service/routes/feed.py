@@ -9,15 +9,14 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service.alerts import is_event_id
 from service.deps import Components
-from service.errors import Forbidden, Unauthorized
+from service.errors import TRY_AGAIN_LATER, BadInput, VigilError, close_code
 from service.feed import FeedHub, id_key
 from service.schemas import STREAM_ID_PATTERN
 
 router = APIRouter(tags=["alerts"])
 
-POLICY_VIOLATION = 1008  # missing or wrong token, bad parameters
-TRY_AGAIN_LATER = 1013  # the client fell behind: reconnect with its last id
 _STREAM = re.compile(STREAM_ID_PATTERN)
+FROM_THE_START = ("0", "0-0")  # ``since`` values that replay every event still held
 
 
 def _token(websocket: WebSocket) -> str | None:
@@ -27,23 +26,36 @@ def _token(websocket: WebSocket) -> str | None:
     return websocket.query_params.get("token")
 
 
+def _check(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """``(since, stream_id)`` once the token holds the ``read`` role and the parameters are valid; raises
+    :class:`Unauthorized`, :class:`Forbidden` or :class:`BadInput` otherwise."""
+    websocket.app.state.keyring.authorise(_token(websocket), "read")
+    since = websocket.query_params.get("since")
+    stream_id = websocket.query_params.get("stream_id")
+    if since in FROM_THE_START:
+        since = "0-0"
+    elif since is not None and not is_event_id(since):
+        raise BadInput("query.since: not an event id (<ms>-<seq>, or 0 for the start)")
+    if stream_id is not None and not _STREAM.fullmatch(stream_id):
+        raise BadInput("query.stream_id: must be 1-128 characters of [A-Za-z0-9._:-]")
+    return since, stream_id
+
+
 @router.websocket("/ws/alerts")
 async def alerts_feed(websocket: WebSocket) -> None:
-    """Query: `since` (last event id seen; omit for live events only), `stream_id`, `token` (a `read` key; or
-    an `Authorization: Bearer` header). Each message is one event with its `id`."""
+    """Query: `since` (last event id seen; `0` for every event held; omit for live events only), `stream_id`,
+    `token` (a `read` key; or an `Authorization: Bearer` header). Each message is one event with its `id`.
+    A refused connection is accepted, then closed: 1008 for a missing, wrong or under-privileged key, 4422
+    for a bad `since` or `stream_id`; the reason is `"<code>: <detail>"`."""
     components: Components = websocket.app.state.components
     hub: FeedHub = websocket.app.state.feed
     try:
-        websocket.app.state.keyring.authorise(_token(websocket), "read")
-    except (Unauthorized, Forbidden) as exc:
-        await websocket.close(POLICY_VIOLATION, reason=exc.code)
-        return
-    since = websocket.query_params.get("since")
-    stream_id = websocket.query_params.get("stream_id")
-    if (since is not None and not is_event_id(since)) or (
-        stream_id is not None and not _STREAM.fullmatch(stream_id)
-    ):
-        await websocket.close(POLICY_VIOLATION, reason="invalid since or stream_id")
+        since, stream_id = _check(websocket)
+    except VigilError as exc:
+        # Accepted first: a close before the handshake is an HTTP 403, where no close code can be read.
+        await websocket.accept()
+        reason = f"{exc.code}: {exc.detail}".encode()[:123].decode(errors="ignore")  # RFC 6455: 123 bytes
+        await websocket.close(close_code(exc), reason=reason)
         return
     await websocket.accept()
     timeout_s = components.settings.feed.send_timeout_s

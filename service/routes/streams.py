@@ -22,6 +22,7 @@ async def get_stream(stream_id: StreamIdPath, components: ComponentsDep, _: Read
     if info is None:
         raise UnknownStream(f"unknown stream {stream_id!r}")
     alert = await components.alerts.state(stream_id)
+    state = alert.get("state", "ok")
     return JSONBytesResponse(
         {
             "stream_id": stream_id,
@@ -29,7 +30,8 @@ async def get_stream(stream_id: StreamIdPath, components: ComponentsDep, _: Read
             "points_held": int(info["held"]),
             "points_total": int(info["count"]),
             "last_ts": float(info["last_ts"]),
-            "alert": {"state": alert.get("state", "ok"), "severity": alert.get("severity")},
+            # The stored severity outlives its alert (a resolved one keeps it): none while the state is ok.
+            "alert": {"state": state, "severity": None if state == "ok" else alert.get("severity")},
         }
     )
 
@@ -84,11 +86,13 @@ async def reload_models(
 async def list_alerts(
     components: ComponentsDep,
     _: ReadKey,
-    since: Annotated[str | None, Query(pattern=r"^\d+-\d+$")] = None,
+    since: Annotated[str | None, Query(pattern=r"^(0|\d+-\d+)$")] = None,
     stream_id: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONBytesResponse:
+    if since == "0":
+        since = "0-0"  # from the start, as on the feed
     if since is not None and not is_event_id(since):
-        raise BadInput("query.since: not an event id (<ms>-<seq>, ASCII digits, each below 2**64)")
+        raise BadInput("query.since: not an event id (<ms>-<seq>, ASCII digits, each below 2**64; or 0)")
     events = await components.alerts.read_events(since, stream_id, limit)
     return JSONBytesResponse({"events": events, "last_id": events[-1]["id"] if events else since})

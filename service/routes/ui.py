@@ -4,12 +4,14 @@ The shell holds no data; the page asks for a ``read`` key and sends it as a bear
 WebSocket feed's ``token``). Its data routes: ``GET /streams`` (active streams), ``GET /streams/{id}/scores``
 (recent scores from :class:`~service.history.ScoreHistory` with the model's thresholds) and
 ``GET /streams/{id}/window`` (the raw window, its reconstruction and per-point scores, computed on demand).
+They read through the stores (:class:`~service.catalog.StreamCatalog`, :class:`~service.alerts.AlertTracker`,
+:class:`~service.history.ScoreHistory`), which own the Redis keys and answer a Redis failure with
+``StoreUnavailable``; no route here touches Redis itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,25 +21,19 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from models.runtime import LoadedBundle, load_bundle
 from models.scoring import F32, normalise, score_windows
-from service.alerts import alert_key
+from service.catalog import StreamCatalog
 from service.deps import ComponentsDep, ReadKey
-from service.errors import StoreUnavailable, UnknownStream
+from service.errors import UnknownStream
 from service.registry import ModelHandle
 from service.responses import JSONBytesResponse
 from service.schemas import STREAM_ID_PATTERN
-from service.windows import meta_key, unpack_records, window_key
+from service.windows import unpack_records
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 STATIC_PATH = "/ui/static"
-# Meta hashes mark the live streams: ``vigil:{<stream_id>}:m`` (stream ids never contain braces).
-META_PREFIX, META_SUFFIX = "vigil:{", "}:m"
-SCAN_COUNT = 1000  # keys the server examines per SCAN step
-_STREAM_ID = re.compile(STREAM_ID_PATTERN)
 ALERT_ORDER = {"firing": 0, "pending": 1}
 # The shell runs only its own files: no inline script, no third-party origin, not framed.
 SHELL_HEADERS = {
@@ -121,91 +117,43 @@ def get_reconstructor(request: Request) -> Reconstructor:
 ReconstructorDep = Annotated[Reconstructor, Depends(get_reconstructor)]
 
 
+async def get_catalog(components: ComponentsDep) -> StreamCatalog:
+    return StreamCatalog(components.redis)  # holds nothing but the client: one per request costs nothing
+
+
+CatalogDep = Annotated[StreamCatalog, Depends(get_catalog)]
+
+
 @router.get("/ui", include_in_schema=False)
 async def live_view() -> FileResponse:
     """The page itself: open, because it holds no data until the user gives it a read key."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=SHELL_HEADERS)
 
 
-def text_of(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def stream_id_of(key: bytes | str) -> str | None:
-    text = text_of(key)
-    if not (text.startswith(META_PREFIX) and text.endswith(META_SUFFIX)):
-        return None
-    stream_id = text[len(META_PREFIX) : -len(META_SUFFIX)]
-    return stream_id if _STREAM_ID.match(stream_id) else None  # the glob's * also matches other key shapes
-
-
-async def find_streams(redis: Redis, limit: int) -> tuple[list[str], bool]:
-    """Up to ``limit`` live stream ids and whether more exist, by SCAN over the meta hashes.
-
-    SCAN walks the whole keyspace in steps of ``SCAN_COUNT`` keys (about four keys per stream, plus the
-    alert stream): finding ``limit`` streams costs O(keys visited / SCAN_COUNT) round trips, each O(SCAN_COUNT)
-    on the server and never blocking it for longer; a page that stops at ``limit`` visits only part of it.
-    Which streams a truncated page holds is arbitrary (hash order).
-    """
-    found: set[str] = set()  # SCAN may return a key twice while the table rehashes
-    try:
-        async for key in redis.scan_iter(match=f"{META_PREFIX}*{META_SUFFIX}", count=SCAN_COUNT):
-            stream_id = stream_id_of(key)
-            if stream_id is not None:
-                found.add(stream_id)
-                if len(found) > limit:
-                    break
-    except RedisError as exc:
-        raise StoreUnavailable(f"stream list unavailable: {type(exc).__name__}") from exc
-    return sorted(found)[:limit], len(found) > limit
-
-
 @router.get("/streams", summary="Live streams: model, last ts, points, alert state (firing first)")
 async def list_streams(
-    components: ComponentsDep, _: ReadKey, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+    components: ComponentsDep,
+    catalog: CatalogDep,
+    _: ReadKey,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> JSONBytesResponse:
-    """Streams whose window has not expired, found by SCAN (cost: see ``find_streams``); ``truncated`` says
-    that more than ``limit`` exist."""
-    redis = components.redis
-    ids, truncated = await find_streams(redis, limit)
-    pipe = redis.pipeline(transaction=False)
-    for stream_id in ids:
-        pipe.hmget(meta_key(stream_id), "model", "last_ts", "count")
-        pipe.hmget(alert_key(stream_id), "state", "severity")
-    try:
-        replies = await pipe.execute()
-    except RedisError as exc:
-        raise StoreUnavailable(f"stream list unavailable: {type(exc).__name__}") from exc
-    streams: list[dict[str, Any]] = []
-    for index, stream_id in enumerate(ids):
-        (model, last_ts, count), (state, severity) = replies[2 * index], replies[2 * index + 1]
-        if model is None:
-            continue  # expired between SCAN and the read
-        alert_state = text_of(state) if state else "ok"
-        streams.append(
-            {
-                "stream_id": stream_id,
-                "model": text_of(model),
-                "last_ts": float(last_ts) if last_ts else None,
-                "points_total": int(count or 0),
-                "alert": {
-                    "state": alert_state,
-                    "severity": text_of(severity) if severity and alert_state != "ok" else None,
-                },
-            }
-        )
+    """Streams whose window has not expired, found by SCAN (cost: see ``StreamCatalog.find``); ``truncated``
+    says that more than ``limit`` exist."""
+    ids, truncated = await catalog.find(limit)
+    summaries = await catalog.summaries(ids)
+    alerts = await components.alerts.states([s.stream_id for s in summaries])
+    streams: list[dict[str, Any]] = [
+        {
+            "stream_id": summary.stream_id,
+            "model": summary.model,
+            "last_ts": summary.last_ts,
+            "points_total": summary.points_total,
+            "alert": {"state": state, "severity": severity},
+        }
+        for summary, (state, severity) in zip(summaries, alerts, strict=True)
+    ]
     streams.sort(key=lambda s: (ALERT_ORDER.get(s["alert"]["state"], 2), s["stream_id"]))
     return JSONBytesResponse({"streams": streams, "truncated": truncated}, headers=NO_STORE)
-
-
-async def bound_model(redis: Redis, stream_id: str) -> str:
-    try:
-        model = await redis.hget(meta_key(stream_id), "model")
-    except RedisError as exc:
-        raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
-    if model is None:
-        raise UnknownStream(f"unknown stream {stream_id!r}")
-    return text_of(model)
 
 
 def thresholds_of(handle: ModelHandle) -> dict[str, float]:
@@ -217,19 +165,17 @@ def thresholds_of(handle: ModelHandle) -> dict[str, float]:
 async def stream_scores(
     stream_id: StreamIdPath,
     components: ComponentsDep,
+    catalog: CatalogDep,
     _: ReadKey,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> JSONBytesResponse:
     """The newest ``limit`` scored points (at most ``VIGIL_HISTORY_POINTS`` are kept), oldest first."""
-    model = await bound_model(components.redis, stream_id)
+    model = await catalog.model_of(stream_id)
+    if model is None:
+        raise UnknownStream(f"unknown stream {stream_id!r}")
     handle = components.models.get(model)
     kept = min(limit, components.settings.history_points)
-    try:
-        scores = (
-            await components.history.recent(stream_id, kept, handle.manifest.feature_names) if kept else []
-        )
-    except RedisError as exc:
-        raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc
+    scores = await components.history.recent(stream_id, kept, handle.manifest.feature_names)
     body = {
         "stream_id": stream_id,
         "model": handle.name,
@@ -244,6 +190,7 @@ async def stream_scores(
 async def stream_window(
     stream_id: StreamIdPath,
     components: ComponentsDep,
+    catalog: CatalogDep,
     reconstructor: ReconstructorDep,
     _: ReadKey,
     top: Annotated[int, Query(ge=1, le=64)] = 5,
@@ -251,19 +198,12 @@ async def stream_window(
     """The last L points as held, reconstructed now by the stream's model: ``scores`` per point and the
     ``top`` sensors by share of the window's score, each with its raw values, reconstruction (raw units) and
     per-point shares. A stream holding fewer than L points has values only (``reconstructed: false``)."""
-    redis = components.redis
-    pipe = redis.pipeline(transaction=False)
-    pipe.lrange(window_key(stream_id), 0, -1)
-    pipe.hget(meta_key(stream_id), "model")
-    try:
-        records, model = await pipe.execute()
-    except RedisError as exc:
-        raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
-    if model is None:
+    held = await catalog.held(stream_id)
+    if held is None:
         raise UnknownStream(f"unknown stream {stream_id!r}")
-    with components.models.lease(text_of(model)) as handle:
+    with components.models.lease(held.model) as handle:
         m = handle.manifest
-        ts, values = unpack_records(records, m.n_features)
+        ts, values = unpack_records(held.records[-m.window_length :], m.n_features)
         top = min(top, m.n_features)
         body: dict[str, Any] = {
             "stream_id": stream_id,

@@ -27,6 +27,8 @@ from tests.deploy.conftest import (
 )
 
 SERVICES = {"redis", "trainer", "vigil", "prometheus", "grafana", "replay"}
+PROFILES = {"replay": {"replay"}, "proxy": {"proxy"}}  # services that start only with their profile
+NGINX_CONF = ROOT / "deploy" / "nginx" / "vigil.conf"
 
 
 def run_compose(
@@ -86,11 +88,36 @@ def test_compose_file_validates_with_the_env_example(compose_binary: Path) -> No
     assert config["services"]["replay"]["depends_on"]["vigil"]["condition"] == "service_healthy"
 
 
-def test_compose_replay_service_is_behind_its_profile(compose_binary: Path) -> None:
+def test_compose_replay_and_proxy_services_are_behind_their_profiles(compose_binary: Path) -> None:
     assert set(rendered(compose_binary, profiles=())["services"]) == SERVICES - {"replay"}
+    for profile, services in PROFILES.items():
+        with_profile = set(rendered(compose_binary, profiles=(profile,))["services"])
+        assert with_profile == (SERVICES - {"replay"}) | services
     listed = run_compose(compose_binary, "config", "--profiles")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == ["replay"]
+    assert sorted(listed.stdout.split()) == sorted(PROFILES)
+
+
+def test_compose_proxy_fronts_vigil_with_the_nginx_config(compose_binary: Path) -> None:
+    """The proxy starts once vigil is healthy, mounts deploy/nginx/vigil.conf over the image's default site,
+    listens where it is published, and sends to vigil's service name and port."""
+    services = rendered(compose_binary, profiles=("proxy",))["services"]
+    proxy = services["proxy"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", proxy["image"]), "pin the nginx image"
+    assert proxy["depends_on"]["vigil"]["condition"] == "service_healthy"
+    (mount,) = proxy["volumes"]
+    assert (mount["type"], Path(mount["source"]), mount["target"]) == (
+        "bind",
+        NGINX_CONF,
+        "/etc/nginx/conf.d/default.conf",
+    )
+    conf = NGINX_CONF.read_text()
+    (listen,) = re.findall(r"^\s*listen\s+(\d+);", conf, re.M)
+    (port,) = proxy["ports"]
+    assert (port["host_ip"], port["target"]) == ("127.0.0.1", int(listen))  # loopback unless told otherwise
+    assert proxy["healthcheck"]["test"][-1] == f"http://127.0.0.1:{listen}/healthz"
+    (upstream,) = re.findall(r"^\s*server\s+([\w.-]+):(\d+)\b", conf, re.M)
+    assert upstream[0] in services and services[upstream[0]]["environment"]["VIGIL_PORT"] == upstream[1]
 
 
 def test_compose_gpu_override_reserves_a_gpu_for_vigil_only(compose_binary: Path) -> None:
@@ -110,7 +137,7 @@ def test_compose_gpu_override_reserves_a_gpu_for_vigil_only(compose_binary: Path
 
 def test_compose_references_resolve_to_existing_paths_volumes_and_stages(compose_binary: Path) -> None:
     for gpu in (False, True):
-        config = rendered(compose_binary, gpu=gpu)
+        config = rendered(compose_binary, gpu=gpu, profiles=tuple(PROFILES))
         declared_volumes = set(config.get("volumes", {}))
         stages = dockerfile_stages()
         for name, service in config["services"].items():

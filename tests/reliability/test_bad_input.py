@@ -186,8 +186,8 @@ FIELD_CASES: dict[str, tuple[int, str, str, Any]] = {
         lambda c: post(c, stream_body("w", [("1", ROW)])),
     ),
     "wrong content type": (
-        422,
-        "invalid_request",
+        415,
+        "unsupported_media_type",
         "content-type",
         lambda c: post(c, b"stream_id=x", {"content-type": "application/x-www-form-urlencoded"}),
     ),

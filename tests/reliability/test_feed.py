@@ -168,7 +168,7 @@ def test_alerts_raised_while_no_client_listens_are_all_delivered_later(
 
 
 @pytest.mark.parametrize("since", ["99999999999999999999999-0", "١٢-٣", "1-2\n", "0-0x"])
-def test_websocket_refuses_a_resume_id_redis_cannot_read_with_a_policy_close(
+def test_websocket_refuses_a_resume_id_redis_cannot_read_with_an_invalid_request_close(
     models_dir: Path, redis_url: str, clean_redis: redis.Redis, since: str
 ) -> None:
     with TestClient(create_app(make_settings(models_dir, redis_url)), headers=auth("all")) as client:
@@ -177,4 +177,5 @@ def test_websocket_refuses_a_resume_id_redis_cannot_read_with_a_policy_close(
             client.websocket_connect("/ws/alerts", params={"since": since}) as ws,
         ):  # type: ignore[call-arg]
             ws.receive_json()
-        assert closed.value.code == 1008
+        assert closed.value.code == 4422  # a bad parameter; 1008 is for a bad token
+        assert closed.value.reason.startswith("invalid_request: query.since")

@@ -25,7 +25,7 @@ from bench.harness import CPUMeter
 from bench.loadgen import OpenLoopGenerator, OpenLoopResult
 from bench.peakload import run_wrk
 from bench.workload import Workload, fresh_ts_base, http_request, modes, sample_rows
-from service.app import InflightLimitMiddleware
+from service.inflight import InflightLimitMiddleware
 from service.metrics import Metrics
 from tests.reliability.conftest import open_fds, rss_mib
 from tests.service.conftest import auth

@@ -9,8 +9,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from service.errors import ModelMismatch
-from service.windows import WindowStore, meta_key, window_key
+from service.errors import BadInput, ModelMismatch
+from service.windows import AppendResult, Claim, StreamGeometry, WindowStore, meta_key, window_key
 
 L, S, C = 10, 3, 4
 
@@ -19,12 +19,39 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _append(url: str, stream: str, ts: list[float], model: str = "m", ttl_s: int = 60):
+def geometry(model: str = "m") -> StreamGeometry:
+    return StreamGeometry(model, L, S, C)
+
+
+async def _append(
+    url: str,
+    stream: str,
+    ts: list[float],
+    model: str = "m",
+    ttl_s: int = 60,
+    token: str = "t",
+    commit: bool = True,
+    **store_options: float,
+) -> AppendResult:
+    """One request's store calls: append (claiming what is due) and, like a request that scored them, commit."""
     client = Redis.from_url(url)
     try:
-        store = WindowStore(client, ttl_s)
-        values = np.tile(np.asarray(ts, dtype=np.float32)[:, None], (1, C))
-        return await store.append(stream, model, L, S, np.asarray(ts, dtype=np.float64), values)
+        store = WindowStore(client, ttl_s, **store_options)  # type: ignore[arg-type]
+        values = np.tile(np.minimum(np.asarray(ts), 1e30).astype(np.float32)[:, None], (1, C))
+        result = await store.append(stream, geometry(model), np.asarray(ts, dtype=np.float64), values, token)
+        if commit and result.windows:
+            assert (
+                await store.commit(stream, geometry(model), token, result.windows[-1].end_index) is not None
+            )
+        return result
+    finally:
+        await client.aclose()
+
+
+async def _call(url: str, method: str, *args: object) -> object:
+    client = Redis.from_url(url)
+    try:
+        return await getattr(WindowStore(client, 60), method)(*args)
     finally:
         await client.aclose()
 
@@ -40,6 +67,70 @@ def test_windows_are_returned_when_due_with_the_points_they_score(
     assert window.ts.tolist() == [float(t) for t in range(3, 13)]
     assert window.values[:, 0].tolist() == [float(t) for t in range(3, 13)]  # values travel with their ts
     assert second.windows[0].span == L and window.span == S
+
+
+def test_windows_a_failed_request_left_unscored_go_to_the_next_request(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    failed = run(_append(redis_url, "f", [float(t) for t in range(13)], token="a", commit=False))
+    assert [w.end_index for w in failed.windows] == [9, 12]
+    run(_call(redis_url, "release", "f", "a"))  # the request failed after its append
+    assert clean_redis.llen(window_key("f")) == 13  # the points its windows need are kept
+    retry = run(_append(redis_url, "f", [float(t) for t in range(13)], token="b"))
+    assert retry.status == [1] * 13 and retry.count_after == 13
+    assert [w.end_index for w in retry.windows] == [9, 12]  # the retry gets the scores
+    assert clean_redis.llen(window_key("f")) == L
+    again = run(_append(redis_url, "f", [13.0], token="c"))
+    assert again.windows == []  # committed: never scored twice
+
+
+def test_a_held_claim_defers_windows_to_its_holder_which_scores_them_at_commit(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    slow = run(_append(redis_url, "c", [float(t) for t in range(10)], token="slow", commit=False))
+    assert [w.end_index for w in slow.windows] == [9]
+    other = run(_append(redis_url, "c", [10.0, 11.0, 12.0], token="other"))
+    assert other.windows == [] and other.count_after == 13  # stored, not claimed: the slow one holds it
+    more = run(_call(redis_url, "commit", "c", geometry(), "slow", 9))
+    assert isinstance(more, Claim) and [w.end_index for w in more.windows] == [12]
+    assert run(_call(redis_url, "commit", "c", geometry(), "slow", 12)) == Claim([], 15)
+
+
+def test_a_claim_whose_holder_died_lapses_to_the_next_request(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    run(_append(redis_url, "d", [float(t) for t in range(10)], token="dead", commit=False, claim_s=0.05))
+    import time
+
+    time.sleep(0.1)
+    taken = run(_append(redis_url, "d", [10.0], token="next", claim_s=0.05))
+    assert [w.end_index for w in taken.windows] == [9]
+    assert run(_call(redis_url, "commit", "d", geometry(), "dead", 9)) is None  # the dead one lost it
+
+
+def test_a_backlog_past_its_bound_gives_up_the_oldest_windows(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    first = run(
+        _append(redis_url, "b", [float(t) for t in range(15)], token="a", commit=False, max_backlog=10)
+    )
+    assert first.abandoned_windows == 0 and [w.end_index for w in first.windows] == [9, 12]
+    run(_call(redis_url, "release", "b", "a"))
+    later = run(_append(redis_url, "b", [float(t) for t in range(15, 40)], token="b", max_backlog=10))
+    # 40 unscored points exceed the bound (10 beyond a window of 10): the oldest windows are given up.
+    assert later.abandoned_windows == 7  # next_end 9 → 30: 19 unscored points left, within 10 + L
+    assert [w.end_index for w in later.windows] == [30, 33, 36, 39]
+    assert clean_redis.llen(window_key("b")) == L
+
+
+def test_a_ts_jumping_too_far_ahead_is_refused_and_nothing_is_written(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    run(_append(redis_url, "j", [1.0, 2.0], max_ts_jump=100.0))
+    with pytest.raises(BadInput, match=r"points\.1\.ts: more than 100 after the stream's last ts \(3\)"):
+        run(_append(redis_url, "j", [3.0, 1e300], max_ts_jump=100.0))
+    assert clean_redis.llen(window_key("j")) == 2 and clean_redis.hget(meta_key("j"), "last_ts") == b"2.0"
+    assert run(_append(redis_url, "j", [50.0, 150.0], max_ts_jump=100.0)).count_after == 4
 
 
 def test_the_stored_window_is_trimmed_to_the_window_length(redis_url: str, clean_redis: redis.Redis) -> None:

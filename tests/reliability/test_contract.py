@@ -1,0 +1,148 @@
+"""The HTTP and WebSocket contract as the README states it: 415 for media types and codings the service does not
+take, gzip bodies decompressed within the body bound, WebSocket refusals readable as close codes, ``since=0``
+as the start, no severity while a stream is ok, and duplicate JSON keys resolved as documented."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.reliability.hostile import ROW, expect_refused, post, stream_body
+from tests.reliability.test_feed import produce
+from tests.service.conftest import KEYS
+from tests.service.live import LiveServer
+
+JSON = {"content-type": "application/json"}
+
+
+def as_json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("path", ["/score", "/score/batch"])
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "application/xml"]
+)
+def test_a_media_type_the_service_does_not_take_is_a_415(
+    api: tuple[TestClient, redis.Redis], path: str, content_type: str
+) -> None:
+    expect_refused(
+        api,
+        415,
+        "unsupported_media_type",
+        "content-type",
+        lambda c: post(c, b"stream_id=x", {"content-type": content_type}, path=path),
+    )
+
+
+def test_a_gzip_body_is_scored_like_the_plain_one(api: tuple[TestClient, redis.Redis]) -> None:
+    client, _ = api
+    plain = post(client, stream_body("gz-plain", [(float(t), ROW) for t in range(120)]))
+    zipped = post(
+        client,
+        gzip.compress(as_json(stream_body("gz-zipped", [(float(t), ROW) for t in range(120)]))),
+        {**JSON, "content-encoding": "gzip"},
+    )
+    assert plain.status_code == zipped.status_code == 200, zipped.text
+    assert [s["score"] for s in zipped.json()["scores"]] == [s["score"] for s in plain.json()["scores"]]
+    batch = post(
+        client,
+        gzip.compress(as_json({"items": [stream_body("gz-batch", [(1.0, ROW)])]})),
+        {**JSON, "content-encoding": "GZIP"},
+        path="/score/batch",
+    )
+    assert batch.status_code == 200 and batch.json()["items"][0]["result"]["accepted"] == 1
+
+
+@pytest.mark.parametrize("coding", ["deflate", "br", "compress", "gzip, gzip", "zstd"])
+def test_a_content_coding_other_than_gzip_is_a_415_even_on_a_plain_body(
+    api: tuple[TestClient, redis.Redis], coding: str
+) -> None:
+    """A ``deflate`` header on a plain body used to be accepted as if no coding were named."""
+    body = as_json(stream_body("coded", [(1.0, ROW)]))
+    expect_refused(
+        api,
+        415,
+        "unsupported_media_type",
+        "content-encoding",
+        lambda c: post(c, body, {**JSON, "content-encoding": coding}),
+    )
+
+
+def test_a_gzip_bomb_is_a_413_and_broken_gzip_a_422(api: tuple[TestClient, redis.Redis]) -> None:
+    """50 MB of JSON whitespace compresses to 50 KB: decompressed, it is over the 1 MB body bound."""
+    bomb = gzip.compress(b"{" + b" " * 50_000_000 + b"}", compresslevel=9)
+    assert len(bomb) < 100_000
+    gz = {**JSON, "content-encoding": "gzip"}
+    body = gzip.compress(as_json(stream_body("gz", [(1.0, ROW)])))
+    expect_refused(api, 413, "payload_too_large", "body", lambda c: post(c, bomb, gz))
+    expect_refused(api, 422, "invalid_request", "body: truncated", lambda c: post(c, body[:-12], gz))
+    expect_refused(api, 422, "invalid_request", "body: invalid gzip", lambda c: post(c, b"plain", gz))
+
+
+def test_duplicate_json_keys_resolve_to_the_last_as_documented(api: tuple[TestClient, redis.Redis]) -> None:
+    """RFC 8259 leaves duplicate names to implementations; the README says the last one wins."""
+    client, _ = api
+    raw = b'{"stream_id":"dup-first","points":[],"stream_id":"dup-last","points":[{"ts":1,"values":%s}]}'
+    response = post(client, raw % json.dumps(ROW).encode())
+    assert response.status_code == 200 and response.json()["stream_id"] == "dup-last"
+
+
+def test_a_stream_that_is_ok_shows_no_severity(api: tuple[TestClient, redis.Redis]) -> None:
+    client, _ = api
+    assert post(client, stream_body("calm", [(float(t), ROW) for t in range(150)])).status_code == 200
+    alert = client.get("/streams/calm").json()["alert"]
+    assert alert == {"state": "ok", "severity": None}
+
+
+def test_alerts_since_0_list_from_the_start(api: tuple[TestClient, redis.Redis]) -> None:
+    client, store = api
+    ids = produce(store, 3, "from-start", pause_s=0)
+    for since in ("0", "0-0"):
+        listed = client.get("/alerts", params={"since": since, "stream_id": "from-start"})
+        assert listed.status_code == 200 and [e["id"] for e in listed.json()["events"]] == ids
+
+
+def closed_with(url: str, **kwargs: Any) -> tuple[int, str]:
+    """The close code and reason the server ends a feed connection with (the handshake must succeed)."""
+    with (
+        connect(url, open_timeout=10, close_timeout=5, **kwargs) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+def test_websocket_refusals_are_close_codes_after_the_handshake_and_since_0_replays_everything(
+    live_server: Callable[..., LiveServer], redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """The README promises close code 1008 for a bad token; a close before the handshake was an HTTP 403
+    instead, where no code can be read. A bad ``since`` or ``stream_id`` is told apart: 4422."""
+    server = live_server(redis_url, VIGIL_LOG_LEVEL="warning")
+    feed = server.url.replace("http://", "ws://") + "/ws/alerts"
+    reader, scorer = KEYS["reader"][0], KEYS["scorer"][0]
+    code, reason = closed_with(feed)
+    assert code == 1008 and reason.startswith("unauthorized")
+    code, reason = closed_with(f"{feed}?token=wrong-token-0123456789")
+    assert code == 1008 and reason.startswith("unauthorized: invalid API key")
+    code, reason = closed_with(f"{feed}?token={scorer}")
+    assert code == 1008 and reason.startswith("forbidden")
+    code, reason = closed_with(feed, additional_headers={"Authorization": "Bearer wrong-token-0123456789"})
+    assert code == 1008
+    code, reason = closed_with(f"{feed}?token={reader}&since=12")
+    assert code == 4422 and reason.startswith("invalid_request: query.since")
+    code, reason = closed_with(f"{feed}?token={reader}&stream_id=a%20b")
+    assert code == 4422 and reason.startswith("invalid_request: query.stream_id")
+    ids = produce(clean_redis, 3, "replayed", pause_s=0)
+    for since in ("0", "0-0"):
+        with connect(f"{feed}?token={reader}&stream_id=replayed&since={since}", open_timeout=10) as ws:
+            assert [json.loads(ws.recv(timeout=10))["id"] for _ in ids] == ids
