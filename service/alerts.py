@@ -9,7 +9,7 @@ those of ``models.lifecycle``, the pure-Python reference that offline evaluation
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -24,7 +24,19 @@ from service.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 EVENTS_KEY = "vigil:alerts"
-MAX_UNPUBLISHED_EVENTS = 100_000  # held after failed appends; beyond it the oldest are dropped
+# The fields of an event as the Lua returns them, after the stream id and model.
+EVENT_FIELDS = (
+    "stream_id",
+    "model",
+    "state",
+    "severity",
+    "started_ts",
+    "ts",
+    "peak_score",
+    "sensors",
+    "escalated",
+    "threshold",
+)
 _EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _UINT64_MAX = 2**64 - 1
 
@@ -38,7 +50,7 @@ def is_event_id(value: str) -> bool:
     return int(ms) <= _UINT64_MAX and int(seq) <= _UINT64_MAX
 
 
-# KEYS: alert state hash. ARGV: warning, critical, exit_ratio, k, n, m, ttl, adaptive (0/1), z_warning,
+# KEYS: alert state hash, outbox list. ARGV: warning, critical, exit_ratio, k, n, m, ttl, adaptive (0/1), z_warning,
 # z_critical, z_exit, alpha, sigma_floor, warmup, min_ratio, max_ratio, then per point: ts, score, sensors.
 # Returns {events, levels}: events as {state, severity, started, ts, peak, sensors, escalated, threshold}, levels one
 # character per point (0 normal, 1 warning, 2 critical, - skipped). models/lifecycle.py is the same algorithm
@@ -64,8 +76,9 @@ local events, levels = {}, {}
 local function emit(st, ts_text, escalated, warn, crit)
   local thr = warn
   if severity == 'critical' then thr = crit end
-  events[#events + 1] = {st, severity, started, ts_text, peak_text, peak_sensors, escalated and '1' or '0',
-                         fmt(thr)}
+  local event = {st, severity, started, ts_text, peak_text, peak_sensors, escalated and '1' or '0', fmt(thr)}
+  events[#events + 1] = event
+  redis.call('RPUSH', KEYS[2], cjson.encode(event))  -- the outbox: published after, durably
 end
 for i = 17, #ARGV, 3 do
   local ts_text, score_text, sensors = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -137,12 +150,35 @@ redis.call('HSET', KEYS[1], 'state', state, 'severity', severity, 'started', sta
            'var', fmt(var))
 if last_text then redis.call('HSET', KEYS[1], 'last_ts', last_text) end
 redis.call('EXPIRE', KEYS[1], ttl)
-return {events, table.concat(levels)}
+local waiting = redis.call('LLEN', KEYS[2])  -- this call's events and any a failed publish left
+if waiting > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+return {events, table.concat(levels), waiting}
+"""
+
+# KEYS: a stream's outbox, the alert event stream. ARGV: maxlen, stream id, model. Appends the outbox's events
+# to the event stream in order and empties it, atomically: each event is published exactly once. (On a Redis
+# Cluster the two keys live in different slots: there the same happens in two steps, at least once.)
+PUBLISH_LUA = """
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local ids = {}
+for i, entry in ipairs(entries) do
+  local e = cjson.decode(entry)
+  ids[i] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'stream_id', ARGV[2], 'model', ARGV[3],
+                      'state', e[1], 'severity', e[2], 'started_ts', e[3], 'ts', e[4], 'peak_score', e[5],
+                      'sensors', e[6], 'escalated', e[7], 'threshold', e[8])
+end
+redis.call('DEL', KEYS[1])
+return ids
 """
 
 
 def alert_key(stream_id: str) -> str:
     return f"vigil:{{{stream_id}}}:a"
+
+
+def outbox_key(stream_id: str) -> str:
+    """Events raised for the stream and not yet in ``vigil:alerts`` (same slot as its state)."""
+    return f"vigil:{{{stream_id}}}:o"
 
 
 def lifecycle_args(levels: LevelThresholds, ttl_s: int, points: list[ScoredPoint]) -> list[str | int]:
@@ -197,68 +233,67 @@ class AlertUpdate:
 
 
 class AlertTracker:
-    def __init__(self, redis: Redis, ttl_s: int, stream_maxlen: int) -> None:
+    """Per-stream lifecycle state in Redis. Every event a transition raises goes, in the same atomic call, to
+    the stream's outbox; the outbox is then appended to ``vigil:alerts``. When that append fails (or the process
+    dies first), the events wait in Redis and go out, in order, with the stream's next update: none is lost."""
+
+    def __init__(self, redis: Redis, ttl_s: int, stream_maxlen: int, cluster: bool = False) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._maxlen = stream_maxlen
+        self._cluster = cluster
         self._script = redis.register_script(ALERT_LUA)
-        # Events whose XADD failed after their transition was stored: published first, next time (this process).
-        self._unpublished: list[dict[str, Any]] = []
-        self._publishing = asyncio.Lock()
+        self._publish = redis.register_script(PUBLISH_LUA)
 
     async def observe(
         self, stream_id: str, model: str, levels: LevelThresholds, points: list[ScoredPoint]
     ) -> AlertUpdate:
-        """Advance the stream's alert state over ``points`` (ts order); returns the events it caused."""
+        """Advance the stream's alert state over ``points`` (ts order); returns the events it caused (``id``
+        None for an event not published yet: it stays in the outbox)."""
         if not points:
             return AlertUpdate([], "")
         reply = await self._script(
-            keys=[alert_key(stream_id)], args=lifecycle_args(levels, self._ttl_s, points)
+            keys=[alert_key(stream_id), outbox_key(stream_id)],
+            args=lifecycle_args(levels, self._ttl_s, points),
         )
-        raw_events, raw_levels = reply
-        events = []
-        for state, severity, started, ts, peak, sensors, escalated, threshold in raw_events:
-            events.append(
-                {
-                    "stream_id": stream_id,
-                    "model": model,
-                    "state": state.decode(),
-                    "severity": severity.decode(),
-                    "ts": float(ts),
-                    "started_ts": float(started),
-                    "peak_score": float(peak),
-                    "threshold": float(threshold),
-                    "sensors": [s for s in sensors.decode().split(",") if s],
-                    "escalated": escalated == b"1",
-                }
-            )
-        for event in events:
-            event["id"] = await self.publish(event)
+        raw_events, raw_levels, waiting = reply
+        events = [
+            decode_event(None, dict(zip(EVENT_FIELDS, (stream_id, model, *map(text, raw)), strict=True)))
+            for raw in raw_events
+        ]
+        ids = await self.flush(stream_id, model) if int(waiting) else []
+        published = ids[len(ids) - len(events) :] if len(ids) >= len(events) else [None] * len(events)
+        for event, entry_id in zip(events, published, strict=True):
+            event["id"] = entry_id
         return AlertUpdate(events, text(raw_levels))
 
-    async def publish(self, event: dict[str, Any]) -> str | None:
-        """Append an event to the bounded alert stream and return its id. When Redis fails (the transition is
-        already stored, so it will not be raised again) the event is held and appended, in order, before the
-        next one this process publishes; the failure is logged and returns None, never raised to scoring."""
-        async with self._publishing:
-            self._unpublished.append(event)
-            del self._unpublished[:-MAX_UNPUBLISHED_EVENTS]
-            entry_id: str | None = None
-            while self._unpublished:
-                pending = self._unpublished[0]
-                fields: dict[Any, Any] = {k: _field_text(v) for k, v in pending.items() if k != "id"}
-                try:
-                    reply = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)
-                except RedisError:
-                    log.exception(
-                        "alert event not published yet for stream %s (%d held)",
-                        event["stream_id"],
-                        len(self._unpublished),
-                    )
-                    return None
-                self._unpublished.pop(0)
-                entry_id = text(reply)
-            return entry_id
+    async def flush(self, stream_id: str, model: str) -> list[str]:
+        """Publish the stream's outbox to ``vigil:alerts`` in order; returns the new entry ids (oldest first).
+        Failures are logged, never raised to scoring: the events stay in the outbox for the next call."""
+        try:
+            if not self._cluster:
+                reply = await self._publish(
+                    keys=[outbox_key(stream_id), EVENTS_KEY], args=[self._maxlen, stream_id, model]
+                )
+                return [text(r) for r in reply]
+            return await self._flush_in_two_steps(stream_id, model)
+        except RedisError:
+            log.exception("alert events of stream %s not published yet (kept in its outbox)", stream_id)
+            return []
+
+    async def _flush_in_two_steps(self, stream_id: str, model: str) -> list[str]:
+        """On a cluster the outbox and the event stream are in different slots: append, then trim what was
+        appended (a crash in between publishes those events again: at least once)."""
+        entries = await self._redis.lrange(outbox_key(stream_id), 0, -1)
+        ids: list[str] = []
+        for entry in entries:
+            raw = json.loads(entry)
+            fields = dict(zip(EVENT_FIELDS, (stream_id, model, *raw), strict=True))
+            entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+            ids.append(text(entry_id))
+        if entries:
+            await self._redis.ltrim(outbox_key(stream_id), len(entries), -1)
+        return ids
 
     async def forget(self, stream_id: str) -> None:
         """Delete the stream's alert state. Raises :class:`StoreUnavailable` when Redis fails."""
@@ -316,14 +351,6 @@ class AlertTracker:
 def text(value: bytes | str) -> str:
     """Redis replies are bytes (decode_responses is off); the stubs also allow str."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _field_text(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(value)
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def decode_event(entry_id: bytes | str | None, fields: dict[Any, Any]) -> dict[str, Any]:

@@ -213,7 +213,9 @@ def create_app(settings: Settings) -> FastAPI:
                 max_backlog=settings.max_points_per_request,
                 max_ts_jump=settings.max_ts_jump,
             )
-            alerts = AlertTracker(redis, settings.window_ttl_s, settings.alerts.stream_maxlen)
+            alerts = AlertTracker(
+                redis, settings.window_ttl_s, settings.alerts.stream_maxlen, cluster=settings.redis_cluster
+            )
             history = ScoreHistory(redis, settings.history_points, settings.window_ttl_s)
             scorer = StreamScorer(
                 models,

@@ -110,6 +110,8 @@ class StreamScorer:
         # Points appended and scored whose alert update failed (Redis went down after the append): the next
         # request of the stream feeds them to the tracker first, so no transition they cause is lost.
         self._unobserved: dict[str, list[ScoredPoint]] = {}
+        # Claims a failed request could not give up (Redis was down): freed before the stream's next append.
+        self._unreleased: dict[str, str] = {}
 
     def _collect(
         self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
@@ -160,6 +162,9 @@ class StreamScorer:
             if not handle.batcher.has_room(expected_windows):  # refuse before storing anything
                 raise Overloaded(f"model {manifest.name!r}: inference queue full")
             token = uuid.uuid4().hex
+            stale = self._unreleased.pop(batch.stream_id, None)
+            if stale is not None and not await self._windows.release(batch.stream_id, stale):
+                self._unreleased[batch.stream_id] = stale
             started = time.perf_counter()
             try:
                 appended = await self._windows.append(batch.stream_id, geometry, batch.ts, values, token)
@@ -196,7 +201,10 @@ class StreamScorer:
                         batch.stream_id, geometry, token, claim.windows[-1].end_index
                     )
             except BaseException:
-                await self._windows.release(batch.stream_id, token)  # the next request scores them
+                # The next request scores these windows; if Redis is unreachable now, this process frees the
+                # claim before its next append of the stream rather than leaving it to lapse.
+                if not await self._windows.release(batch.stream_id, token):
+                    self._unreleased[batch.stream_id] = token
                 raise
             frontier = claim or appended.claim
             scored = frontier.scored_points(manifest.window_length, manifest.stride)

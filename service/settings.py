@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     max_ts_jump: float = Field(1e15, ge=0)
     # A request's claim on the windows it scores lapses after this long if it dies holding it: then the next
     # request of the stream scores them (service/windows.py).
-    scoring_claim_s: float = Field(30.0, gt=0)
+    scoring_claim_s: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     top_contributions: int = Field(3, ge=1)
     redis_cluster: bool = False  # VIGIL_REDIS_URL names one node of a Redis Cluster

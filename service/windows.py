@@ -15,7 +15,6 @@ meanwhile, so nothing waits for a later request. Admission control refuses befor
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,7 +228,7 @@ class WindowStore:
         self,
         redis: Redis,
         ttl_s: int,
-        claim_s: float = 30.0,
+        claim_s: float = 10.0,
         max_backlog: int = 10_000,
         max_ts_jump: float = 0.0,
     ) -> None:
@@ -303,11 +302,14 @@ class WindowStore:
             return None
         return _claim(g, int(reply[0]), int(reply[1]), list(reply[2]), int(reply[3]))
 
-    async def release(self, stream_id: str, token: str) -> None:
-        """Give the claim up after a failure, so the next request scores its windows (best effort: a claim
-        that cannot be released lapses at its deadline)."""
-        with contextlib.suppress(RedisError):
+    async def release(self, stream_id: str, token: str) -> bool:
+        """Give the claim up after a failure, so the next request scores its windows. Best effort: False when
+        Redis could not be reached (the claim lapses at its deadline, or a later ``release`` frees it)."""
+        try:
             await self._release(keys=[meta_key(stream_id)], args=[token])
+        except RedisError:
+            return False
+        return True
 
     async def describe(self, stream_id: str) -> dict[str, str] | None:
         try:

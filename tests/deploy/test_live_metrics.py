@@ -55,8 +55,9 @@ class LiveStack:
     api_key: str
     stream_id: str
 
-    def log(self) -> str:
-        return self.output.read_text(errors="replace")[-6000:]
+    def log(self, tail: int | None = 6000) -> str:
+        text = self.output.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query through Prometheus's HTTP API; a PromQL error fails the test with its message."""
@@ -275,7 +276,7 @@ def test_dockerfile_healthcheck_command_passes_against_a_live_service(live_stack
 def test_stack_stops_every_child_on_ctrl_c(live_stack: LiveStack) -> None:
     """Last in this module: it stops the shared stack."""
     stack = live_stack
-    output = stack.log()
+    output = stack.log(tail=None)
     assert "Vigil stack up" in output and f"replayed {ROWS} points" in output, output
     stack.proc.send_signal(signal.SIGINT)
     try:

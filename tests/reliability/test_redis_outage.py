@@ -24,6 +24,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from models.lifecycle import LevelThresholds
+from models.manifest import AlertPolicy
 from service.alerts import EVENTS_KEY, AlertTracker, ScoredPoint, alert_key
 from service.app import create_app
 from service.settings import AlertSettings, Settings
@@ -50,7 +51,7 @@ def events_in_redis(client: httpx.Client, stream_id: str) -> list[dict[str, Any]
 
 
 def expected_events(
-    redis_url: str, logs: dict[str, StreamLog], warning: float, critical: float
+    redis_url: str, logs: dict[str, StreamLog], warning: float, critical: float, policy: dict[str, Any]
 ) -> dict[str, list[Any]]:
     """The alert events an uninterrupted service would have raised from the scores it returned: the same
     tracker (the service's Lua state machine) replayed over every acknowledged score, in a scratch database."""
@@ -61,7 +62,7 @@ def expected_events(
         await client.flushdb()
         defaults = Settings.model_fields
         tracker = AlertTracker(client, defaults["window_ttl_s"].default, AlertSettings().stream_maxlen)
-        levels = LevelThresholds(warning, critical, AlertSettings().policy())
+        levels = LevelThresholds(warning, critical, AlertPolicy.model_validate(policy))
         out = {}
         for sid, log in logs.items():
             points = [
@@ -145,7 +146,9 @@ def outage_scenario(
     model = probe.get("/models/tvnet").json()
     acked_events = 0
     thresholds = model["thresholds"]
-    expected = expected_events(redis_proc.url, logs, thresholds["warning"], thresholds["critical"])
+    expected = expected_events(
+        redis_proc.url, logs, thresholds["warning"], thresholds["critical"], model["alert_policy"]
+    )
     for sid, log in logs.items():
         outcomes.update(log.outcomes)
         info = probe.get(f"/streams/{sid}").json()

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from models.lifecycle import LevelThresholds, StreamAlertState, advance
-from service.alerts import ALERT_LUA, ScoredPoint, alert_key, lifecycle_args
+from service.alerts import ALERT_LUA, ScoredPoint, alert_key, lifecycle_args, outbox_key
 
 Point = tuple[float, float, str]  # ts, score, comma-joined sensors
 KEY_STREAM = "lifecycle-test"
@@ -31,7 +31,7 @@ def run_reference(
 def run_lua(
     client: redis.Redis, levels: LevelThresholds, chunks: list[list[Point]]
 ) -> tuple[list[tuple[Any, ...]], str, dict]:
-    client.delete(alert_key(KEY_STREAM))
+    client.delete(alert_key(KEY_STREAM), outbox_key(KEY_STREAM))
     script = client.register_script(ALERT_LUA)
     events: list[tuple[Any, ...]] = []
     level_text = ""
@@ -41,8 +41,8 @@ def run_lua(
         points = [
             ScoredPoint(ts, score, sensors.split(",") if sensors else []) for ts, score, sensors in chunk
         ]
-        raw_events, raw_levels = script(
-            keys=[alert_key(KEY_STREAM)], args=lifecycle_args(levels, 3600, points)
+        raw_events, raw_levels, _ = script(
+            keys=[alert_key(KEY_STREAM), outbox_key(KEY_STREAM)], args=lifecycle_args(levels, 3600, points)
         )
         for state, severity, started, ts, peak, sensors, escalated, threshold in raw_events:
             events.append(
