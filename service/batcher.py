@@ -56,8 +56,12 @@ class MicroBatcher:
         queue_capacity: int,
         observe: BatchObserver | None = None,
         on_restart: RestartObserver | None = None,
+        max_queue_wait_ms: float | None = None,
     ) -> None:
         self.name = name
+        # A job that waited longer than this when the worker takes it fails with Overloaded instead of being
+        # run: its client has waited long enough, and running it would make every later job later still.
+        self._max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
         self._score = score
         self._max_batch = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
@@ -196,9 +200,30 @@ class MicroBatcher:
                 self._held = [item]
                 self._run(self._held)
 
+    def _expire(self, jobs: list[WindowJob], now: float) -> list[WindowJob]:
+        """Fail the jobs that waited past ``max_queue_wait_ms``; returns the others."""
+        if self._max_queue_wait_s is None:
+            return jobs
+        fresh = [job for job in jobs if now - job.enqueued_at <= self._max_queue_wait_s]
+        if len(fresh) < len(jobs):
+            expired = [job for job in jobs if now - job.enqueued_at > self._max_queue_wait_s]
+            count = sum(len(job.windows) for job in expired)
+            error = Overloaded(
+                f"model {self.name!r}: queued longer than {self._max_queue_wait_s * 1000:g} ms; retry later"
+            )
+            for job in expired:
+                _resolve(job, _set_exception, error)
+            with self._lock:
+                self._pending -= count
+        return fresh
+
     def _run(self, jobs: list[WindowJob]) -> None:
         started = time.perf_counter()
         wait_s = started - min(job.enqueued_at for job in jobs)
+        jobs = self._expire(jobs, started)
+        self._held = jobs
+        if not jobs:
+            return
         count = sum(len(job.windows) for job in jobs)
         try:
             stacked = jobs[0].windows if len(jobs) == 1 else np.concatenate([job.windows for job in jobs])

@@ -21,14 +21,15 @@ class InflightLimitMiddleware:
     without this bound every accepted request waits behind all the others, so latency, open sockets and
     memory grow with the offered load. Health and metrics stay answerable.
 
-    ``limit`` starts at ``max_inflight`` and adapts: when a flood keeps the event loop saturated (reading and
-    refusing requests costs time too), admitted requests slow down however few they are, so while requests
-    are being refused and the admitted ones' mean time in the server stays above ``TARGET_S``, the limit
-    shrinks by a quarter per ``STEP_S``. It grows by a quarter per step while they are fast again, and is
-    back at ``max_inflight`` after a step without refusals (slow requests alone never shrink it)."""
+    ``limit`` starts at ``max_inflight`` and adapts to bound the time admitted requests spend in the server:
+    by Little's law the mean time in the server is the requests in progress over the rate they complete at,
+    so while requests are being refused the limit is set each ``STEP_S`` to ``TARGET_S`` times the measured
+    completion rate (never under ``MIN_LIMIT``): what the server can finish within ``TARGET_S``. A flood that
+    saturates the event loop lowers the completion rate and with it the limit. After a step without refusals
+    the limit is back at ``max_inflight``."""
 
     EXEMPT = frozenset(("/healthz", "/readyz", "/metrics"))
-    TARGET_S = 0.5
+    TARGET_S = 0.25
     STEP_S = 0.25
     MIN_LIMIT = 4
 
@@ -38,23 +39,24 @@ class InflightLimitMiddleware:
         self.metrics = metrics
         self.inflight = 0
         self.limit = max_inflight
-        self._mean_s = 0.0  # exponentially weighted time in the server of admitted requests
-        self._next_step = 0.0
+        self._rate = 0.0  # completions per second, exponentially weighted over steps
+        self._completed = 0  # since the last step
+        self._step_started = time.monotonic()
         self._refused = 0  # since the last step
 
-    def _adapt(self, duration_s: float) -> None:
-        self._mean_s += 0.05 * (duration_s - self._mean_s)
+    def _adapt(self) -> None:
+        self._completed += 1
         now = time.monotonic()
-        if now < self._next_step:
+        elapsed = now - self._step_started
+        if elapsed < self.STEP_S:
             return
-        self._next_step = now + self.STEP_S
-        refused, self._refused = self._refused, 0
-        if not refused:
+        rate = self._completed / elapsed
+        self._rate = rate if self._rate == 0.0 else 0.5 * self._rate + 0.5 * rate
+        refused, self._refused, self._completed, self._step_started = self._refused, 0, 0, now
+        if refused:
+            self.limit = max(self.MIN_LIMIT, min(self.max_inflight, int(self.TARGET_S * self._rate)))
+        else:
             self.limit = self.max_inflight
-        elif self._mean_s > self.TARGET_S:
-            self.limit = max(self.MIN_LIMIT, self.limit * 3 // 4)
-        elif self._mean_s < self.TARGET_S / 2:
-            self.limit = min(self.max_inflight, self.limit + max(1, self.limit // 4))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
@@ -67,12 +69,11 @@ class InflightLimitMiddleware:
             await JSONBytesResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
             return
         self.inflight += 1
-        started = time.perf_counter()
         try:
             await self.app(scope, receive, send)
         finally:
             self.inflight -= 1
-            self._adapt(time.perf_counter() - started)
+            self._adapt()
 
 
 class KeySlots:

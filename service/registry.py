@@ -114,6 +114,7 @@ class ModelRegistry:
             batching.queue_capacity,
             observe,
             count_restart,
+            max_queue_wait_ms=batching.max_queue_wait_ms or None,
         )
         batcher.start()
         m.initialise_model(name, provider)

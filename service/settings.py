@@ -29,6 +29,8 @@ class BatchingSettings(BaseModel):
     max_batch_size: int = Field(256, ge=1)
     max_wait_ms: float = Field(1.0, ge=0)
     queue_capacity: int = Field(8192, ge=1)  # windows waiting per model; beyond it requests get 503
+    # Windows that waited longer than this for the worker fail with 503 instead of running (0: never).
+    max_queue_wait_ms: float = Field(1000.0, ge=0)
 
 
 class AlertSettings(AlertPolicy):

@@ -221,3 +221,40 @@ def test_a_dying_worker_fails_its_requests_cleanly_through_the_service(
         failed = re.search(r'^vigil_rejections_total\{reason="inference_failed"\} (\S+)$', text, re.M)
         assert failed is not None and float(failed.group(1)) == 1.0
         assert client.get("/readyz").json()["models"]["tvnet"]["queue_depth"] == 0
+
+
+def test_jobs_that_waited_past_the_queue_bound_fail_with_overloaded_and_the_rest_run(
+    engine: ONNXEngine, windows: tuple[F32, F32]
+) -> None:
+    """Admission bounds latency inside the server too: a job still queued after ``max_queue_wait_ms`` is
+    refused (503, its client retries) instead of making every later job later still."""
+    from service.errors import Overloaded
+
+    z, _ = windows
+    gate = threading.Event()
+    score = scoring_function(engine)
+
+    def held(batch: F32) -> WindowScores:
+        gate.wait(10)  # the worker is busy with an earlier batch
+        return score(batch)
+
+    batcher = MicroBatcher("expiry", held, 1, 0, 100, max_queue_wait_ms=100)
+    batcher.start()
+
+    async def scenario() -> list[object]:
+        first = asyncio.ensure_future(batcher.submit(z))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit(z))  # waits behind the held batch
+        await asyncio.sleep(0.3)
+        gate.set()
+        outcomes = await asyncio.gather(first, queued, return_exceptions=True)
+        fresh = await batcher.submit(z)  # nothing queued now: runs at once
+        return [*outcomes, fresh]
+
+    try:
+        first, queued, fresh = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert isinstance(first, WindowScores) and isinstance(fresh, WindowScores)
+    assert isinstance(queued, Overloaded) and "queued longer than 100 ms" in queued.detail
+    assert batcher.depth == 0
