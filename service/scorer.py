@@ -34,8 +34,6 @@ DROP_REASONS = {1: "duplicate", 2: "stale"}
 F32_MAX = float(np.finfo(np.float32).max)
 # Normalised magnitude beyond which squared reconstruction errors may overflow float32 (scores inf or NaN).
 Z_MAX = 1e15
-# Scored points held for a later alert update after Redis failed mid-request (all streams, this process).
-MAX_UNOBSERVED_POINTS = 1_000_000
 
 
 def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_features: int, field: str) -> F32:
@@ -107,9 +105,6 @@ class StreamScorer:
         self._metrics = metrics
         self._max_points = max_points
         self._top_k = top_k
-        # Points appended and scored whose alert update failed (Redis went down after the append): the next
-        # request of the stream feeds them to the tracker first, so no transition they cause is lost.
-        self._unobserved: dict[str, list[ScoredPoint]] = {}
         # Claims a failed request could not give up (Redis was down): freed before the stream's next append.
         self._unreleased: dict[str, str] = {}
 
@@ -196,10 +191,19 @@ class StreamScorer:
                         batch.stream_id, handle, claim.windows
                     )
                     scores.extend(more_scores)
+                    if more_events is None:
+                        # The alert update failed (Redis): the scores are answered, but the windows stay
+                        # uncommitted, so the stream's next request (any replica) scores them again and applies
+                        # them to its alerts; the tracker skips the points it already saw.
+                        raise _AlertsPending
                     events.extend(more_events)
                     claim = await self._windows.commit(
                         batch.stream_id, geometry, token, claim.windows[-1].end_index
                     )
+            except _AlertsPending:
+                if not await self._windows.release(batch.stream_id, token):
+                    self._unreleased[batch.stream_id] = token
+                claim = None
             except BaseException:
                 # The next request scores these windows; if Redis is unreachable now, this process frees the
                 # claim before its next append of the stream rather than leaving it to lapse.
@@ -221,9 +225,9 @@ class StreamScorer:
 
     async def _score_claimed(
         self, stream_id: str, handle: ModelHandle, windows: list[DueWindow]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
         """Score claimed windows, advance the stream's alerts and history; returns the points' scores and the
-        alert events."""
+        alert events (None when the alert update failed: the windows must then not be committed)."""
         manifest = handle.manifest
         result = await self._infer(handle, np.stack([w.values for w in windows]))
         block = ScoredBlock.join(
@@ -247,7 +251,7 @@ class StreamScorer:
         scores, records = self._render(manifest, block, _levels(block, handle.levels, update))
         self._count_levels(manifest.name, scores)
         await self._history.record(stream_id, records)
-        return scores, update.events if update else []
+        return scores, update.events if update else None
 
     async def score_window(self, request: WindowInput) -> dict[str, Any]:
         """Stateless: score every row of one whole window; no stream, no alerts."""
@@ -296,10 +300,8 @@ class StreamScorer:
     async def _observe_alerts(
         self, stream_id: str, handle: ModelHandle, points: list[ScoredPoint]
     ) -> AlertUpdate | None:
-        """The stream's lifecycle over ``points`` (after any held from a failed update); None when Redis failed
-        (the points are held for the stream's next request)."""
-        held = self._unobserved.pop(stream_id, [])
-        points = held + points
+        """The stream's lifecycle over ``points``; None when Redis failed (logged and counted, never raised:
+        alerts never break scoring)."""
         if not points:
             return AlertUpdate([], "")
         name = handle.manifest.name
@@ -307,8 +309,8 @@ class StreamScorer:
         try:
             update = await self._alerts.observe(stream_id, name, handle.levels, points)
         except Exception:  # noqa: BLE001 - side path: alerts never break scoring
+            log.exception("alert update of stream %s failed; the next request applies it", stream_id)
             self._metrics.redis_errors.labels("alerts").inc()
-            self._hold_unobserved(stream_id, points)
             return None
         self._metrics.redis_latency.labels("alerts").observe(time.perf_counter() - started)
         for event in update.events:
@@ -317,21 +319,7 @@ class StreamScorer:
                 self._metrics.alerts_firing.labels(name).inc()
             elif event["state"] == "resolved":
                 self._metrics.alerts_firing.labels(name).dec()
-        # The levels of this request's points are the last ones (held points came first).
-        return AlertUpdate(update.events, update.levels[len(held) :])
-
-    def _hold_unobserved(self, stream_id: str, points: list[ScoredPoint]) -> None:
-        """Keep ``points`` for the stream's next alert update; beyond the cap the oldest streams' are dropped
-        (logged: their alerts may miss a transition)."""
-        self._unobserved[stream_id] = points
-        held = sum(len(p) for p in self._unobserved.values())
-        while held > MAX_UNOBSERVED_POINTS and len(self._unobserved) > 1:
-            dropped_id, dropped = next(iter(self._unobserved.items()))
-            del self._unobserved[dropped_id]
-            held -= len(dropped)
-            log.error(
-                "alert update of stream %s dropped (%d points): too many held", dropped_id, len(dropped)
-            )
+        return update
 
     def _count_levels(self, model: str, scores: list[dict[str, Any]]) -> None:
         self._metrics.points_scored.labels(model).inc(len(scores))
@@ -341,6 +329,10 @@ class StreamScorer:
             self._metrics.scores_above.labels(model, "warning").inc(warnings)
         if criticals:
             self._metrics.scores_above.labels(model, "critical").inc(criticals)
+
+
+class _AlertsPending(Exception):
+    """Scored windows whose alert update failed: answered, not committed."""
 
 
 @dataclass(frozen=True)
