@@ -103,8 +103,17 @@ class _Choice:
     exceedance: float  # share of validation points at or over warning: higher is more sensitive
 
 
+def _alerts(
+    series: list[npt.NDArray[np.float64]], warning: float, critical: float, policy: AlertPolicy
+) -> tuple[int, int]:
+    """Firing alerts and the points they keep open, over every series (each a stream of its own)."""
+    levels = LevelThresholds(warning, critical, policy)
+    spans = [span for scores in series for span in replay_series(scores, levels)]
+    return len(spans), sum(s.end - s.start for s in spans)
+
+
 def _within(
-    scores: npt.NDArray[np.float64],
+    series: list[npt.NDArray[np.float64]],
     budget: int,
     max_share: float,
     policy: AlertPolicy,
@@ -113,9 +122,8 @@ def _within(
 ) -> bool:
     """At most ``budget`` firing alerts, together open for at most ``max_share`` of the points: an alert that
     never closes is one alert, so the count alone would accept a threshold under the normal level."""
-    spans = replay_series(scores, LevelThresholds(warning, critical, policy))
-    open_points = sum(s.end - s.start for s in spans)
-    return len(spans) <= budget and open_points <= max_share * scores.size
+    count, open_points = _alerts(series, warning, critical, policy)
+    return count <= budget and open_points <= max_share * sum(s.size for s in series)
 
 
 def _same(within: Callable[[float, float], bool], critical: float) -> bool:
@@ -142,7 +150,9 @@ def _lowest_within(candidates: npt.NDArray[np.float64], within: Callable[[float]
 
 
 def calibrate_alerts(
-    validation_scores: npt.NDArray[np.floating], point: Thresholds, config: CalibrationConfig
+    validation_scores: npt.NDArray[np.floating] | list[npt.NDArray[np.floating]],
+    point: Thresholds,
+    config: CalibrationConfig,
 ) -> tuple[Thresholds, AlertPolicy]:
     """Thresholds and lifecycle for at most ``config.false_alerts_per_day`` alerts a day on validation.
 
@@ -150,10 +160,13 @@ def calibrate_alerts(
     open together for at most ``config.max_alert_share`` of the validation points), with the point-level critical
     threshold in place, raised when critical points alone exceed the budget; the lifecycle kept is the
     most sensitive one: the largest share of validation points at or over its warning threshold (ties: smaller
-    k, then smaller m). Never sees test data.
+    k, then smaller m). Several validation series (one per training part of a fleet) are replayed as streams
+    of their own, their alerts and days added up. Never sees test data.
     """
     assert config.false_alerts_per_day is not None
-    scores = np.asarray(validation_scores, dtype=np.float64)
+    parts = validation_scores if isinstance(validation_scores, list) else [validation_scores]
+    series = [np.asarray(p, dtype=np.float64) for p in parts]
+    scores = np.concatenate(series)
     finite = np.sort(scores[np.isfinite(scores)])
     days = finite.size * config.sampling_interval_s / 86_400.0
     budget = math.floor(config.false_alerts_per_day * days + 1e-9)
@@ -163,12 +176,12 @@ def calibrate_alerts(
     for k, n in config.lifecycle_grid:
         for m in config.resolve_grid:
             policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio)
-            within = partial(_within, scores, budget, config.max_alert_share, policy)
+            within = partial(_within, series, budget, config.max_alert_share, policy)
             critical = max(point.critical, float(candidates[0]))
             if not within(critical, critical):
                 critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
             warning = _lowest_within(candidates[candidates <= critical], partial(_under, within, critical))
-            alerts = len(replay_series(scores, LevelThresholds(warning, critical, policy)))
+            alerts, _ = _alerts(series, warning, critical, policy)
             exceedance = float(np.mean(finite >= warning))
             choices.append(_Choice(policy, warning, critical, alerts, exceedance))
     best = max(choices, key=lambda c: (c.exceedance, -c.policy.k, -c.policy.m))

@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
     config = TrainConfig(
         model=args.model,
-        train_path=args.train,
+        train_path=args.train[0] if len(args.train) == 1 else args.train,
         out_dir=args.out,
         name=args.name,
         version=args.version,
@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.add_argument("--model", default="tvnet", choices=list(FAMILY_DEFAULTS), help="model family")
     train.add_argument(
-        "--train", type=Path, required=True, help="CSV/TXT (.gz ok) or .npy, rows = time steps"
+        "--train",
+        type=Path,
+        required=True,
+        action="append",
+        help="CSV/TXT (.gz ok) or .npy, rows = time steps; give it several times, or a directory, to train one "
+        "model for a fleet (windows never cross files; each file's tail is held out for validation)",
     )
     train.add_argument(
         "--out", type=Path, required=True, help="models directory; the bundle goes to OUT/NAME/VERSION"

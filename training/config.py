@@ -36,7 +36,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = "tvnet"
-    train_path: Path
+    # One series, several (a fleet: one model for many machines; windows never cross files, each file's tail is
+    # held out for validation) or directories of them.
+    train_path: Path | list[Path]
     out_dir: Path
     name: str | None = None  # defaults to the model family
     version: str | None = None  # defaults to a UTC timestamp
@@ -60,6 +62,9 @@ class TrainConfig(BaseModel):
     feature_names: list[str] | None = None
     progress: bool = True
     report: bool = True  # write training_report.png into the bundle
+
+    def train_paths(self) -> list[Path]:
+        return self.train_path if isinstance(self.train_path, list) else [self.train_path]
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TrainConfig:

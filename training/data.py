@@ -97,3 +97,39 @@ def make_windows(series: F32, window_length: int, step: int) -> F32:
     if starts[-1] != view.shape[0] - 1:
         starts = np.append(starts, view.shape[0] - 1)
     return np.ascontiguousarray(view[starts].transpose(0, 2, 1), dtype=np.float32)
+
+
+SERIES_SUFFIXES = (".txt", ".txt.gz", ".csv", ".csv.gz", ".npy")
+
+
+def training_parts(paths: list[Path]) -> list[Path]:
+    """The files to train on: each path itself, or every series file directly in a directory (sorted)."""
+    parts: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(SERIES_SUFFIXES))
+            if not found:
+                raise DataError(f"{path}: no series files ({', '.join(SERIES_SUFFIXES)}) in the directory")
+            parts.extend(found)
+        else:
+            parts.append(path)
+    if not parts:
+        raise DataError("no training data given")
+    return parts
+
+
+def load_parts(paths: list[Path], max_rows: int | None = None) -> list[F32]:
+    """Each part ``[T_i, C]``; every part must have the same sensors (columns)."""
+    series = [load_series(path, max_rows) for path in paths]
+    widths = {s.shape[1] for s in series}
+    if len(widths) > 1:
+        detail = ", ".join(f"{p.name}: {s.shape[1]}" for p, s in zip(paths, series, strict=True))
+        raise DataError(f"the training parts have different sensor counts ({detail})")
+    return series
+
+
+def parts_sha256(paths: list[Path]) -> str:
+    """One file's sha256, or for several the sha256 of their sha256s in order."""
+    if len(paths) == 1:
+        return file_sha256(paths[0])
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()

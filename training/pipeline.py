@@ -14,7 +14,14 @@ from models.runtime import open_session
 from models.scoring import F32, ModelOutput, Reconstruct, SeriesScores, normalise, score_series
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import TrainConfig, resolve
-from training.data import file_sha256, fit_normalisation, load_series, make_windows, split_chronological
+from training.data import (
+    fit_normalisation,
+    load_parts,
+    make_windows,
+    parts_sha256,
+    split_chronological,
+    training_parts,
+)
 from training.export import ExportError, check_parity, export_onnx
 from training.loop import seed_everything, train_module
 from training.score_fit import fit_for_series
@@ -48,18 +55,27 @@ def train_bundle(config: TrainConfig) -> Path:
         config.name and config.epochs and config.batch_size and config.learning_rate and config.train_stride
     )
     seed_everything(config.seed, config.threads)
-    series = load_series(config.train_path, config.max_rows)
-    split = split_chronological(series, config.validation_fraction, config.window_length)
-    norm = fit_normalisation(split.train, config.min_scale)
-    train_z, validation_z = normalise(split.train, norm), normalise(split.validation, norm)
-    train_windows = make_windows(train_z, config.window_length, config.train_stride)
-    validation_windows = make_windows(validation_z, config.window_length, config.train_stride)
-    n_features = series.shape[1]
+    paths = training_parts(config.train_paths())
+    parts = load_parts(paths, config.max_rows)
+    splits = [split_chronological(s, config.validation_fraction, config.window_length) for s in parts]
+    norm = fit_normalisation(np.concatenate([split.train for split in splits]), config.min_scale)
+    validation_z = [normalise(split.validation, norm) for split in splits]
+    train_windows = np.concatenate(
+        [
+            make_windows(normalise(split.train, norm), config.window_length, config.train_stride)
+            for split in splits
+        ]
+    )
+    validation_windows = np.concatenate(
+        [make_windows(v, config.window_length, config.train_stride) for v in validation_z]
+    )
+    n_features = parts[0].shape[1]
     log.info(
-        "%d training windows, %d validation windows, %d sensors",
+        "%d training windows, %d validation windows, %d sensors, %d part(s)",
         len(train_windows),
         len(validation_windows),
         n_features,
+        len(parts),
     )
 
     built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
@@ -106,13 +122,14 @@ def train_bundle(config: TrainConfig) -> Path:
         define() if callable(define) else ScoreDefinition(),
         config.score,
     )
-    validation_scores = score_series(
-        validation_z, config.window_length, config.stride, reconstruct, definition
-    )
-    thresholds = calibrate(validation_scores.scores, config.calibration)
+    validation_scores = [
+        score_series(v, config.window_length, config.stride, reconstruct, definition).scores
+        for v in validation_z
+    ]
+    thresholds = calibrate(np.concatenate(validation_scores), config.calibration)
     policy = None
     if config.calibration.false_alerts_per_day is not None:
-        thresholds, policy = calibrate_alerts(validation_scores.scores, thresholds, config.calibration)
+        thresholds, policy = calibrate_alerts(validation_scores, thresholds, config.calibration)
 
     names = config.feature_names or [f"sensor_{i + 1}" for i in range(n_features)]
     if len(names) != n_features:
@@ -142,11 +159,11 @@ def train_bundle(config: TrainConfig) -> Path:
             passed=parity.passed,
         ),
         training=TrainingInfo(
-            data_path=str(config.train_path),
-            data_sha256=file_sha256(config.train_path),
-            n_rows=int(series.shape[0]),
-            n_train_rows=int(split.train.shape[0]),
-            n_validation_rows=int(split.validation.shape[0]),
+            data_path=",".join(str(p) for p in paths),
+            data_sha256=parts_sha256(paths),
+            n_rows=sum(int(s.shape[0]) for s in parts),
+            n_train_rows=sum(int(split.train.shape[0]) for split in splits),
+            n_validation_rows=sum(int(split.validation.shape[0]) for split in splits),
             epochs_run=result.epochs_run,
             best_validation_loss=result.best_validation_loss,
             wall_time_s=result.wall_time_s,
@@ -158,5 +175,5 @@ def train_bundle(config: TrainConfig) -> Path:
     if config.report:
         from training.report import write_training_report
 
-        write_training_report(bundle_dir, manifest, validation_scores.scores)
+        write_training_report(bundle_dir, manifest, np.concatenate(validation_scores))
     return bundle_dir

@@ -10,12 +10,14 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from models.manifest import ONNX_FILE, Manifest, ScoreDefinition
 from models.runtime import load_bundle
 from models.scoring import F32, normalise, score_series
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import CalibrationConfig
-from training.data import DataError, load_series, split_chronological
+from training.data import DataError, load_parts, split_chronological, training_parts
 from training.score_fit import ScoreOptions, fit_for_series
 
 
@@ -24,15 +26,22 @@ def model_definition(definition: ScoreDefinition) -> ScoreDefinition:
     return ScoreDefinition(kind=definition.kind, temperature=definition.temperature)
 
 
-def validation_part(manifest: Manifest, train_path: Path | None = None) -> F32:
-    """The bundle's validation rows, normalised: the training file's held-out tail, as training split it."""
+def validation_parts(manifest: Manifest, train_path: Path | list[Path] | None = None) -> list[F32]:
+    """The bundle's validation rows, normalised, one array per training part: each file's held-out tail, as
+    training split it."""
     config = manifest.training.config
-    path = train_path or Path(config["train_path"])
-    series = load_series(path, config.get("max_rows"))
-    if series.shape[1] != manifest.n_features:
-        raise DataError(f"{path}: {series.shape[1]} sensors, the bundle has {manifest.n_features}")
-    split = split_chronological(series, config.get("validation_fraction", 0.2), manifest.window_length)
-    return normalise(split.validation, manifest.normalisation)
+    recorded = config["train_path"]
+    given = train_path or ([Path(p) for p in recorded] if isinstance(recorded, list) else Path(recorded))
+    paths = training_parts(given if isinstance(given, list) else [given])
+    out = []
+    for series in load_parts(paths, config.get("max_rows")):
+        if series.shape[1] != manifest.n_features:
+            raise DataError(
+                f"{series.shape[1]} sensors in the training data, the bundle has {manifest.n_features}"
+            )
+        split = split_chronological(series, config.get("validation_fraction", 0.2), manifest.window_length)
+        out.append(normalise(split.validation, manifest.normalisation))
+    return out
 
 
 def recalibrate_bundle(
@@ -48,7 +57,7 @@ def recalibrate_bundle(
     definition as it is); returns the new bundle directory."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
     manifest = bundle.manifest
-    validation = validation_part(manifest, train_path)
+    validation = validation_parts(manifest, train_path)
     definition = manifest.score
     if score is not None:
         definition = fit_for_series(
@@ -59,11 +68,14 @@ def recalibrate_bundle(
             model_definition(manifest.score),
             score,
         )
-    scored = score_series(validation, manifest.window_length, manifest.stride, bundle.run, definition)
-    thresholds = calibrate(scored.scores, calibration)
+    scores = [
+        score_series(v, manifest.window_length, manifest.stride, bundle.run, definition).scores
+        for v in validation
+    ]
+    thresholds = calibrate(np.concatenate(scores), calibration)
     policy = None
     if calibration.false_alerts_per_day is not None:
-        thresholds, policy = calibrate_alerts(scored.scores, thresholds, calibration)
+        thresholds, policy = calibrate_alerts(scores, thresholds, calibration)
     version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = bundle_dir.parent / version
     if out.resolve() == bundle_dir.resolve():

@@ -81,15 +81,20 @@ def fit_score_definition(
 
 
 def fit_for_series(
-    series: F32,
+    series: F32 | list[F32],
     window_length: int,
     stride: int,
     reconstruct: Reconstruct,
     base: ScoreDefinition,
     options: ScoreOptions,
 ) -> ScoreDefinition:
-    """``fit_score_definition`` over the windows the service would score on a normalised validation series."""
+    """``fit_score_definition`` over the windows the service would score on normalised validation series
+    (one, or one per training part: windows never cross parts)."""
     if options == ScoreOptions():
         return base
-    windows, spans = scored_windows(series, window_length, stride)
+    parts = [
+        scored_windows(s, window_length, stride) for s in (series if isinstance(series, list) else [series])
+    ]
+    windows = np.concatenate([w for w, _ in parts])
+    spans = np.concatenate([s for _, s in parts])
     return fit_score_definition(windows, spans, reconstruct_all(windows, reconstruct), base, options)
