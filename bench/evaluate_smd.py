@@ -32,11 +32,25 @@ sys.path.insert(0, str(ROOT))
 
 FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet", "timesnet_ad"]
 # Rows of the evaluation that are a family with fixed overrides: the same model, one thing changed.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # TimesNet-AD with λ = 0: reconstruction-only TimesNet (plain MSE score), the control for issue 8.
-    "timesnet_ad_lambda0": ("timesnet_ad", {"lambda_discrepancy": 0.0}),
+    "timesnet_ad_lambda0": ("timesnet_ad", {"lambda_discrepancy": 0.0}, {}),
     # TVNet fed the globally standardised window, without the per-window normalisation (EVALUATION.md).
-    "tvnet_no_window_norm": ("tvnet", {"window_norm": False}),
+    "tvnet_no_window_norm": ("tvnet", {"window_norm": False}, {}),
+    # ConvTimeNet ablations (issue 15): fewer, longer patches (2.5x fewer tokens per channel); the same without
+    # the deformable layer; narrower; and twice the training budget.
+    "convtimenet_p20": ("convtimenet", {"patch_length": 20, "patch_stride": 10}, {}),
+    "convtimenet_p20_fixed": (
+        "convtimenet",
+        {"patch_length": 20, "patch_stride": 10, "deformable": False},
+        {},
+    ),
+    "convtimenet_p20_d16": (
+        "convtimenet",
+        {"patch_length": 20, "patch_stride": 10, "d_model": 16, "d_ff": 32},
+        {},
+    ),
+    "convtimenet_budget2x": ("convtimenet", {}, {"epochs": 12, "train_stride": 10}),
 }
 # Scoring options (training/score_fit.py), fitted on each machine's validation part: the ablation rows.
 SCORINGS: dict[str, dict[str, Any]] = {
@@ -109,7 +123,7 @@ def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra
     bundle = home / row / "eval"
     if (bundle / "manifest.json").exists():
         return bundle
-    family, overrides = (FLEETS[row], {}) if fleet else VARIANTS.get(row, (row, {}))
+    family, overrides, training = (FLEETS[row], {}, {}) if fleet else VARIANTS.get(row, (row, {}, {}))
     return train_bundle(
         TrainConfig(
             model=family,
@@ -120,6 +134,7 @@ def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra
             threads=threads,
             progress=False,
             hyperparameters={**overrides, **extra},
+            **training,
         )
     )
 

@@ -42,6 +42,8 @@ class ConvTimeNetConfig:
     head_dropout: float = 0.0
     offset_hidden: int = 64
     residual_scale_init: float = 1e-8
+    # False: regular patches (plain unfolding), no offset network: the ablation of the deformable layer.
+    deformable: bool = True
 
     def __post_init__(self) -> None:
         # A config read back from a JSON bundle carries a list; keep the dataclass hashable and comparable.
@@ -145,6 +147,24 @@ class DeformablePatching(nn.Module):
         return self.sample(x, self.predict_offsets(x))
 
 
+class RegularPatching(nn.Module):
+    """Fixed patches: ``forward(x: [B', W]) -> [B', N, P]``, patch i = x[i*S : i*S + P] (what deformable
+    patching starts from). One Gather with constant indices (ONNX has no Unfold of a dynamic batch)."""
+
+    index: Tensor  # [N*P]
+
+    def __init__(self, patch_length: int, patch_stride: int, n_patches: int) -> None:
+        super().__init__()
+        self.shape = (n_patches, patch_length)
+        starts = torch.arange(n_patches) * patch_stride
+        self.register_buffer(
+            "index", (starts[:, None] + torch.arange(patch_length)).reshape(-1), persistent=False
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.index_select(x, 1, self.index).reshape(-1, *self.shape)
+
+
 class ConvBlock(nn.Module):
     """Depthwise large-kernel conv, then a pointwise FFN; each sub-layer is ``norm(x + dropout(a * f(x)))``.
 
@@ -207,8 +227,10 @@ class ConvTimeNet(nn.Module):
         self.config = config
         n_patches = config.n_patches
         self.revin = WindowNorm(config.window_length)  # batch-invariant statistics (see models.layers)
-        self.patching = DeformablePatching(
-            config.patch_length, config.patch_stride, n_patches, config.offset_hidden
+        self.patching: nn.Module = (
+            DeformablePatching(config.patch_length, config.patch_stride, n_patches, config.offset_hidden)
+            if config.deformable
+            else RegularPatching(config.patch_length, config.patch_stride, n_patches)
         )
         self.embed = nn.Linear(config.patch_length, config.d_model)
         self.blocks = nn.ModuleList(ConvBlock(config, kernel) for kernel in config.kernel_sizes)

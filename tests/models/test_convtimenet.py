@@ -206,3 +206,19 @@ def test_onnx_export_matches_torch_and_uses_gpu_friendly_ops(
         if node.op_type == "Conv" and any(a.name == "group" and a.i == config.d_model for a in node.attribute)
     ]
     assert len(depthwise) == len(config.kernel_sizes)
+
+
+def test_regular_patching_variant_equals_unfolding_and_exports_with_parity(tmp_path: Path) -> None:
+    """The ablation without the deformable layer: fixed patches, no offset network, same export guarantees."""
+    torch.manual_seed(0)
+    config = ConvTimeNetConfig(
+        window_length=100, n_features=38, patch_length=20, patch_stride=10, deformable=False
+    )
+    model = train_briefly(ConvTimeNet(config), steps=2, batch=4)
+    assert not any("offset" in name for name, _ in model.named_parameters())
+    series = torch.randn(5, config.padded_length)
+    torch.testing.assert_close(model.patching(series), series.unfold(1, 20, 10), atol=0, rtol=0)
+    path = export_onnx(model, tmp_path / "m.onnx", 100, 38)
+    result = check_parity(model, path, 100, 38)
+    assert result.passed, result.max_abs_diff
+    assert not {node.op_type for node in onnx.load(str(path)).graph.node} & CPU_ONLY_OPS
