@@ -5,6 +5,8 @@ Used by calibration, offline evaluation and the service, so all three run the sa
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +41,49 @@ def session_options(
     return options
 
 
+@functools.cache
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA provider cannot run here, found quietly (None: it can).
+
+    Asking ONNX Runtime for CUDA on a machine without the CUDA libraries makes it print a red error (and a
+    warning) at every session it opens, then fall back to the CPU. Loading the provider library ourselves
+    tells the same thing without the noise: the loader names the first missing library.
+    """
+    if CUDA not in ort.get_available_providers():
+        return "this ONNX Runtime build has no CUDA provider"
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.exists():
+        return f"{library.name} not found next to ONNX Runtime"
+    try:
+        ctypes.CDLL("libcuda.so.1")  # the NVIDIA driver
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_LOCAL)
+    except OSError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+@functools.cache
+def _say_provider(choice: str) -> None:
+    log.info("%s", choice)
+
+
 def open_session(
     path: Path, provider: Provider = "cpu", intra_op_threads: int = 0, spinning: bool = True
 ) -> ort.InferenceSession:
-    """An ORT session on CUDA when asked (``auto``: when available), else CPU.
+    """An ORT session on CUDA when asked (``auto``: when it can run here, see :func:`cuda_unavailable_reason`),
+    else CPU. Raises :class:`BundleError` when ``cuda`` is asked for and cannot run.
 
-    ``get_providers()`` of the result says what is really used: onnxruntime-gpu silently falls back to the
-    CPU when CUDA libraries are missing.
+    ``get_providers()`` of the result says what is really used.
     """
     providers = [CPU]
-    if provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
-        providers = [CUDA, CPU]
+    if provider in ("auto", "cuda"):
+        reason = cuda_unavailable_reason()
+        if reason is None:
+            providers = [CUDA, CPU]
+        elif provider == "cuda":
+            raise BundleError(f"{path}: CUDA provider requested but it cannot run here: {reason}")
+        else:
+            _say_provider(f"ONNX Runtime provider: CPU (CUDA cannot run here: {reason})")
     options = session_options(intra_op_threads, spinning=spinning)
     session = ort.InferenceSession(str(path), options, providers=providers)
     if provider == "cuda" and session.get_providers()[0] != CUDA:
