@@ -13,13 +13,14 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models.lifecycle import AdaptiveConstants, LevelThresholds
 from service.errors import StoreUnavailable
+from service.results import AlertEventData
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class AlertUpdate:
     """What one lifecycle update caused: its events (published, with ids) and one level per point (``0`` normal,
     ``1`` warning, ``2`` critical, ``-`` skipped), from the thresholds in effect for the stream."""
 
-    events: list[dict[str, Any]]
+    events: list[AlertEventData]
     levels: str
 
 
@@ -258,7 +259,10 @@ class AlertTracker:
         )
         raw_events, raw_levels, waiting = reply
         events = [
-            decode_event(None, dict(zip(EVENT_FIELDS, (stream_id, model, *map(text, raw)), strict=True)))
+            cast(
+                AlertEventData,
+                decode_event(None, dict(zip(EVENT_FIELDS, (stream_id, model, *map(text, raw)), strict=True))),
+            )
             for raw in raw_events
         ]
         ids = await self.flush(stream_id, model) if int(waiting) else []

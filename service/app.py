@@ -30,6 +30,8 @@ from service.feed import FeedHub
 from service.history import ScoreHistory
 from service.inflight import InflightLimitMiddleware, KeySlots
 from service.metrics import Metrics
+from service.notify import AlertDelivery, replica_name
+from service.peak import peak_context
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
 from service.routes import feed, health, score, streams, ui
@@ -204,6 +206,8 @@ def create_app(settings: Settings) -> FastAPI:
         redis = await connect_redis(settings)
         models = ModelRegistry(settings, metrics)
         hub: FeedHub | None = None
+        delivery: AlertDelivery | None = None
+        delivery_redis: Redis | None = None
         try:
             models.load_all()
             windows = WindowStore(
@@ -228,12 +232,27 @@ def create_app(settings: Settings) -> FastAPI:
             )
             hub = FeedHub(redis, alerts, settings.feed.client_buffer)
             await hub.start()
+            if settings.alertmanager.urls:
+                delivery_redis = redis_client(settings)  # its blocking reads never hold scoring's connections
+                delivery = AlertDelivery(
+                    delivery_redis,
+                    settings.alertmanager,
+                    settings.public_url or f"http://{settings.host}:{settings.port}",
+                    metrics,
+                    peak_context(models, history, settings.history_points),
+                    replica_name(),
+                )
+                await delivery.start()
             app.state.feed = hub
             app.state.components = Components(
                 settings, redis, metrics, models, windows, alerts, scorer, history
             )
             yield
         finally:
+            if delivery is not None:
+                await delivery.stop()
+            if delivery_redis is not None:
+                await delivery_redis.aclose()
             if hub is not None:
                 await hub.stop()
             models.close()  # drains queued batches before the connections go

@@ -24,6 +24,23 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+DELIVERY_LAG_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    900.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 REJECTION_REASONS = (
     "invalid_request",
@@ -134,6 +151,108 @@ class Metrics:
             ["model"],
             registry=r,
         )
+
+        self.alertmanager_posts = Counter(
+            "vigil_alertmanager_posts_total",
+            "POSTs to Alertmanager by kind (event, resend) and outcome (accepted, rejected: 4xx, failed: retried)",
+            ["alertmanager", "kind", "outcome"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "vigil_alert_deliveries_total",
+            "Alert events handled for an Alertmanager: delivered, rejected (4xx), skipped (pending and cancelled "
+            "post nothing), expired (trimmed from the event stream before delivery)",
+            ["alertmanager", "outcome"],
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            "vigil_alert_delivery_lag_seconds",
+            "From an alert event being recorded to Alertmanager accepting it",
+            ["alertmanager"],
+            buckets=DELIVERY_LAG_BUCKETS,
+            registry=r,
+        )
+        self.delivery_pending = Gauge(
+            "vigil_alert_delivery_pending_events",
+            "Alert events an Alertmanager has not accepted yet (reported by the delivering replica)",
+            ["alertmanager"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.delivery_leader = Gauge(
+            "vigil_alert_delivery_leader",
+            "1 in the process that holds the alert delivery lease",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+        self.source_polls = Counter(
+            "vigil_source_polls_total",
+            "Polls of a source-backed model's Prometheus by outcome (ok, failed: unreachable or refused)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.source_points = Counter(
+            "vigil_source_points_total",
+            "Points read from a source and fed to the stream path (fed), or refused by it (refused)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.source_gaps = Counter(
+            "vigil_source_gaps_total",
+            "Gaps longer than the source's fill limit (or the catch-up limit): the stream's window restarted",
+            ["model"],
+            registry=r,
+        )
+        self.source_lag = Gauge(
+            "vigil_source_lag_seconds",
+            "How far the newest point fed from a source is behind now (the polling replica)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.source_leader = Gauge(
+            "vigil_source_leader",
+            "1 in the process that holds a source's polling lease",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.stream_score = Gauge(
+            "vigil_stream_score",
+            "Latest score of a source-backed stream (opt-in: VIGIL_SOURCES__EXPORT_SCORES; bounded in number)",
+            ["model", "stream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.stream_level = Gauge(
+            "vigil_stream_level",
+            "Level of that latest score: 0 normal, 1 warning, 2 critical",
+            ["model", "stream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+    def initialise_source(self, model: str) -> None:
+        """Create a source-backed model's series at 0."""
+        for outcome in ("ok", "failed"):
+            self.source_polls.labels(model, outcome)
+        for outcome in ("fed", "refused"):
+            self.source_points.labels(model, outcome)
+        self.source_gaps.labels(model)
+        self.source_leader.labels(model).set(0)
+
+    def initialise_delivery(self, targets: list[str]) -> None:
+        """Create the delivery series of each Alertmanager at 0 (its URL without credentials)."""
+        for target in targets:
+            for kind in ("event", "resend"):
+                for outcome in ("accepted", "rejected", "failed"):
+                    self.alertmanager_posts.labels(target, kind, outcome)
+            for outcome in ("delivered", "rejected", "skipped", "expired"):
+                self.deliveries.labels(target, outcome)
+            self.delivery_lag.labels(target)
+            self.delivery_pending.labels(target).set(0)
+        self.delivery_leader.set(0)
 
     def initialise_model(self, model: str, provider: str) -> None:
         """Create every labelled child at 0 so dashboards and rates show 0, not "no data", before traffic."""

@@ -173,13 +173,30 @@ class ModelRegistry:
 
     @staticmethod
     def _check_compatible(old: Manifest, new: Manifest) -> None:
-        """Streams keep their windows across versions, so the window geometry must not change."""
+        """Streams keep their windows across versions, so the window geometry must not change, nor what each
+        column of the window is: the sensors (their names, and for a source-backed model its queries, label
+        and step)."""
         for attr in ("window_length", "stride", "n_features"):
             if getattr(old, attr) != getattr(new, attr):
                 raise ModelMismatch(
                     f"new version of {old.name!r} changes {attr} ({getattr(old, attr)} → {getattr(new, attr)}); "
                     "serve it under a new model name"
                 )
+        if old.feature_names != new.feature_names:
+            changed = [
+                f"{a} → {b}" for a, b in zip(old.feature_names, new.feature_names, strict=True) if a != b
+            ]
+            raise ModelMismatch(
+                f"new version of {old.name!r} changes its sensors ({', '.join(changed[:3])}); "
+                "serve it under a new model name"
+            )
+        if (old.source is None) != (new.source is None) or (
+            old.source is not None and new.source is not None and not old.source.same_sensors(new.source)
+        ):
+            raise ModelMismatch(
+                f"new version of {old.name!r} reads its sensors from another source (queries, label or step "
+                "differ); serve it under a new model name"
+            )
 
     async def _retire(self, handle: ModelHandle, timeout_s: float) -> None:
         waited = 0.0

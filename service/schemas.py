@@ -117,3 +117,44 @@ class BatchItemResult(_Wire):
 
 class BatchScoreResponse(_Wire):
     items: list[BatchItemResult]
+
+
+class ColumnScores(_Wire):
+    """Scored points as one array per field (``?format=columns``); sensor indices refer to ``sensors``."""
+
+    ts: list[float]
+    score: list[float]
+    level: list[Level]
+    top_sensors: list[list[int]] = Field(
+        description="per point, the indices of its top sensors, largest share first"
+    )
+    top_shares: list[list[float]] = Field(description="per point, those sensors' shares")
+
+
+class StreamScoreColumnsResponse(_Wire):
+    stream_id: str
+    model: str
+    version: str
+    accepted: int
+    dropped: list[DroppedPoint]
+    pending: int
+    sensors: list[str] = Field(description="the model's sensor names, in the order `top_sensors` indexes")
+    scores: ColumnScores
+    alerts: list[AlertEvent]
+
+
+class WindowScoreColumnsResponse(_Wire):
+    model: str
+    version: str
+    sensors: list[str]
+    scores: ColumnScores
+
+
+class BatchItemColumnsResult(_Wire):
+    stream_id: str | None
+    result: StreamScoreColumnsResponse | None = None
+    error: ItemError | None = None
+
+
+class BatchScoreColumnsResponse(_Wire):
+    items: list[BatchItemColumnsResult]

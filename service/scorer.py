@@ -11,13 +11,13 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from models.lifecycle import LevelThresholds
-from models.manifest import Manifest, Normalisation
+from models.manifest import Normalisation
 from models.scoring import F32, WindowScores, level_of, normalise, top_contributions_rows
 from service.alerts import AlertTracker, AlertUpdate, ScoredPoint
 from service.codec import PointBatch, WindowInput, stream_batch
@@ -25,12 +25,21 @@ from service.errors import BadInput, Overloaded, PayloadTooLarge, StoreUnavailab
 from service.history import ScoreHistory, pack_scores
 from service.metrics import Metrics
 from service.registry import ModelHandle, ModelRegistry
+from service.results import (
+    AlertEventData,
+    BatchItem,
+    DroppedPoint,
+    ItemError,
+    ScoredPoints,
+    StreamResult,
+    WindowResult,
+)
 from service.schemas import StreamScoreRequest
 from service.windows import Claim, DueWindow, StreamGeometry, WindowStore
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = {1: "duplicate", 2: "stale"}
+DROP_REASONS: dict[int, Literal["duplicate", "stale"]] = {1: "duplicate", 2: "stale"}
 F32_MAX = float(np.finfo(np.float32).max)
 # Normalised magnitude beyond which squared reconstruction errors may overflow float32 (scores inf or NaN).
 Z_MAX = 1e15
@@ -108,37 +117,14 @@ class StreamScorer:
         # Claims a failed request could not give up (Redis was down): freed before the stream's next append.
         self._unreleased: dict[str, str] = {}
 
-    def _collect(
-        self, manifest: Manifest, ts: npt.NDArray[np.float64], scores: F32, shares: F32
-    ) -> ScoredBlock:
+    def _collect(self, ts: npt.NDArray[np.float64], scores: F32, shares: F32) -> ScoredBlock:
         top_index, top_share = top_contributions_rows(shares, self._top_k)
         return ScoredBlock(ts.tolist(), scores.tolist(), top_index, top_share)
-
-    def _render(
-        self, manifest: Manifest, block: ScoredBlock, levels: list[str]
-    ) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Per point: the response item and the packed history record."""
-        names = manifest.feature_names
-        out: list[dict[str, Any]] = []
-        for ts_value, score, level, indices, values in zip(
-            block.ts, block.scores, levels, block.top_index.tolist(), block.top_share.tolist(), strict=True
-        ):
-            out.append(
-                {
-                    "ts": ts_value,
-                    "score": score,
-                    "level": level,
-                    "contributions": [
-                        {"sensor": names[i], "share": v} for i, v in zip(indices, values, strict=True)
-                    ],
-                }
-            )
-        return out, pack_scores(block.ts, block.scores, levels, block.top_index, block.top_share)
 
     async def _infer(self, handle: ModelHandle, raw_windows: F32) -> WindowScores:
         return await handle.batcher.submit(normalise(raw_windows, handle.manifest.normalisation))
 
-    async def score_points(self, batch: PointBatch) -> dict[str, Any]:
+    async def score_points(self, batch: PointBatch) -> StreamResult:
         """Append a stream's points and score every window now due: the new ones and any that an earlier
         request stored but did not get scored (see ``service.windows``): scoring is as durable as storage."""
         if len(batch.ts) > self._max_points:
@@ -174,23 +160,21 @@ class StreamScorer:
                     appended.abandoned_windows,
                 )
             dropped = [
-                {"ts": float(batch.ts[i]), "reason": DROP_REASONS[s]}
-                for i, s in enumerate(appended.status)
-                if s
+                DroppedPoint(float(batch.ts[i]), DROP_REASONS[s]) for i, s in enumerate(appended.status) if s
             ]
             self._metrics.points_received.labels(manifest.name).inc(len(batch.ts))
             for item in dropped:
-                self._metrics.points_dropped.labels(item["reason"]).inc()
+                self._metrics.points_dropped.labels(item.reason).inc()
 
-            scores: list[dict[str, Any]] = []
-            events: list[dict[str, Any]] = []
+            scores: list[ScoredPoints] = []
+            events: list[AlertEventData] = []
             claim: Claim | None = appended.claim
             try:
                 while claim is not None and claim.windows:
                     more_scores, more_events = await self._score_claimed(
                         batch.stream_id, handle, claim.windows
                     )
-                    scores.extend(more_scores)
+                    scores.append(more_scores)
                     if more_events is None:
                         # The alert update failed (Redis): the scores are answered, but the windows stay
                         # uncommitted, so the stream's next request (any replica) scores them again and applies
@@ -212,20 +196,20 @@ class StreamScorer:
                 raise
             frontier = claim or appended.claim
             scored = frontier.scored_points(manifest.window_length, manifest.stride)
-            return {
-                "stream_id": batch.stream_id,
-                "model": manifest.name,
-                "version": manifest.version,
-                "accepted": appended.count_after - appended.count_before,
-                "dropped": dropped,
-                "pending": max(0, appended.count_after - scored),
-                "scores": scores,
-                "alerts": events,
-            }
+            return StreamResult(
+                stream_id=batch.stream_id,
+                model=manifest.name,
+                version=manifest.version,
+                accepted=appended.count_after - appended.count_before,
+                dropped=dropped,
+                pending=max(0, appended.count_after - scored),
+                points=join_points(scores, manifest.feature_names, self._top_k),
+                alerts=events,
+            )
 
     async def _score_claimed(
         self, stream_id: str, handle: ModelHandle, windows: list[DueWindow]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    ) -> tuple[ScoredPoints, list[AlertEventData] | None]:
         """Score claimed windows, advance the stream's alerts and history; returns the points' scores and the
         alert events (None when the alert update failed: the windows must then not be committed)."""
         manifest = handle.manifest
@@ -233,7 +217,6 @@ class StreamScorer:
         block = ScoredBlock.join(
             [
                 self._collect(
-                    manifest,
                     window.ts[-window.span :],
                     result.scores[row, -window.span :],
                     result.contributions[row, -window.span :],
@@ -248,12 +231,15 @@ class StreamScorer:
             for t, v, idx in zip(block.ts, block.scores, block.top_index.tolist(), strict=True)
         ]
         update = await self._observe_alerts(stream_id, handle, scored_points)
-        scores, records = self._render(manifest, block, _levels(block, handle.levels, update))
-        self._count_levels(manifest.name, scores)
-        await self._history.record(stream_id, records)
-        return scores, update.events if update else None
+        points = block.with_levels(_levels(block, handle.levels, update), names)
+        self._count_levels(manifest.name, points)
+        await self._history.record(
+            stream_id,
+            pack_scores(points.ts, points.scores, points.levels, points.top_index, points.top_share),
+        )
+        return points, update.events if update else None
 
-    async def score_window(self, request: WindowInput) -> dict[str, Any]:
+    async def score_window(self, request: WindowInput) -> WindowResult:
         """Stateless: score every row of one whole window; no stream, no alerts."""
         with self._models.lease(request.model) as handle:
             manifest = handle.manifest
@@ -264,17 +250,17 @@ class StreamScorer:
             validate_range(values, manifest.normalisation, "window")
             result = await self._infer(handle, values[None])
             ts = np.arange(manifest.window_length, dtype=np.float64)
-            block = self._collect(manifest, ts, result.scores[0], result.contributions[0])
-            scores, _ = self._render(manifest, block, _levels(block, handle.levels, None))
-            self._count_levels(manifest.name, scores)
-            return {"model": manifest.name, "version": manifest.version, "scores": scores}
+            block = self._collect(ts, result.scores[0], result.contributions[0])
+            points = block.with_levels(_levels(block, handle.levels, None), manifest.feature_names)
+            self._count_levels(manifest.name, points)
+            return WindowResult(manifest.name, manifest.version, points)
 
-    async def score_many(self, items: list[StreamScoreRequest | BadInput]) -> list[dict[str, Any]]:
+    async def score_many(self, items: list[StreamScoreRequest | BadInput]) -> list[BatchItem]:
         """One result per item; a bad item fails alone. Items of one stream run in order, streams in parallel."""
         total = sum(len(i.points) for i in items if isinstance(i, StreamScoreRequest))
         if total > self._max_points:
             raise PayloadTooLarge(f"items: {total} points in one request; at most {self._max_points}")
-        results: list[dict[str, Any]] = [{} for _ in items]
+        results: list[BatchItem] = [BatchItem(None) for _ in items]
         by_stream: dict[str, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
             if isinstance(item, BadInput):
@@ -287,10 +273,7 @@ class StreamScorer:
                 item = items[index]
                 assert isinstance(item, StreamScoreRequest)
                 try:
-                    results[index] = {
-                        "stream_id": item.stream_id,
-                        "result": await self.score_points(stream_batch(item)),
-                    }
+                    results[index] = BatchItem(item.stream_id, await self.score_points(stream_batch(item)))
                 except VigilError as exc:
                     results[index] = _item_error(item.stream_id, exc)
 
@@ -321,10 +304,10 @@ class StreamScorer:
                 self._metrics.alerts_firing.labels(name).dec()
         return update
 
-    def _count_levels(self, model: str, scores: list[dict[str, Any]]) -> None:
-        self._metrics.points_scored.labels(model).inc(len(scores))
-        warnings = sum(1 for s in scores if s["level"] != "normal")
-        criticals = sum(1 for s in scores if s["level"] == "critical")
+    def _count_levels(self, model: str, points: ScoredPoints) -> None:
+        self._metrics.points_scored.labels(model).inc(len(points))
+        warnings = sum(1 for level in points.levels if level != "normal")
+        criticals = sum(1 for level in points.levels if level == "critical")
         if warnings:
             self._metrics.scores_above.labels(model, "warning").inc(warnings)
         if criticals:
@@ -357,6 +340,26 @@ class ScoredBlock:
             np.concatenate([b.top_share for b in blocks]),
         )
 
+    def with_levels(self, levels: list[str], sensor_names: list[str]) -> ScoredPoints:
+        return ScoredPoints(self.ts, self.scores, levels, self.top_index, self.top_share, sensor_names)
+
+
+def join_points(parts: list[ScoredPoints], sensor_names: list[str], top_k: int) -> ScoredPoints:
+    """The scored points of several claimed batches, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = np.empty((0, min(top_k, len(sensor_names))))
+        return ScoredPoints([], [], [], empty.astype(np.intp), empty.astype(np.float32), sensor_names)
+    return ScoredPoints(
+        [t for p in parts for t in p.ts],
+        [v for p in parts for v in p.scores],
+        [level for p in parts for level in p.levels],
+        np.concatenate([p.top_index for p in parts]),
+        np.concatenate([p.top_share for p in parts]),
+        sensor_names,
+    )
+
 
 LEVEL_NAMES = {"0": "normal", "1": "warning", "2": "critical"}
 
@@ -370,5 +373,5 @@ def _levels(block: ScoredBlock, levels: LevelThresholds, update: AlertUpdate | N
     return [level_of(v, levels.warning, levels.critical) for v in block.scores]
 
 
-def _item_error(stream_id: str | None, exc: VigilError) -> dict[str, Any]:
-    return {"stream_id": stream_id, "error": {"code": exc.code, "detail": exc.detail, "status": exc.status}}
+def _item_error(stream_id: str | None, exc: VigilError) -> BatchItem:
+    return BatchItem(stream_id, error=ItemError(exc.code, exc.detail, exc.status))

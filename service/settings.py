@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +85,106 @@ class FeedSettings(BaseModel):
     send_timeout_s: float = Field(5.0, gt=0)  # a client that cannot take an event this long is closed
 
 
+ALERT_LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# Labels every posted alert carries from the event itself; static labels may not replace them.
+EVENT_LABELS = frozenset({"alertname", "stream", "model", "severity"})
+
+
+class AlertmanagerSettings(BaseModel):
+    """Delivery of alert lifecycles to Alertmanager's v2 API (``VIGIL_ALERTMANAGER__…``); off while ``urls``
+    is empty. Every URL gets every alert, as Prometheus does with its Alertmanagers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    urls: list[str] = Field(
+        default_factory=list
+    )  # e.g. ["http://alertmanager:9093"]; /api/v2/alerts is added
+    labels: dict[str, str] = Field(default_factory=dict)  # static labels on every alert, e.g. {"env": "prod"}
+    # Firing alerts are posted again this often; each post says it expires after 4 intervals (as Prometheus
+    # does), so an Alertmanager that restarted relearns them and one that hears nothing resolves them.
+    resend_interval_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # per POST
+    backoff_initial_s: float = Field(0.5, gt=0)  # retries after 5xx or no answer: doubling, with jitter
+    backoff_max_s: float = Field(30.0, gt=0)
+    # One replica (or worker) delivers at a time, holding this lease in Redis; another takes over within it.
+    lease_s: float = Field(15.0, gt=0)
+    batch_size: int = Field(200, ge=1)  # events per read, alerts per POST
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"Alertmanager URL {url!r} must start with http:// or https://")
+        return [url.rstrip("/") for url in urls]
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not re.fullmatch(ALERT_LABEL_NAME, name) or name.startswith("__"):
+                raise ValueError(f"alert label name {name!r} is not a valid Prometheus label name")
+            if name in EVENT_LABELS:
+                raise ValueError(f"alert label {name!r} comes from each event and cannot be set statically")
+        return labels
+
+
+class SourceClock(BaseModel):
+    """A shifted clock for the poller: it reads ``origin`` at wall-clock time ``at`` (epoch s) and runs ``speed``
+    times as fast, so a stored range plays as if live (demos, tests). Replicas given the same values agree."""
+
+    model_config = ConfigDict(frozen=True)
+
+    origin: float
+    at: float
+    speed: float = Field(1.0, gt=0)
+
+
+class SourceSettings(BaseModel):
+    """Polling of source-backed models (bundles trained with ``vigil train --prometheus``):
+    ``VIGIL_SOURCES__…``. Off for a model while no Prometheus URL is set for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prometheus_url: str | None = None  # e.g. http://prometheus:9090, for every source-backed model
+    prometheus_urls: dict[str, str] = Field(default_factory=dict)  # by model name, over prometheus_url
+    # Rows newer than now - settle_s are not read yet: a scrape may land late, and Prometheus answers a grid
+    # point without its sample with an older one (its 5 min lookback) until it does.
+    settle_s: float = Field(10.0, ge=0)
+    poll_interval_s: float | None = Field(None, gt=0)  # None: every step of the source
+    # After an outage the missed range is read back up to this far; older rows are skipped (a gap).
+    catch_up_s: float = Field(3600.0, gt=0)
+    # Where a model with no progress in Redis starts: epoch s; None: one window before now (scores at once).
+    start_at: float | None = None
+    lease_s: float = Field(10.0, gt=0)  # one replica polls a source; another takes over within this
+    timeout_s: float = Field(10.0, gt=0)  # per Prometheus request
+    backoff_initial_s: float = Field(1.0, gt=0)  # after a failed poll: doubling, with jitter
+    backoff_max_s: float = Field(30.0, gt=0)
+    # vigil_stream_score / vigil_stream_level{model, stream} for source-backed streams (the first
+    # max_exported_streams streams of this process; every stream is one series of each).
+    export_scores: bool = False
+    max_exported_streams: int = Field(100, ge=0)
+    clock: SourceClock | None = None
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("the Prometheus URL must start with http:// or https://")
+        return url.rstrip("/") if url else url
+
+    @field_validator("prometheus_urls")
+    @classmethod
+    def _http_urls(cls, urls: dict[str, str]) -> dict[str, str]:
+        for name, url in urls.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"the Prometheus URL of model {name!r} must start with http:// or https://")
+        return {name: url.rstrip("/") for name, url in urls.items()}
+
+    def url_for(self, model: str) -> str | None:
+        return self.prometheus_urls.get(model, self.prometheus_url)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True)
 
@@ -122,6 +223,10 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     alerts_by_model: dict[str, AlertPolicyOverride] = Field(default_factory=dict)  # over the bundle's policy
     feed: FeedSettings = FeedSettings()
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    sources: SourceSettings = SourceSettings()
+    # Where users open Vigil (alerts link to its live view); default http://<host>:<port>.
+    public_url: str | None = None
     api_keys: list[APIKey] = Field(default_factory=list)
     auth_disabled: bool = False  # only for local development: every route opens without a key
     cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed

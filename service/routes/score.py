@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from service.codec import (
     BINARY_CONTENT_TYPE,
@@ -22,7 +22,15 @@ from service.codec import (
 )
 from service.deps import ComponentsDep, ScoreKey
 from service.responses import JSONBytesResponse
-from service.schemas import BatchScoreResponse, StreamScoreResponse, WindowScoreResponse
+from service.results import Shape
+from service.schemas import (
+    BatchScoreColumnsResponse,
+    BatchScoreResponse,
+    StreamScoreColumnsResponse,
+    StreamScoreResponse,
+    WindowScoreColumnsResponse,
+    WindowScoreResponse,
+)
 
 router = APIRouter(tags=["scoring"])
 
@@ -76,6 +84,14 @@ SCORE_BODY = {
 }
 
 
+FormatQuery = Annotated[
+    Shape,
+    Query(
+        description="`rows` (default): an object per scored point; `columns`: one array per field (`ts`, "
+        "`score`, `level`, `top_sensors`, `top_shares`) with the sensor names once, in `sensors`"
+    ),
+]
+
 OFF_LOOP_BYTES = 64 * 1024
 T = TypeVar("T")
 
@@ -107,11 +123,16 @@ def _parse_score(kind: str, body: bytes) -> PointBatch | WindowInput:
 @router.post(
     "/score",
     summary="Score a stream's points, or one stateless window",
-    response_model=StreamScoreResponse | WindowScoreResponse,
+    response_model=StreamScoreResponse
+    | WindowScoreResponse
+    | StreamScoreColumnsResponse
+    | WindowScoreColumnsResponse,
     responses=ERRORS,
     openapi_extra=SCORE_BODY,
 )
-async def score(request: Request, components: ComponentsDep, _: ScoreKey) -> JSONBytesResponse:
+async def score(
+    request: Request, components: ComponentsDep, _: ScoreKey, format: FormatQuery = "rows"
+) -> JSONBytesResponse:
     """**Stream mode** appends `points` to the stream's window in Redis (duplicate and stale `ts` are dropped and
     reported), scores every window now due, and returns one score per newly scored point with its level, top
     sensors and the alert events it caused. **Stateless mode** (`window`) scores each row of one window.
@@ -120,14 +141,14 @@ async def score(request: Request, components: ComponentsDep, _: ScoreKey) -> JSO
     accepted = (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE)
     parsed = await parsed_body(request, components.settings.max_body_bytes, accepted, _parse_score)
     if isinstance(parsed, WindowInput):
-        return JSONBytesResponse(await components.scorer.score_window(parsed))
-    return JSONBytesResponse(await components.scorer.score_points(parsed))
+        return JSONBytesResponse((await components.scorer.score_window(parsed)).render(format))
+    return JSONBytesResponse((await components.scorer.score_points(parsed)).render(format))
 
 
 @router.post(
     "/score/batch",
     summary="Score many streams in one request",
-    response_model=BatchScoreResponse,
+    response_model=BatchScoreResponse | BatchScoreColumnsResponse,
     responses=ERRORS,
     openapi_extra={
         "requestBody": {
@@ -136,7 +157,9 @@ async def score(request: Request, components: ComponentsDep, _: ScoreKey) -> JSO
         }
     },
 )
-async def score_batch(request: Request, components: ComponentsDep, _: ScoreKey) -> JSONBytesResponse:
+async def score_batch(
+    request: Request, components: ComponentsDep, _: ScoreKey, format: FormatQuery = "rows"
+) -> JSONBytesResponse:
     """For gateways that aggregate sensors: `items` are stream-mode bodies; one result per item, in order.
     An item's bad input fails that item only (`error` with `code`, `detail`, `status`)."""
     settings = components.settings
@@ -146,4 +169,5 @@ async def score_batch(request: Request, components: ComponentsDep, _: ScoreKey) 
         (JSON_CONTENT_TYPE,),
         lambda _, body: parse_batch_json(body, settings.max_batch_items),
     )
-    return JSONBytesResponse({"items": await components.scorer.score_many(items)})
+    results = await components.scorer.score_many(items)
+    return JSONBytesResponse({"items": [item.render(format) for item in results]})
