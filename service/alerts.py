@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from redis.exceptions import RedisError
 from models.lifecycle import AdaptiveConstants, LevelThresholds
 from service.errors import StoreUnavailable
 from service.results import AlertEventData
+from service.roundtrip import LuaScript, RoundTrip, raise_if_error
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +227,16 @@ class ScoredPoint:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """A stream's lifecycle update and how many of its events wait in its outbox (this call's included)."""
+
+    stream_id: str
+    model: str
+    update: AlertUpdate
+    waiting: int
+
+
+@dataclass(frozen=True)
 class AlertUpdate:
     """What one lifecycle update caused: its events (published, with ids) and one level per point (``0`` normal,
     ``1`` warning, ``2`` critical, ``-`` skipped), from the thresholds in effect for the stream."""
@@ -243,8 +255,71 @@ class AlertTracker:
         self._ttl_s = ttl_s
         self._maxlen = stream_maxlen
         self._cluster = cluster
-        self._script = redis.register_script(ALERT_LUA)
-        self._publish = redis.register_script(PUBLISH_LUA)
+        self._script = LuaScript(ALERT_LUA)
+        self._publish = LuaScript(PUBLISH_LUA)
+
+    def queue_observe(
+        self,
+        trip: RoundTrip,
+        stream_id: str,
+        model: str,
+        levels: LevelThresholds,
+        points: list[ScoredPoint],
+    ) -> Callable[[list[Any]], Observed]:
+        """Queue the lifecycle update over ``points`` on ``trip``; the returned function decodes it (raising
+        the Redis error of a failed update). Its events are not yet in ``vigil:alerts``: see :meth:`publish`."""
+        index = trip.eval(
+            self._script,
+            [alert_key(stream_id), outbox_key(stream_id)],
+            lifecycle_args(levels, self._ttl_s, points),
+        )
+
+        def decode(replies: list[Any]) -> Observed:
+            reply = raise_if_error(replies[index])
+            raw_events, raw_levels, waiting = reply
+            events = [
+                cast(
+                    AlertEventData,
+                    decode_event(
+                        None, dict(zip(EVENT_FIELDS, (stream_id, model, *map(text, raw)), strict=True))
+                    ),
+                )
+                for raw in raw_events
+            ]
+            for event in events:
+                event["id"] = None
+            return Observed(stream_id, model, AlertUpdate(events, text(raw_levels)), int(waiting))
+
+        return decode
+
+    async def publish(self, observed: list[Observed]) -> None:
+        """Append the outboxes of the streams that have events waiting to ``vigil:alerts`` (one round trip for
+        all) and give this call's events their ids. Failures are logged, never raised to scoring: the events
+        stay in their outbox and go out with the stream's next update."""
+        waiting = [o for o in observed if o.waiting]
+        if not waiting:
+            return
+        try:
+            if self._cluster:
+                ids = [await self._flush_in_two_steps(o.stream_id, o.model) for o in waiting]
+            else:
+                trip = RoundTrip(self._redis)
+                for o in waiting:
+                    trip.eval(
+                        self._publish,
+                        [outbox_key(o.stream_id), EVENTS_KEY],
+                        [self._maxlen, o.stream_id, o.model],
+                    )
+                ids = [[text(r) for r in raise_if_error(reply)] for reply in await trip.execute()]
+        except RedisError:
+            log.exception(
+                "alert events of %d streams not published yet (kept in their outboxes)", len(waiting)
+            )
+            return
+        for o, published in zip(waiting, ids, strict=True):
+            events = o.update.events
+            for event, entry_id in zip(events, published[len(published) - len(events) :], strict=False):
+                event["id"] = entry_id
 
     async def observe(
         self, stream_id: str, model: str, levels: LevelThresholds, points: list[ScoredPoint]
@@ -253,37 +328,11 @@ class AlertTracker:
         None for an event not published yet: it stays in the outbox)."""
         if not points:
             return AlertUpdate([], "")
-        reply = await self._script(
-            keys=[alert_key(stream_id), outbox_key(stream_id)],
-            args=lifecycle_args(levels, self._ttl_s, points),
-        )
-        raw_events, raw_levels, waiting = reply
-        events = [
-            cast(
-                AlertEventData,
-                decode_event(None, dict(zip(EVENT_FIELDS, (stream_id, model, *map(text, raw)), strict=True))),
-            )
-            for raw in raw_events
-        ]
-        ids = await self.flush(stream_id, model) if int(waiting) else []
-        published = ids[len(ids) - len(events) :] if len(ids) >= len(events) else [None] * len(events)
-        for event, entry_id in zip(events, published, strict=True):
-            event["id"] = entry_id
-        return AlertUpdate(events, text(raw_levels))
-
-    async def flush(self, stream_id: str, model: str) -> list[str]:
-        """Publish the stream's outbox to ``vigil:alerts`` in order; returns the new entry ids (oldest first).
-        Failures are logged, never raised to scoring: the events stay in the outbox for the next call."""
-        try:
-            if not self._cluster:
-                reply = await self._publish(
-                    keys=[outbox_key(stream_id), EVENTS_KEY], args=[self._maxlen, stream_id, model]
-                )
-                return [text(r) for r in reply]
-            return await self._flush_in_two_steps(stream_id, model)
-        except RedisError:
-            log.exception("alert events of stream %s not published yet (kept in its outbox)", stream_id)
-            return []
+        trip = RoundTrip(self._redis)
+        decode = self.queue_observe(trip, stream_id, model, levels, points)
+        observed = decode(await trip.execute())
+        await self.publish([observed])
+        return observed.update
 
     async def _flush_in_two_steps(self, stream_id: str, model: str) -> list[str]:
         """On a cluster the outbox and the event stream are in different slots: append, then trim what was

@@ -11,6 +11,7 @@ Prometheus cannot hold per-stream series; this can, bounded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 
 from models.scoring import F32
 from service.errors import StoreUnavailable
+from service.roundtrip import LuaScript, RoundTrip
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
+
+
+def _nothing(replies: list[Any]) -> None:
+    return None
 
 
 def history_key(stream_id: str) -> str:
@@ -89,18 +95,32 @@ class ScoreHistory:
         self._redis = redis
         self._maxlen = maxlen
         self._ttl_s = ttl_s
-        self._record = redis.register_script(RECORD_LUA)
+        self._record = LuaScript(RECORD_LUA)
+
+    def queue_record(
+        self, trip: RoundTrip, stream_id: str, records: list[bytes]
+    ) -> Callable[[list[Any]], None]:
+        """Queue the append of packed scored points on ``trip``; the returned function logs a failure (never
+        raised to scoring: the history serves the live view, not the alert path). Records whose ts is not
+        after the newest held one are skipped, so a window scored again after a crash is not recorded twice."""
+        if not records or self._maxlen == 0:
+            return _nothing
+        index = trip.eval(
+            self._record, [history_key(stream_id)], [self._maxlen, self._ttl_s, *records[-self._maxlen :]]
+        )
+
+        def check(replies: list[Any]) -> None:
+            if isinstance(replies[index], Exception):
+                log.error("score history not recorded for stream %s: %s", stream_id, replies[index])
+
+        return check
 
     async def record(self, stream_id: str, records: list[bytes]) -> None:
-        """Append packed scored points (one Lua call); failures are logged, never raised to scoring: the
-        history serves the live view, not the alert path. Records whose ts is not after the newest held one are
-        skipped, so a window scored again after a crash (``service.windows``) is not recorded twice."""
-        if not records or self._maxlen == 0:
-            return
+        """Append packed scored points in their own round trip (see :meth:`queue_record`)."""
+        trip = RoundTrip(self._redis)
+        check = self.queue_record(trip, stream_id, records)
         try:
-            await self._record(
-                keys=[history_key(stream_id)], args=[self._maxlen, self._ttl_s, *records[-self._maxlen :]]
-            )
+            check(await trip.execute())
         except RedisError:
             log.exception("score history not recorded for stream %s", stream_id)
 

@@ -15,7 +15,9 @@ meanwhile, so nothing waits for a later request. Admission control refuses befor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,7 @@ from redis.exceptions import RedisError
 
 from models.scoring import F32
 from service.errors import BadInput, ModelMismatch, StoreUnavailable
+from service.roundtrip import LuaScript, RoundTrip, raise_if_error
 
 # Shared Lua: the first window end at or after index f, the claim of the due windows, and the trim.
 _LUA_HELPERS = """
@@ -74,12 +77,11 @@ for i = 9, #ARGV, 2 do
     last = t
     status[#status + 1] = 0
   else
-    if held == nil then held = redis.call('LRANGE', KEYS[1], 0, -1) end
-    local reason = 2
-    for _, r in ipairs(held) do
-      if struct.unpack('<d', r) == t then reason = 1 break end
+    if held == nil then  -- the ts still in the list, once: a retry of many points stays linear
+      held = {}
+      for _, r in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do held[struct.unpack('<d', r)] = true end
     end
-    status[#status + 1] = reason
+    if held[t] then status[#status + 1] = 1 else status[#status + 1] = 2 end
   end
 end
 local pushed = 0
@@ -115,13 +117,18 @@ return {count, status, first, last_end, window, next_end, abandoned}
 """
 )
 
-# KEYS: window list, meta hash. ARGV: token, last scored end, L, stride, claim_ms. Moves next_end past the
-# scored windows and claims what became due meanwhile; {-1} when the claim went to another request.
+# KEYS: window list, meta hash[, alert hash]. ARGV: token, last scored end, L, stride, claim_ms[, last scored ts].
+# Moves next_end past the scored windows and claims what became due meanwhile; {-1} when the claim went to
+# another request; {-2} when the alert hash is given and has not seen the last scored point (its update failed).
 COMMIT_LUA = (
     _LUA_HELPERS
     + """
 local meta = redis.call('HMGET', KEYS[2], 'count', 'next_end', 'claim')
 if meta[3] ~= ARGV[1] then return {-1} end
+if KEYS[3] then
+  local seen = redis.call('HGET', KEYS[3], 'last_ts')
+  if not seen or tonumber(seen) < tonumber(ARGV[6]) then return {-2} end
+end
 local L, stride, claim_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local count = tonumber(meta[1])
 local next_end = math.max(tonumber(meta[2]), tonumber(ARGV[2]) + stride)
@@ -239,21 +246,21 @@ class WindowStore:
         self._claim_ms = int(claim_s * 1000)
         self._max_backlog = max_backlog
         self._max_ts_jump = max_ts_jump
-        self._append = redis.register_script(APPEND_LUA)
-        self._commit = redis.register_script(COMMIT_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self.redis = redis  # round trips that span stores start from it (service.rounds)
+        self._append = LuaScript(APPEND_LUA)
+        self._commit = LuaScript(COMMIT_LUA)
+        self._release = LuaScript(RELEASE_LUA)
 
-    async def append(
+    def queue_append(
         self,
+        trip: RoundTrip,
         stream_id: str,
         geometry: StreamGeometry,
         ts: npt.NDArray[np.float64],
         values: F32,
         token: str,
-    ) -> AppendResult:
-        """Append points (ts strictly increasing) atomically; duplicates and stale ts are dropped. Claims every
-        window now due for ``token`` (commit or release it). Raises :class:`ModelMismatch`, :class:`BadInput`
-        (a ts jumping too far ahead: nothing is written) or :class:`StoreUnavailable`."""
+    ) -> Callable[[list[Any]], AppendResult]:
+        """Queue an append (see :meth:`append`) on ``trip``; the returned function decodes its reply."""
         g = geometry
         records = pack_records(ts, values)
         args: list[bytes | str | int | float] = [
@@ -269,44 +276,85 @@ class WindowStore:
         for t, record in zip(ts.tolist(), records, strict=True):
             args.append(repr(float(t)))
             args.append(record)
-        try:
-            reply = await self._append(keys=[window_key(stream_id), meta_key(stream_id)], args=args)
-        except RedisError as exc:
-            raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
-        if reply[0] == -1:
-            bound = text(reply[1])
-            raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)
-        if reply[0] == -2:
-            raise BadInput(
-                f"points.{int(reply[1])}.ts: more than {self._max_ts_jump:g} after the stream's last ts "
-                f"({text(reply[2])}); the bound is VIGIL_MAX_TS_JUMP"
-            )
-        count_before, status = int(reply[0]), [int(s) for s in reply[1]]
-        claim = _claim(g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
-        return AppendResult(count_before, count_before + status.count(0), status, claim, int(reply[6]))
+        index = trip.eval(self._append, [window_key(stream_id), meta_key(stream_id)], args)
+
+        def decode(replies: list[Any]) -> AppendResult:
+            reply = _store_reply(replies[index])
+            if reply[0] == -1:
+                bound = text(reply[1])
+                raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)
+            if reply[0] == -2:
+                raise BadInput(
+                    f"points.{int(reply[1])}.ts: more than {self._max_ts_jump:g} after the stream's last ts "
+                    f"({text(reply[2])}); the bound is VIGIL_MAX_TS_JUMP"
+                )
+            count_before, status = int(reply[0]), [int(s) for s in reply[1]]
+            claim = _claim(g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
+            return AppendResult(count_before, count_before + status.count(0), status, claim, int(reply[6]))
+
+        return decode
+
+    async def append(
+        self,
+        stream_id: str,
+        geometry: StreamGeometry,
+        ts: npt.NDArray[np.float64],
+        values: F32,
+        token: str,
+    ) -> AppendResult:
+        """Append points (ts strictly increasing) atomically; duplicates and stale ts are dropped. Claims every
+        window now due for ``token`` (commit or release it). Raises :class:`ModelMismatch`, :class:`BadInput`
+        (a ts jumping too far ahead: nothing is written) or :class:`StoreUnavailable`."""
+        trip = RoundTrip(self._redis)
+        decode = self.queue_append(trip, stream_id, geometry, ts, values, token)
+        return decode(await _execute(trip))
+
+    def queue_commit(
+        self,
+        trip: RoundTrip,
+        stream_id: str,
+        geometry: StreamGeometry,
+        token: str,
+        last_end: int,
+        seen: tuple[str, str] | None = None,
+    ) -> Callable[[list[Any]], Claim | None]:
+        """Queue a commit (see :meth:`commit`). With ``seen = (alert hash key, ts text)`` the commit happens only
+        if that alert state has seen a point at or after ts (queued after the alert update in one round trip:
+        a failed update leaves the windows unscored); otherwise it decodes to :data:`ALERTS_PENDING`."""
+        g = geometry
+        keys = [window_key(stream_id), meta_key(stream_id)]
+        args: list[str | int] = [token, last_end, g.window_length, g.stride, self._claim_ms]
+        if seen is not None:
+            keys.append(seen[0])
+            args.append(seen[1])
+        index = trip.eval(self._commit, keys, args)
+
+        def decode(replies: list[Any]) -> Claim | None:
+            reply = _store_reply(replies[index])
+            if reply[0] == -1 and len(reply) == 1:
+                return None
+            if reply[0] == -2 and len(reply) == 1:
+                return ALERTS_PENDING
+            return _claim(g, int(reply[0]), int(reply[1]), list(reply[2]), int(reply[3]))
+
+        return decode
 
     async def commit(
         self, stream_id: str, geometry: StreamGeometry, token: str, last_end: int
     ) -> Claim | None:
         """Mark the claimed windows up to ``last_end`` scored; returns the windows that became due meanwhile
         (claimed for ``token`` in turn), or None when the claim lapsed to another request."""
-        g = geometry
-        try:
-            reply = await self._commit(
-                keys=[window_key(stream_id), meta_key(stream_id)],
-                args=[token, last_end, g.window_length, g.stride, self._claim_ms],
-            )
-        except RedisError as exc:
-            raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
-        if reply[0] == -1 and len(reply) == 1:
-            return None
-        return _claim(g, int(reply[0]), int(reply[1]), list(reply[2]), int(reply[3]))
+        trip = RoundTrip(self._redis)
+        decode = self.queue_commit(trip, stream_id, geometry, token, last_end)
+        return decode(await _execute(trip))
 
     async def release(self, stream_id: str, token: str) -> bool:
         """Give the claim up after a failure, so the next request scores its windows. Best effort: False when
         Redis could not be reached (the claim lapses at its deadline, or a later ``release`` frees it)."""
+        trip = RoundTrip(self._redis)
+        trip.eval(self._release, [meta_key(stream_id)], [token])
         try:
-            await self._release(keys=[meta_key(stream_id)], args=[token])
+            raise_if_error((await trip.execute())[0])
         except RedisError:
             return False
         return True
@@ -329,6 +377,23 @@ class WindowStore:
         except RedisError as exc:
             raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
         return int(removed) > 0
+
+
+# A commit refused because the alert state has not seen the scored points (its update failed).
+ALERTS_PENDING = Claim([], -1)
+
+
+async def _execute(trip: RoundTrip) -> list[Any]:
+    try:
+        return await trip.execute()
+    except RedisError as exc:
+        raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+
+
+def _store_reply(reply: Any) -> Any:
+    if isinstance(reply, RedisError):
+        raise StoreUnavailable(f"window store unavailable: {type(reply).__name__}") from reply
+    return reply
 
 
 def _claim(g: StreamGeometry, first: int, last_end: int, records: list[bytes], next_end: int) -> Claim:
