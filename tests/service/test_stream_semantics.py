@@ -57,6 +57,33 @@ def test_parity_through_score_batch(client: TestClient, test_series: np.ndarray,
     assert scores_by_ts(results["a"]) == scores_by_ts(results["b"])
 
 
+def test_a_batch_with_many_items_per_stream_keeps_each_streams_order_and_parity(
+    client: TestClient, test_series: np.ndarray, offline: dict
+) -> None:
+    """Several chunks of each of three streams in one batch (interleaved, one bad item among them): each stream
+    is scored in order, like streaming its chunks alone, with the same alert events; the bad item fails alone."""
+    series = test_series.copy()
+    series[420:440, [2, 9, 20]] += 1.5  # an anomaly long enough to fire
+    streams = ["many-a", "many-b", "many-c"]
+    items: list[dict] = []
+    for offset in range(0, len(series), 50):
+        for sid in streams:
+            items.append(points_body(sid, series[offset : offset + 50], offset))
+    items.insert(5, {"stream_id": "many-a", "points": [{"ts": 1e3, "values": [1.0]}]})  # wrong width
+    body = client.post("/score/batch", json={"items": items}).json()
+    assert body["items"][5]["error"]["status"] == 422
+    alone = stream(client, "alone", series, 50)
+    for sid in streams:
+        results = [i["result"] for i in body["items"] if i.get("stream_id") == sid and "result" in i]
+        assert len(results) == len(series) // 50
+        assert scores_by_ts(results) == scores_by_ts(alone)
+        events = [(e["state"], e["ts"]) for r in results for e in r["alerts"]]
+        assert events == [(e["state"], e["ts"]) for r in alone for e in r["alerts"]]
+    assert any(e["state"] == "firing" for r in alone for e in r["alerts"])
+    before = {t: s for t, s in scores_by_ts(alone).items() if t < 400}
+    assert_matches(before, {t: s for t, s in offline.items() if t < 400})
+
+
 def test_parity_through_the_binary_frame(client: TestClient, test_series: np.ndarray, offline: dict) -> None:
     bodies = []
     for offset in range(0, len(test_series), 45):
