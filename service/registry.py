@@ -21,6 +21,7 @@ from models.scoring import F32, WindowScores, score_windows
 from service.batcher import MicroBatcher, ScoreFn
 from service.engine import ONNXEngine
 from service.errors import ModelMismatch, UnknownModel
+from service.inference_client import InferenceConnection, RemoteBatcher
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ModelHandle:
     engine: ONNXEngine
-    batcher: MicroBatcher
+    batcher: MicroBatcher | RemoteBatcher
     levels: LevelThresholds  # the calibrated thresholds and the alert policy in effect for this model
     leases: int = field(default=0)
 
@@ -68,6 +69,14 @@ class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
+        # Shared inference: this process's connection to the inference process, for every model.
+        self._connection: InferenceConnection | None = None
+        if settings.inference == "shared":
+            if settings.inference_socket is None:
+                raise BundleError(
+                    "VIGIL_INFERENCE=shared needs the inference process's socket (vigil serve sets it)"
+                )
+            self._connection = InferenceConnection(settings.inference_socket)
         self._models: dict[str, ModelHandle] = {}
         self._reload_lock = asyncio.Lock()
 
@@ -81,7 +90,12 @@ class ModelRegistry:
 
     def _open(self, path: Path) -> ModelHandle:
         s = self._settings
-        engine = ONNXEngine.open(path, s.provider, s.intra_op_threads, s.intra_op_spinning)
+        shared = self._connection is not None
+        # With shared inference this process keeps a CPU session only for the manifest and the live view's
+        # window route; scoring goes to the inference process.
+        engine = ONNXEngine.open(
+            path, "cpu" if shared else s.provider, 1 if shared else s.intra_op_threads, s.intra_op_spinning
+        )
         manifest = engine.manifest
         try:
             policy = s.alert_policy_for(manifest)
@@ -106,6 +120,11 @@ class ModelRegistry:
             m.worker_restarts.labels(name).inc()
 
         batching = s.batching
+        batcher: MicroBatcher | RemoteBatcher
+        if self._connection is not None:
+            batcher = RemoteBatcher(name, self._connection, batching.queue_capacity)
+            m.initialise_model(name, provider)
+            return ModelHandle(engine=engine, batcher=batcher, levels=levels)
         batcher = MicroBatcher(
             name,
             scoring_function(engine),

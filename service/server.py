@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.auth import RedactTokens
+from service.inference_server import InferenceProcess
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,23 @@ def run_server(
 
 
 def serve(settings: Settings) -> int:
+    """uvicorn with one process or ``settings.workers`` (and, with ``VIGIL_INFERENCE=shared``, the shared
+    inference process under a supervisor), until it stops."""
+    if settings.inference != "shared":
+        return serve_http(settings)
+    prepare_multiprocess_metrics()  # the inference process's batch metrics join the API processes'
+    socket_path = Path(tempfile.mkdtemp(prefix="vigil-inference-")) / "inference.sock"
+    inference = InferenceProcess(socket_path)
+    inference.start()
+    os.environ["VIGIL_INFERENCE_SOCKET"] = str(socket_path)
+    try:
+        return serve_http(Settings())
+    finally:
+        inference.stop()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
+
+
+def serve_http(settings: Settings) -> int:
     """uvicorn with one process or ``settings.workers``, until it stops."""
     redact_tokens_in_logs()
     print(
@@ -217,7 +235,8 @@ def serve(settings: Settings) -> int:
         flush=True,
     )
     if settings.workers > 1:
-        prepare_multiprocess_metrics()
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or settings.inference != "shared":
+            prepare_multiprocess_metrics()
         uvicorn.run(
             "service.server:app_from_environment",
             factory=True,

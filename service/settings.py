@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -116,6 +117,10 @@ class AlertmanagerSettings(BaseModel):
         for url in urls:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"Alertmanager URL {url!r} must start with http:// or https://")
+        # Each Alertmanager's progress is kept under its host, port and path: two URLs may not share them.
+        places = [(p.hostname, p.port, p.path.rstrip("/")) for p in map(urlsplit, urls)]
+        if len(set(places)) != len(places):
+            raise ValueError("Alertmanager URLs must differ in host, port or path")
         return [url.rstrip("/") for url in urls]
 
     @field_validator("labels")
@@ -231,6 +236,10 @@ class Settings(BaseSettings):
     auth_disabled: bool = False  # only for local development: every route opens without a key
     cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed
     workers: int = Field(1, ge=1)
+    # "shared": the API processes send windows to one inference process per device that batches across all of
+    # them (service/inference_server.py); "in_process": each process runs its own sessions (the default).
+    inference: Literal["in_process", "shared"] = "in_process"
+    inference_socket: Path | None = None  # set by `vigil serve` for its processes in shared mode
     log_level: str = "info"
 
     @model_validator(mode="after")

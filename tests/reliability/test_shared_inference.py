@@ -1,0 +1,119 @@
+"""`vigil serve --workers 2` with one shared inference process: the API processes' windows are batched in one
+process that owns the sessions; scores equal offline scoring; killing that process fails only the requests it
+held (500 `inference_failed`), a new one takes over, and nothing hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from models.runtime import load_bundle
+from tests.reliability.conftest import RedisProcess
+from tests.service.conftest import auth, points_body, scores_by_ts
+from tests.service.live import LiveServer
+from training.evaluate import score_test_series
+
+
+def inference_pids(parent: int) -> list[int]:
+    """The shared inference processes started by ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if ppid == parent and "service.inference_server" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def shared(live_server: Callable[..., LiveServer], aof_redis: RedisProcess) -> LiveServer:
+    return live_server(aof_redis.url, VIGIL_WORKERS="2", VIGIL_INFERENCE="shared")
+
+
+def test_two_api_processes_score_through_one_inference_process_like_offline(
+    shared: LiveServer, bundle_dir: Path, test_series: np.ndarray, tmp_path: Path
+) -> None:
+    assert shared.proc is not None
+    assert len(inference_pids(shared.proc.pid)) == 1
+    np.save(tmp_path / "series.npy", test_series)
+    offline = score_test_series(load_bundle(bundle_dir), tmp_path / "series.npy").scores
+    want = {float(i): float(s) for i, s in enumerate(offline) if np.isfinite(s)}
+    bodies = []
+    with httpx.Client(base_url=shared.url, headers=auth("all"), timeout=60) as client:
+        for offset in range(0, len(test_series), 25):  # two workers take turns on the connections
+            response = client.post(
+                "/score", json=points_body("shared", test_series[offset : offset + 25], offset)
+            )
+            assert response.status_code == 200, response.text
+            bodies.append(response.json())
+        metrics = client.get("/metrics").text
+    got = scores_by_ts(bodies)
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose(
+        [got[t] for t in sorted(want)], [want[t] for t in sorted(want)], rtol=1e-5, atol=1e-7
+    )
+    batches = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('vigil_batch_size_windows_count{model="tvnet"}')
+    ]
+    assert batches and float(batches[0].split()[-1]) > 0  # the inference process's batches, aggregated
+
+
+def test_a_killed_inference_process_fails_only_its_requests_and_is_replaced(
+    shared: LiveServer, test_series: np.ndarray, figures: Callable[..., None]
+) -> None:
+    assert shared.proc is not None
+    (first,) = inference_pids(shared.proc.pid)
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def load(stream_id: str) -> None:
+        with httpx.Client(base_url=shared.url, headers=auth("all"), timeout=30) as client:
+            offset = 0
+            while not stop.is_set():
+                rows = test_series[offset % 500 : offset % 500 + 20]
+                response = (
+                    client.post("/score", json={"window": test_series[:100].tolist()})
+                    if offset % 40
+                    else (client.post("/score", json=points_body(stream_id, rows, offset)))
+                )
+                body = response.json()
+                outcomes[f"{response.status_code} {body.get('code', '')}".strip()] += 1
+                offset += 20
+
+    threads = [threading.Thread(target=load, args=(f"kill-{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    deadline = killed + 30
+    while not (pids := inference_pids(shared.proc.pid)) or pids == [first]:
+        assert time.monotonic() < deadline, "no new inference process"
+        time.sleep(0.1)
+    replaced_s = time.monotonic() - killed
+    before = outcomes["200"]
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)  # nothing hangs
+    assert set(outcomes) <= {"200", "500 inference_failed", "503 overloaded"}, outcomes
+    assert outcomes["200"] > before  # served again after the restart
+    figures(outcomes=dict(outcomes), replaced_in_s=round(replaced_s, 2))
