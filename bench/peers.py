@@ -5,6 +5,8 @@
   venv (``--bentoml-venv``, default /tmp/bentoml-venv: ``pip install bentoml onnxruntime numpy``); its service
   file is generated from ``BENTO_SERVICE`` below into a temporary directory.
 - **naive**: ``bench/naive_server.py``, FastAPI + PyTorch eager, one inference per request.
+- **microbatch**: ``bench/microbatch_server.py``, FastAPI + orjson + an asyncio queue drained greedily into one
+  ONNX Runtime call on a thread (about 50 lines): the bar a careful user sets.
 - **Vigil** stateless JSON (mode d) and Vigil binary: 100 points per frame to a stream served at stride
   L = 100 (the same graph re-served at that stride), so each request scores exactly one window, as a
   stateless request does, plus the window store and alert state.
@@ -87,7 +89,9 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=10.0, help="seconds per open-loop step")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--streams", type=int, default=1000, help="streams for Vigil's binary requests")
-    parser.add_argument("--skip", default="", help="comma-separated peers to leave out: bentoml,naive")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated peers to leave out: bentoml,naive,microbatch"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 200 streams")
     args = parser.parse_args()
@@ -140,6 +144,21 @@ def main() -> None:
                 trials["naive"] = run_server_trials(
                     srv, workload.Workload(modes["d"], rows, length, length), args, []
                 )
+        if "microbatch" not in skip:
+            port = harness.free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "bench.microbatch_server",
+                "--bundle",
+                str(bundle),
+                "--port",
+                str(port),
+            ]
+            with harness.server_process("microbatch", command, port, "/healthz", cwd=bundles.ROOT) as srv:
+                trials["microbatch"] = run_server_trials(
+                    srv, workload.Workload(modes["d"], rows, length, length), args, []
+                )
         common = [0.7 * t["peak"]["ok_rps"] for t in trials.values()]
         with (
             harness.redis_server() as redis_srv,
@@ -150,6 +169,8 @@ def main() -> None:
             as_binary = workload.Workload(modes["e"], rows, length, length, args.streams, "peer-", model=name)
             as_binary.prime(redis_srv.url, name, workload.fresh_ts_base())
             trials["vigil-json"] = run_server_trials(srv, as_json, args, common)
+            columns = workload.Workload(modes["f"], rows, length, length, model=manifest.name)
+            trials["vigil-json-columns"] = run_server_trials(srv, columns, args, common)
             trials["vigil-binary"] = run_server_trials(srv, as_binary, args, common)
         for server, trial in trials.items():
             results.add(kind="trial", server=server, **trial)
@@ -210,6 +231,8 @@ def print_tables(trials: dict[str, dict[str, Any]]) -> None:
     )
     rows = []
     targets = {
+        ("vigil-json-columns", "bentoml"): 3,
+        ("vigil-json-columns", "microbatch"): 1,
         ("vigil-json", "bentoml"): 5,
         ("vigil-binary", "bentoml"): 10,
         ("vigil-json", "naive"): 10,

@@ -66,6 +66,33 @@ def modes(binary_points: int = 100) -> dict[str, Mode]:
             "stream_binary.lua",
             binary_points,
         ),
+        # The same with the columnar answer (`?format=columns`: one array per field).
+        "f": Mode(
+            "f",
+            "stateless 100x38 window (JSON), columnar answer",
+            "/score?format=columns",
+            JSON_TYPE,
+            "static.lua",
+            100,
+            streaming=False,
+        ),
+        "g": Mode(
+            "g",
+            "/score/batch, 100 streams x 1 point, columnar answer",
+            "/score/batch?format=columns",
+            JSON_TYPE,
+            "batch_json.lua",
+            1,
+            100,
+        ),
+        "h": Mode(
+            "h",
+            f"stream, {binary_points} points/request (binary), columnar answer",
+            "/score?format=columns",
+            BINARY_CONTENT_TYPE,
+            "stream_binary.lua",
+            binary_points,
+        ),
     }
 
 
