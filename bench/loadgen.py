@@ -53,6 +53,8 @@ class OpenLoopResult:
     max_connections_used: int
     generator_cpu_pct: float  # % of one core
     statuses: dict[int, int] = field(default_factory=dict)
+    ok_p99_ms: float = float("nan")  # answered 2xx only, from the scheduled send time
+    refused_p99_ms: float = float("nan")  # answered 429/503 only (shed), from the scheduled send time
 
     def as_row(self) -> list[float | int]:
         return [self.offered_rps, self.achieved_rps, self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms]
@@ -155,6 +157,7 @@ class OpenLoopGenerator:
         self._latencies: list[float] = []
         self._service: list[float] = []
         self._statuses: Counter[int] = Counter()
+        self._by_status: list[tuple[int, float]] = []
         self._failed = 0
         self._late = 0
         self._peak_connections = 0
@@ -214,6 +217,8 @@ class OpenLoopGenerator:
             max_connections_used=self._peak_connections,
             generator_cpu_pct=100.0 * cpu / wall,
             statuses=dict(self._statuses),
+            ok_p99_ms=_p99_ms([t for s, t in self._by_status if 200 <= s < 300]),
+            refused_p99_ms=_p99_ms([t for s, t in self._by_status if s in (429, 503)]),
         )
 
     # ---- connection bookkeeping (event-loop callbacks) ----------------------------------------------------
@@ -257,6 +262,7 @@ class OpenLoopGenerator:
         self._latencies.append(now - scheduled)
         self._service.append(now - sent)
         self._statuses[status] += 1
+        self._by_status.append((status, now - scheduled))
         self._finish_one()
         if self._backlog:
             self._send(conn, *self._backlog.popleft())
@@ -279,6 +285,10 @@ class OpenLoopGenerator:
         self._outstanding -= 1
         if self._outstanding == 0:
             self._done.set()
+
+
+def _p99_ms(latencies_s: list[float]) -> float:
+    return float(np.percentile(latencies_s, 99) * 1000.0) if latencies_s else float("nan")
 
 
 def _cpu_seconds() -> float:

@@ -26,6 +26,8 @@ CURVE_KEYS = (
     "unfinished",
     "generator_cpu_pct",
     "service_p99_ms",
+    "ok_p99_ms",
+    "refused_p99_ms",
 )
 
 
