@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Vigil needs on a fresh Debian machine with Python 3.11: system packages (redis-server,
-# python3-venv) when missing, then a virtualenv in .venv with torch (CPU build, pinned) and the project.
+# python3-venv, prometheus, prometheus-alertmanager, …) when missing, then a virtualenv in .venv with torch
+# (CPU build, pinned) and the project.
 # Idempotent: a second run only checks. Sourced or run by deploy/demo.sh and tests/run.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +19,12 @@ PATH="$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || apt_packages+=(nginx-
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   apt_packages+=(prometheus)
 fi
+# Alert delivery tests and deploy/stack.py (a real Alertmanager; amtool checks its config).
+if ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then
+  apt_packages+=(prometheus-alertmanager)
+fi
+# The Prometheus source tests: a real node_exporter scraped by a real Prometheus.
+command -v prometheus-node-exporter >/dev/null 2>&1 || apt_packages+=(prometheus-node-exporter)
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then apt_packages+=(python3-venv); fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   echo "setup: installing ${apt_packages[*]} with apt-get"

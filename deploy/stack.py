@@ -1,8 +1,10 @@
 """Local stand-in for the compose stack, for machines without Docker.
 
-Starts ``redis-server`` (AOF everysec, loopback) unless ``--redis-url`` names a Redis, ``vigil serve``, and
-Prometheus (Debian's ``prometheus``) with deploy/prometheus/prometheus.yml rendered for local targets and the
-repository's rule files; prints the URLs and stops every child on Ctrl-C or SIGTERM. ``--replay`` also streams
+Starts ``redis-server`` (AOF everysec, loopback) unless ``--redis-url`` names a Redis, Alertmanager (Debian's
+``prometheus-alertmanager``) with deploy/alertmanager/alertmanager.yml, ``vigil serve`` delivering its alerts
+there, and Prometheus (Debian's ``prometheus``) with deploy/prometheus/prometheus.yml rendered for local
+targets, the repository's rule files and that Alertmanager; prints the URLs and stops every child on Ctrl-C or
+SIGTERM. ``--replay`` also streams
 the demo test set into the service once Prometheus scrapes it. Grafana is not started (Debian ships no
 package): use ``docker compose up grafana`` or point a Grafana at the printed Prometheus URL.
 
@@ -10,7 +12,8 @@ package): use ``docker compose up grafana`` or point a Grafana at the printed Pr
 
 Vigil settings come from the environment as usual (``VIGIL_PROVIDER=cpu``, ``VIGIL_API_KEYS`` …; give the
 replay a key with ``--replay-api-key`` when authentication is on). Children run in their own
-session, so Ctrl-C reaches only this script, which stops them in order (replay, vigil, Prometheus, Redis); on
+session, so Ctrl-C reaches only this script, which stops them in order (replay, Prometheus, vigil,
+Alertmanager, Redis); on
 Linux they also get SIGTERM should this script die without cleaning up.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
@@ -36,8 +40,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DEMO_TEST_DATA = ROOT / "data" / "smd-machine-1-2" / "test.txt.gz"
 INSTALL_HINT = "install it with: apt-get install -y prometheus  (deploy/setup.sh does it)"
+DEBIAN_SERVICES = {9090: "prometheus", 9093: "prometheus-alertmanager"}  # their packages start them
+ALERTMANAGER_HINT = "install it with: apt-get install -y prometheus-alertmanager  (deploy/setup.sh does it)"
 
 
 def say(message: str, stream: TextIO | None = None) -> None:
@@ -55,16 +62,25 @@ class Stopped(Exception):
     """SIGTERM received: stop like on Ctrl-C."""
 
 
-def render_prometheus_config(vigil_target: str, prometheus_target: str, interval: str) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml with local scrape targets, absolute rule paths and ``interval`` as the
-    scrape and rule-evaluation interval (e.g. ``"5s"``)."""
+def render_prometheus_config(
+    vigil_target: str, prometheus_target: str, interval: str, alertmanager_target: str | None = None
+) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with local scrape targets, absolute rule paths, ``interval`` as the
+    scrape and rule-evaluation interval (e.g. ``"5s"``) and the rules' alerts sent to ``alertmanager_target``
+    (none: no alerting section)."""
     config: dict[str, Any] = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    if alertmanager_target is None:
+        config.pop("alerting", None)
+    else:
+        config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager_target]}]}]
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
     config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
     targets = {"vigil": vigil_target, "prometheus": prometheus_target}
+    # Compose service discovery; here every target is known. Jobs of compose profiles (node) have none here.
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in targets]
     for job in config["scrape_configs"]:
-        job.pop("dns_sd_configs", None)  # compose service discovery; here every target is known
+        job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     return config
 
@@ -88,13 +104,10 @@ def ensure_port_free(host: str, port: int, flag: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
+            service = DEBIAN_SERVICES.get(port)
             raise StackError(
                 f"{host}:{port} is in use ({exc.strerror}); choose another with {flag}"
-                + (
-                    " (or stop Debian's prometheus service: systemctl stop prometheus)"
-                    if port == 9090
-                    else ""
-                )
+                + (f" (or stop Debian's {service} service: systemctl stop {service})" if service else "")
             ) from exc
 
 
@@ -139,11 +152,14 @@ class Stack:
         self.state_dir = state_dir
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], log: bool = True) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], log: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         output = (self.state_dir / f"{name}.log").open("ab") if log else None
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,
+            env=env,
             stdout=output,
             stderr=subprocess.STDOUT if log else None,
             stdin=subprocess.DEVNULL,
@@ -211,8 +227,33 @@ def start_redis(stack: Stack) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_vigil(stack: Stack, args: argparse.Namespace, redis_url: str) -> str:
+def start_alertmanager(stack: Stack, args: argparse.Namespace) -> str:
+    """deploy/alertmanager/alertmanager.yml as is (its receivers are placeholders that deliver nowhere: the
+    alerts show in Alertmanager's UI and API); gossip off, so it needs no second port."""
+    binary = shutil.which("prometheus-alertmanager") or require_binary("alertmanager", ALERTMANAGER_HINT)
+    url = f"http://127.0.0.1:{args.alertmanager_port}"
+    proc = stack.start(
+        "alertmanager",
+        [
+            binary,
+            f"--config.file={ALERTMANAGER_CONFIG}",
+            f"--storage.path={stack.state_dir / 'alertmanager-data'}",
+            f"--web.listen-address=127.0.0.1:{args.alertmanager_port}",
+            f"--web.external-url={url}",
+            "--cluster.listen-address=",
+        ],
+    )
+    stack.wait_until(
+        f"alertmanager ready at {url}", lambda: http_ok(f"{url}/-/ready"), proc, "alertmanager", 30
+    )
+    return url
+
+
+def start_vigil(stack: Stack, args: argparse.Namespace, redis_url: str, alertmanager_url: str) -> str:
     url = f"http://{args.host}:{args.port}"
+    env = dict(os.environ)
+    env.setdefault("VIGIL_ALERTMANAGER__URLS", json.dumps([alertmanager_url]))
+    env.setdefault("VIGIL_PUBLIC_URL", url)
     proc = stack.start(
         "vigil",
         [
@@ -229,6 +270,7 @@ def start_vigil(stack: Stack, args: argparse.Namespace, redis_url: str) -> str:
             "--port",
             str(args.port),
         ],
+        env=env,
     )
     stack.wait_until(f"vigil ready at {url}/readyz", lambda: http_ok(f"{url}/readyz"), proc, "vigil", 120)
     return url
@@ -237,7 +279,10 @@ def start_vigil(stack: Stack, args: argparse.Namespace, redis_url: str) -> str:
 def start_prometheus(stack: Stack, args: argparse.Namespace) -> str:
     binary = require_binary("prometheus", INSTALL_HINT)
     config = render_prometheus_config(
-        f"{args.host}:{args.port}", f"127.0.0.1:{args.prometheus_port}", args.scrape_interval
+        f"{args.host}:{args.port}",
+        f"127.0.0.1:{args.prometheus_port}",
+        args.scrape_interval,
+        f"127.0.0.1:{args.alertmanager_port}",
     )
     config_path = stack.state_dir / "prometheus.yml"
     config_path.write_text(
@@ -292,13 +337,16 @@ def start_replay(stack: Stack, args: argparse.Namespace, vigil_url: str) -> subp
 def run(args: argparse.Namespace, stack: Stack) -> int:
     ensure_port_free(args.host, args.port, "--port")
     ensure_port_free("127.0.0.1", args.prometheus_port, "--prometheus-port")
+    ensure_port_free("127.0.0.1", args.alertmanager_port, "--alertmanager-port")
     redis_url = args.redis_url or start_redis(stack)
-    vigil_url = start_vigil(stack, args, redis_url)
+    alertmanager_url = start_alertmanager(stack, args)
+    vigil_url = start_vigil(stack, args, redis_url, alertmanager_url)
     prometheus_url = start_prometheus(stack, args)
     say(
         f"Vigil stack up (logs and data in {stack.state_dir}):\n"
         f"  vigil       {vigil_url}  (API docs /docs, metrics /metrics, readiness /readyz)\n"
         f"  prometheus  {prometheus_url}  (graph /graph, rules /rules, alerts /alerts, targets /targets)\n"
+        f"  alertmanager {alertmanager_url}  (Vigil's anomaly alerts and the rules' alerts; silences)\n"
         f"  redis       {redis_url}\n"
         "  grafana     not part of the local stand-in: docker compose up grafana, or a Grafana of your own\n"
         f"              with a Prometheus datasource of uid vigil-prometheus at {prometheus_url}\n"
@@ -336,11 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="vigil listen address")
     parser.add_argument("--port", type=int, default=8000, help="vigil port")
     parser.add_argument("--prometheus-port", type=int, default=9090)
+    parser.add_argument("--alertmanager-port", type=int, default=9093)
     parser.add_argument(
         "--scrape-interval", default="5s", help="Prometheus scrape and rule-evaluation interval"
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=ROOT / "runs" / "stack", help="logs, Redis AOF, TSDB"
+        "--state-dir",
+        type=Path,
+        default=ROOT / "runs" / "stack",
+        help="logs, Redis AOF, TSDB, Alertmanager's silences",
     )
     parser.add_argument("--replay", action="store_true", help="stream --replay-data into vigil once scraped")
     parser.add_argument("--replay-data", type=Path, default=DEMO_TEST_DATA)

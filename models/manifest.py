@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.source import PrometheusSource
+
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 FORMAT_VERSION = 1
@@ -226,6 +228,8 @@ class Manifest(_Frozen):
     parity: Parity
     training: TrainingInfo
     evaluation: dict[str, Any] | None = None
+    # Where the sensors come from (bundles trained with ``vigil train --prometheus``): the service polls it.
+    source: PrometheusSource | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @field_validator("name")
@@ -247,6 +251,10 @@ class Manifest(_Frozen):
             raise ValueError("score sensor_scale length differs from n_features")
         if self.score.level is not None and len(self.score.level.center) != self.n_features:
             raise ValueError("score level term length differs from n_features")
+        if self.source is not None and self.source.feature_names != self.feature_names:
+            raise ValueError(
+                "the source's query names differ from feature_names (one query per sensor, in order)"
+            )
         return self
 
     def save(self, bundle_dir: Path) -> Path:

@@ -32,6 +32,7 @@ from service.inflight import InflightLimitMiddleware, KeySlots
 from service.metrics import Metrics
 from service.notify import AlertDelivery, replica_name
 from service.peak import peak_context
+from service.poller import SourcePoller, poller_name
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
 from service.routes import feed, health, score, streams, ui
@@ -208,6 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
         hub: FeedHub | None = None
         delivery: AlertDelivery | None = None
         delivery_redis: Redis | None = None
+        poller: SourcePoller | None = None
         try:
             models.load_all()
             windows = WindowStore(
@@ -243,12 +245,26 @@ def create_app(settings: Settings) -> FastAPI:
                     replica_name(),
                 )
                 await delivery.start()
+            poller = SourcePoller(
+                redis,
+                settings.sources,
+                models,
+                scorer,
+                windows,
+                metrics,
+                settings.max_points_per_request,
+                poller_name(),
+            )
+            await poller.start()  # a query Prometheus refuses stops start-up here, named
+            app.state.sources = poller
             app.state.feed = hub
             app.state.components = Components(
                 settings, redis, metrics, models, windows, alerts, scorer, history
             )
             yield
         finally:
+            if poller is not None:
+                await poller.stop()
             if delivery is not None:
                 await delivery.stop()
             if delivery_redis is not None:

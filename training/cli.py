@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.config import CalibrationConfig
+    from training.config import CalibrationConfig, PrometheusRange
     from training.score_fit import ScoreOptions
 
 
@@ -20,9 +22,15 @@ def _train(args: argparse.Namespace) -> int:
     from training.score_fit import ScoreOptions
 
     hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    prometheus = _prometheus_range(args)
+    if (args.train is None) == (prometheus is None):
+        raise SystemExit("vigil train: give the data with --train FILE or with --prometheus URL (not both)")
+    if args.sampling_interval_s is None:
+        args.sampling_interval_s = prometheus.source.step_s if prometheus else 60.0
     config = TrainConfig(
         model=args.model,
-        train_path=args.train[0] if len(args.train) == 1 else args.train,
+        train_path=None if args.train is None else args.train[0] if len(args.train) == 1 else args.train,
+        prometheus=prometheus,
         out_dir=args.out,
         name=args.name,
         version=args.version,
@@ -43,7 +51,60 @@ def _train(args: argparse.Namespace) -> int:
     )
     bundle_dir = train_bundle(config)
     print(f"bundle written: {bundle_dir}")
+    if args.reload_url:
+        _reload(args.reload_url, config.name or config.model, args.api_key)
     return 0
+
+
+def _prometheus_range(args: argparse.Namespace) -> PrometheusRange | None:
+    """The Prometheus range of ``vigil train --prometheus``: the preset's or the given queries, by, step and gap
+    rule (flags over the preset's values), over --range ending at --end (default now) or --start..--end."""
+    from models.source import GapRule, PrometheusSource, SourceQuery, parse_duration, parse_time
+    from training.config import PrometheusRange
+    from training.preset import load_preset
+
+    if args.prometheus is None:
+        if args.query or args.preset:
+            raise SystemExit("vigil train: --query and --preset need --prometheus URL")
+        return None
+    base = load_preset(args.preset) if args.preset else None
+    queries = list(base.queries) if base else []
+    for item in args.query or []:
+        name, sep, expr = item.partition("=")
+        if not sep or not name.strip() or not expr.strip():
+            raise SystemExit(f"vigil train: --query {item!r}: expected NAME=PROMQL")
+        queries.append(SourceQuery(name=name.strip(), expr=expr.strip()))
+    if not queries:
+        raise SystemExit(
+            "vigil train: --prometheus needs --preset NAME or --query NAME=PROMQL (one per sensor)"
+        )
+    step_s = parse_duration(args.step) if args.step else base.step_s if base else 60.0
+    gap = GapRule(max_fill_steps=args.max_fill_steps) if args.max_fill_steps is not None else None
+    source = PrometheusSource(
+        queries=queries,
+        by=args.by or (base.by if base else "instance"),
+        step_s=step_s,
+        gap=gap or (base.gap if base else GapRule()),
+        preset=base.preset if base and not args.query else None,
+    )
+    end = parse_time(args.end) if args.end else time.time()
+    start = parse_time(args.start) if args.start else end - parse_duration(args.range or "14d")
+    return PrometheusRange(url=args.prometheus, start=start, end=end, source=source)
+
+
+def _reload(url: str, name: str, api_key: str | None) -> None:
+    """Ask a running service to swap in the new bundle (POST /admin/models/reload?name=…)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.post(
+        f"{url.rstrip('/')}/admin/models/reload", params={"name": name}, headers=headers, timeout=120
+    )
+    if response.status_code != 200:
+        raise SystemExit(
+            f"vigil train: reload at {url} refused the bundle: {response.status_code} {response.text}"
+        )
+    print(f"reloaded at {url}: {response.json()['models']}")
 
 
 def _calibration(args: argparse.Namespace) -> CalibrationConfig:
@@ -52,7 +113,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(
         method=args.calibration,
         false_alerts_per_day=args.false_alerts_per_day or None,
-        sampling_interval_s=args.sampling_interval_s,
+        sampling_interval_s=args.sampling_interval_s or 60.0,
     )
 
 
@@ -72,6 +133,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         score=_score_options(args.score),
         train_path=args.train,
         threads=args.threads,
+        prometheus_url=args.prometheus,
     )
     print(f"bundle written: {bundle_dir}")
     return 0
@@ -119,6 +181,38 @@ def alert_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    from models.source import parse_duration, parse_time
+    from training.backtest import backtest_bundle, summarise
+
+    end = parse_time(args.to) if args.to else time.time()
+    start = parse_time(args.from_) if args.from_ else end - parse_duration(args.range or "1d")
+    result = backtest_bundle(
+        args.bundle,
+        args.prometheus,
+        start,
+        end,
+        args.out,
+        threads=args.threads,
+        thresholds=args.thresholds,
+        report=not args.no_report,
+    )
+    summary = summarise(result)
+    print(f"backtest of {summary['model']} {summary['version']} from {summary['from']} to {summary['to']}:")
+    for s in summary["streams"]:
+        print(
+            f"  {s['stream']:<32} {s['scored_points']:>7} points in {s['segments']} segment(s), "
+            f"{s['alerts']} alert(s) ({s['critical_alerts']} critical), time in alert {s['time_in_alert']:.1%}"
+        )
+    print(
+        f"  {summary['alerts']} alert(s) in {summary['stream_days']:.2f} stream-days; alerts per stream-day "
+        "at the warning threshold × "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in summary["alerts_per_stream_day_by_threshold_factor"].items())
+    )
+    print(f"written: {args.out} (scores.csv, events.csv, summary.json, backtest_report.png)")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from service.server import run_server
 
@@ -151,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--train",
         type=Path,
-        required=True,
+        default=None,
         action="append",
         help="CSV/TXT (.gz ok) or .npy, rows = time steps; give it several times, or a directory, to train one "
         "model for a fleet (windows never cross files; each file's tail is held out for validation)",
@@ -171,9 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
     train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")
+    _source_arguments(train)
     _calibration_arguments(train)
     train.add_argument("--quiet", action="store_true")
     train.add_argument("--no-report", action="store_true", help="skip training_report.png")
+    train.add_argument(
+        "--reload-url",
+        default=None,
+        help="after writing the bundle, ask the service at this URL to hot-reload it (retraining jobs)",
+    )
+    train.add_argument(
+        "--api-key",
+        default=os.environ.get("VIGIL_RELOAD_API_KEY"),
+        help="admin key for --reload-url (default: $VIGIL_RELOAD_API_KEY)",
+    )
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="score a labelled test series offline and print metrics")
@@ -200,9 +305,36 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--train", type=Path, default=None, help="the training file, when it moved since training"
     )
+    calibrate.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="URL",
+        help="for a bundle trained from Prometheus: read its range from this URL (default: the recorded one)",
+    )
     calibrate.add_argument("--threads", type=int, default=0)
     _calibration_arguments(calibrate)
     calibrate.set_defaults(func=_calibrate)
+
+    backtest = sub.add_parser(
+        "backtest",
+        help="run a source-backed bundle over a past range: the scores and alerts it would have raised",
+    )
+    backtest.add_argument("--bundle", type=Path, required=True, help="MODELS_DIR/NAME/VERSION")
+    backtest.add_argument("--prometheus", required=True, metavar="URL", help="e.g. http://prometheus:9090")
+    backtest.add_argument("--from", dest="from_", default=None, help="RFC 3339 or epoch seconds")
+    backtest.add_argument("--to", default=None, help="RFC 3339 or epoch seconds (default: now)")
+    backtest.add_argument(
+        "--range", default=None, help="instead of --from: how far back from --to (default 1d)"
+    )
+    backtest.add_argument(
+        "--out", type=Path, required=True, help="directory for the scores, alerts and report"
+    )
+    backtest.add_argument(
+        "--thresholds", choices=["fixed", "adaptive"], default=None, help="over the bundle's alert policy"
+    )
+    backtest.add_argument("--threads", type=int, default=0)
+    backtest.add_argument("--no-report", action="store_true", help="skip backtest_report.png")
+    backtest.set_defaults(func=_backtest)
 
     serve = sub.add_parser("serve", help="run the scoring service")
     serve.add_argument("--models-dir", type=Path, default=None)
@@ -229,6 +361,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _source_arguments(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group(
+        "Prometheus source (instead of --train)",
+        "each query is one sensor and returns one series per value of --by (one machine of the fleet each); rows "
+        "on the --step grid, short gaps filled forward, longer gaps split a machine's series. The bundle keeps "
+        "the queries, so the service polls the same sensors.",
+    )
+    group.add_argument("--prometheus", default=None, metavar="URL", help="e.g. http://prometheus:9090")
+    group.add_argument(
+        "--query", action="append", default=None, metavar="NAME=PROMQL", help="one sensor; repeat, in order"
+    )
+    group.add_argument(
+        "--preset", default=None, help="a query preset by name (deploy/presets: node-exporter) or .yaml path"
+    )
+    group.add_argument(
+        "--by", default=None, help="the label naming a stream (default: the preset's, instance)"
+    )
+    group.add_argument("--step", default=None, help="grid step, e.g. 60s (default: the preset's, 60s)")
+    group.add_argument(
+        "--max-fill-steps",
+        type=int,
+        default=None,
+        help="a sensor missing for at most this many steps keeps its last value (default 5); longer gaps split",
+    )
+    group.add_argument("--range", default=None, help="how far back from --end, e.g. 14d (default 14d)")
+    group.add_argument("--start", default=None, help="RFC 3339 or epoch seconds (instead of --range)")
+    group.add_argument("--end", default=None, help="RFC 3339 or epoch seconds (default: now)")
+
+
 def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score",
@@ -247,7 +408,10 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         "the validation part (0: point-level thresholds only, service's lifecycle)",
     )
     parser.add_argument(
-        "--sampling-interval-s", type=float, default=60.0, help="seconds between points of the data"
+        "--sampling-interval-s",
+        type=float,
+        default=None,
+        help="seconds between points of the data (default 60; with --prometheus, the step)",
     )
 
 
@@ -255,7 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    from models.manifest import BundleError
+    from models.source import SourceError
+
+    try:
+        return int(args.func(args))
+    except (SourceError, BundleError) as exc:  # a query, preset, range or bundle that cannot be used
+        sys.stderr.write(f"vigil {args.command}: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

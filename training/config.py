@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.source import PrometheusSource
 from training.score_fit import ScoreOptions
 
 
@@ -30,6 +31,25 @@ class CalibrationConfig(BaseModel):
     exit_ratio: float = Field(0.8, gt=0, le=1)
 
 
+class PrometheusRange(BaseModel):
+    """Training data read from a Prometheus: the source's queries over ``[start, end]`` (epoch seconds). Each
+    value of the source's label is one machine of a fleet; its segments (split at gaps) are the parts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    start: float
+    end: float
+    source: PrometheusSource
+    timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PrometheusRange:
+        if self.end <= self.start:
+            raise ValueError(f"the range ends ({self.end}) before it starts ({self.start})")
+        return self
+
+
 class TrainConfig(BaseModel):
     """Everything ``vigil train`` needs; per-family defaults fill what the user leaves out."""
 
@@ -38,7 +58,8 @@ class TrainConfig(BaseModel):
     model: str = "tvnet"
     # One series, several (a fleet: one model for many machines; windows never cross files, each file's tail is
     # held out for validation) or directories of them.
-    train_path: Path | list[Path]
+    train_path: Path | list[Path] | None = None
+    prometheus: PrometheusRange | None = None  # instead of files: read the sensors from a Prometheus
     out_dir: Path
     name: str | None = None  # defaults to the model family
     version: str | None = None  # defaults to a UTC timestamp
@@ -64,12 +85,21 @@ class TrainConfig(BaseModel):
     report: bool = True  # write training_report.png into the bundle
 
     def train_paths(self) -> list[Path]:
+        if self.train_path is None:
+            return []
         return self.train_path if isinstance(self.train_path, list) else [self.train_path]
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TrainConfig:
         if self.stride > self.window_length:
             raise ValueError("stride must be <= window_length")
+        if (self.train_path is None) == (self.prometheus is None):
+            raise ValueError(
+                "give the training data as files (train_path) or as a Prometheus range, not both"
+            )
+        source = self.prometheus.source if self.prometheus is not None else None
+        if source is not None and self.feature_names not in (None, source.feature_names):
+            raise ValueError("with a Prometheus source the feature names are the query names")
         return self
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from models.manifest import Normalisation
+from models.prometheus import PrometheusClient, fetch_rows
+from models.source import PrometheusSource
 
 F32 = npt.NDArray[np.float32]
 
@@ -133,3 +135,52 @@ def parts_sha256(paths: list[Path]) -> str:
     if len(paths) == 1:
         return file_sha256(paths[0])
     return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceParts:
+    """Training parts read from a Prometheus: one per segment long enough to split, label values in order."""
+
+    parts: list[F32]
+    names: list[str]  # "<stream id>@<first ts>" of each part
+    skipped: list[str]  # segments too short to give both a training and a validation window
+
+
+def prometheus_parts(
+    url: str,
+    source: PrometheusSource,
+    start: float,
+    end: float,
+    window_length: int,
+    validation_fraction: float,
+    timeout_s: float = 30.0,
+) -> SourceParts:
+    """The source's rows over ``[start, end]`` as training parts: each label value's segments (split at gaps),
+    those too short for :func:`split_chronological` left out. Raises the query's error (``models.prometheus``)
+    or :class:`DataError` when no part is left."""
+    with PrometheusClient(url, timeout_s) as client:
+        rows = fetch_rows(client, source, start, end, require_data=True)
+    parts, names, skipped = [], [], []
+    for stream, segments in rows.segments.items():
+        for segment in segments:
+            name = f"{stream}@{segment.ts[0]:.0f}"
+            n_validation = int(round(len(segment) * validation_fraction))
+            if n_validation < window_length or len(segment) - n_validation < window_length:
+                skipped.append(f"{name} ({len(segment)} rows)")
+                continue
+            parts.append(np.ascontiguousarray(segment.values, dtype=np.float32))
+            names.append(name)
+    if not parts:
+        detail = ", ".join(skipped) or "no usable rows (every row has a sensor missing beyond the gap rule)"
+        raise DataError(
+            f"no segment of {source.by} values between {start:.0f} and {end:.0f} is long enough for "
+            f"{window_length}-step windows in both training and validation ({validation_fraction:.0%}): {detail}"
+        )
+    return SourceParts(parts, names, skipped)
+
+
+def arrays_sha256(parts: list[F32]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())
+    return digest.hexdigest()

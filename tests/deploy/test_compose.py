@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.deploy.conftest import (
+    ALERTMANAGER_CONFIG,
     COMPOSE_FILE,
     COMPOSE_GPU_FILE,
     DASHBOARD,
@@ -26,8 +27,12 @@ from tests.deploy.conftest import (
     load_yaml,
 )
 
-SERVICES = {"redis", "trainer", "vigil", "prometheus", "grafana", "replay"}
-PROFILES = {"replay": {"replay"}, "proxy": {"proxy"}}  # services that start only with their profile
+SERVICES = {"redis", "trainer", "vigil", "prometheus", "alertmanager", "grafana", "replay"}
+PROFILES = {  # services that start only with their profile
+    "replay": {"replay"},
+    "proxy": {"proxy"},
+    "source": {"node-exporter", "source-trainer"},
+}
 NGINX_CONF = ROOT / "deploy" / "nginx" / "vigil.conf"
 
 
@@ -280,3 +285,30 @@ def test_redis_healthcheck_authenticates_with_the_password(redis_shell: dict[str
 
     assert check("s3cret") == 0
     assert check("wrong") != 0
+
+
+def test_compose_alertmanager_receives_vigil_and_prometheus_alerts(compose_binary: Path) -> None:
+    """Vigil posts its alerts to the alertmanager service, Prometheus sends its rule alerts there, and the
+    service runs the repository's config from its mount."""
+    from service.settings import AlertmanagerSettings
+
+    services = rendered(compose_binary)["services"]
+    alertmanager = services["alertmanager"]
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", alertmanager["image"]), "pin the image"
+    mounts = {m["target"]: Path(m["source"]) for m in alertmanager["volumes"] if m["type"] == "bind"}
+    config_flag = next(a for a in alertmanager["command"] if a.startswith("--config.file="))
+    config_path = Path(config_flag.split("=", 1)[1])
+    assert mounts[str(config_path.parent)] / config_path.name == ALERTMANAGER_CONFIG
+    assert any(m["type"] == "volume" and m["target"] == "/alertmanager" for m in alertmanager["volumes"])
+    assert "--storage.path=/alertmanager" in alertmanager["command"]
+    (port,) = alertmanager["ports"]
+    assert (port["host_ip"], port["target"]) == ("127.0.0.1", 9093)
+
+    vigil = services["vigil"]["environment"]
+    (url,) = AlertmanagerSettings(urls=json.loads(vigil["VIGIL_ALERTMANAGER__URLS"])).urls
+    assert (urlparse(url).hostname, urlparse(url).port) == ("alertmanager", port["target"])
+    assert urlparse(vigil["VIGIL_PUBLIC_URL"]).scheme in ("http", "https")
+
+    (alerting,) = load_yaml(PROMETHEUS_DIR / "prometheus.yml")["alerting"]["alertmanagers"]
+    (static,) = alerting["static_configs"]
+    assert static["targets"] == [f"alertmanager:{port['target']}"]

@@ -62,9 +62,13 @@ def test_every_alert_has_a_severity_a_summary_and_a_firing_unit_test() -> None:
 
 
 def test_stack_renders_a_valid_local_prometheus_config(promtool_binary: Path, tmp_path: Path) -> None:
-    config = load_stack().render_prometheus_config("127.0.0.1:18000", "127.0.0.1:19090", "1s")
+    config = load_stack().render_prometheus_config(
+        "127.0.0.1:18000", "127.0.0.1:19090", "1s", "127.0.0.1:19093"
+    )
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert targets == {"vigil": ["127.0.0.1:18000"], "prometheus": ["127.0.0.1:19090"]}
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"] == [{"targets": ["127.0.0.1:19093"]}]
     assert config["global"]["scrape_interval"] == config["global"]["evaluation_interval"] == "1s"
     rendered = tmp_path / "prometheus.yml"  # elsewhere than deploy/: the rule paths must be absolute
     rendered.write_text(yaml.safe_dump(config))

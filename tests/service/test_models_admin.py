@@ -104,3 +104,40 @@ def test_a_bundle_whose_manifest_and_graph_disagree_is_refused(bundle_dir: Path,
     (broken / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="sha256"):
         load_bundle(broken)
+
+
+def sourced_version(models: Path, base: Path, version: str, **changes: object) -> Path:
+    """``new_version`` with the manifest's ``source`` (or another field) set to what ``changes`` says."""
+    target = new_version(models, base, version)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.update(changes)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_reload_refuses_a_version_whose_sensors_differ(
+    bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """The same window, other columns: renamed sensors, or (source-backed) other queries, label or step."""
+    models = tmp_path / "models"
+    names = json.loads((bundle_dir / "manifest.json").read_text())["feature_names"]
+    queries = [{"name": n, "expr": f'node_metric{{sensor="{n}"}}'} for n in names]
+    source = {"queries": queries, "by": "instance", "step_s": 60.0}
+    first = sourced_version(models, bundle_dir, "a", source=source)
+    with TestClient(create_app(make_settings(models, redis_url)), headers=auth("all")) as client:
+        sourced_version(models, first, "b", feature_names=["renamed", *names[1:]], source=None)
+        response = client.post("/admin/models/reload")
+        assert response.status_code == 409 and "changes its sensors" in response.json()["detail"]
+        shutil.rmtree(models / "tvnet" / "b")
+        other = [{**queries[0], "expr": "other_metric"}, *queries[1:]]
+        for version, changed in (("c", {"queries": other}), ("d", {"step_s": 30.0}), ("e", {"by": "host"})):
+            sourced_version(models, first, version, source={**source, **changed})
+            response = client.post("/admin/models/reload")
+            assert response.status_code == 409 and "another source" in response.json()["detail"], version
+            shutil.rmtree(models / "tvnet" / version)
+        sourced_version(models, first, "f", source={**source, "gap": {"max_fill_steps": 2}})  # same sensors
+        assert client.post("/admin/models/reload").json()["models"][0] == {
+            "name": "tvnet",
+            "version": "f",
+            "changed": True,
+        }

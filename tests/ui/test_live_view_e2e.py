@@ -194,7 +194,9 @@ def test_live_view_shows_the_stream_its_scores_the_alert_and_the_injected_sensor
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, SCREENSHOT)
 
-        # A reload keeps the key (sessionStorage) and the stream (URL); the feed catches up from Redis.
+        # A reload keeps the key (sessionStorage) and the stream (URL, ?stream=<id> as in the links Alertmanager
+        # notifications carry); the feed catches up from Redis.
+        assert page.url == f"{server.url}/ui?stream={STREAM_ID}"
         page.reload()
         page.wait_for_selector(feed_item)
         page.wait_for_selector(chart_drawn)

@@ -1,0 +1,236 @@
+"""Alert delivery against a real Alertmanager (Debian's ``prometheus-alertmanager`` on a free port) with a
+webhook receiver behind it: the alert as Alertmanager shows it, the notification the receiver gets, its
+resolution, silences, and a refusal. (Faults, restarts and replicas: tests/reliability/test_alert_delivery.py.)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.alertmanager import rfc3339
+from service.app import create_app
+from tests.conftest import SAMPLE
+from tests.service.conftest import auth, make_settings, points_body
+from tests.service.live_alertmanager import AlertmanagerProcess, WebhookReceiver, seconds, wait_until
+from training.data import load_series
+
+RESEND_S = 2.0
+PUBLIC_URL = "https://vigil.example.com"
+CHUNK = 10  # the bundle's stride: an event is seen as soon as the window that raises it is scored
+
+
+@pytest.fixture(scope="module")
+def calm() -> np.ndarray:
+    """600 rows of the sample's normal (training) data that the test bundle never saw."""
+    return load_series(SAMPLE / "train.txt.gz", max_rows=3600)[3000:]
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, hook: WebhookReceiver) -> Iterator[AlertmanagerProcess]:
+    process = AlertmanagerProcess(tmp_path / "alertmanager", hook.url)
+    yield process
+    process.stop()
+
+
+def delivering_client(models_dir: Path, redis_url: str, url: str) -> TestClient:
+    settings = make_settings(
+        models_dir,
+        redis_url,
+        alertmanager={
+            "urls": [url],
+            "resend_interval_s": RESEND_S,
+            "lease_s": 3,
+            "backoff_max_s": 1,
+            "labels": {"env": "test"},
+        },
+        public_url=PUBLIC_URL + "/",
+    )
+    return TestClient(create_app(settings), headers=auth("all"))
+
+
+def push_until(
+    client: TestClient,
+    stream_id: str,
+    series: np.ndarray,
+    t0: float,
+    start: int,
+    wanted: Callable[[dict[str, Any]], bool],
+) -> tuple[int, dict[str, Any]]:
+    """POST rows from ``start`` (ts = t0 + row) until an event matches; returns the next row and the event."""
+    for offset in range(start, len(series), CHUNK):
+        body = points_body(stream_id, series[offset : offset + CHUNK], 0)
+        for point, row in zip(body["points"], range(offset, offset + CHUNK), strict=False):
+            point["ts"] = t0 + row
+        response = client.post("/score", json=body)
+        assert response.status_code == 200, response.text
+        for event in response.json()["alerts"]:
+            if wanted(event):
+                return offset + CHUNK, event
+    raise AssertionError(f"{stream_id}: no such event in the series")
+
+
+def spiked(calm: np.ndarray, start: int, stop: int) -> np.ndarray:
+    series = calm.copy()
+    series[start:stop] += 5.0  # every sensor far off (the sample is min-max scaled to [0, 1]): critical
+    return series
+
+
+def test_delivery_shows_the_alert_in_alertmanager_notifies_and_resolves_within_a_resend_interval(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: Any,
+    calm: np.ndarray,
+    alertmanager: AlertmanagerProcess,
+    hook: WebhookReceiver,
+) -> None:
+    series = spiked(calm, 300, 320)
+    t0 = float(int(time.time()) - 3600)  # the client's ts: epoch seconds, an hour ago
+    with delivering_client(models_dir, redis_url, alertmanager.url) as client:
+        row, firing = push_until(
+            client, "pump-7", series, t0, 0, lambda e: e["state"] == "firing" and e["started_ts"] >= t0 + 280
+        )
+        starts_at = rfc3339(firing["started_ts"])
+
+        def shown() -> list[dict[str, Any]]:
+            return [a for a in alertmanager.alerts(stream="pump-7") if a["startsAt"] == starts_at]
+
+        wait_until("the firing alert in Alertmanager", lambda: bool(shown()), timeout_s=15)
+        (alert,) = shown()
+        assert alert["labels"] == {
+            "alertname": "VigilAnomaly",
+            "stream": "pump-7",
+            "model": "tvnet",
+            "severity": firing["severity"],
+            "env": "test",
+        }
+        assert alert["status"]["state"] == "active"
+        assert alert["generatorURL"] == f"{PUBLIC_URL}/ui?stream=pump-7"
+        notes = alert["annotations"]
+        assert "pump-7" in notes["summary"] and firing["severity"] in notes["summary"]
+        assert float(notes["peak_score"]) == pytest.approx(firing["peak_score"], rel=1e-5)
+        assert float(notes["threshold"]) == pytest.approx(firing["threshold"], rel=1e-5)
+        assert (notes["model_version"], notes["event_id"]) == ("test", firing["id"])
+        top = [pair.split("=") for pair in notes["top_sensors"].split(",")]
+        assert [name for name, _ in top] == firing["sensors"]  # the sensors at the peak, with their shares
+        shares = [float(share) for _, share in top]
+        assert all(0 < s <= 1 for s in shares) and sum(shares) <= 1.0001 and shares == sorted(shares)[::-1]
+        assert f"{firing['sensors'][0]} (" in notes["description"]
+
+        def heard(status: str) -> list[dict[str, Any]]:
+            return [
+                a
+                for a in hook.alerts()
+                if a["labels"]["stream"] == "pump-7"
+                and seconds(a["startsAt"]) == firing["started_ts"]
+                and a["status"] == status
+            ]
+
+        wait_until("the receiver's firing notification", lambda: bool(heard("firing")), timeout_s=15)
+        assert heard("firing")[0]["generatorURL"] == f"{PUBLIC_URL}/ui?stream=pump-7"
+
+        _, resolved = push_until(
+            client,
+            "pump-7",
+            series,
+            t0,
+            row,
+            lambda e: e["state"] == "resolved" and e["started_ts"] == firing["started_ts"],
+        )
+        took = wait_until("the alert resolved in Alertmanager", lambda: not shown(), timeout_s=15)
+        assert took <= RESEND_S
+        wait_until("the receiver's resolved notification", lambda: bool(heard("resolved")), timeout_s=15)
+        assert seconds(heard("resolved")[0]["endsAt"]) == resolved["ts"]
+
+
+def test_a_silence_in_alertmanager_keeps_the_notification_from_the_receiver(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: Any,
+    calm: np.ndarray,
+    alertmanager: AlertmanagerProcess,
+    hook: WebhookReceiver,
+) -> None:
+    silence = alertmanager.silence(stream="quiet-1", alertname="VigilAnomaly")
+    series = spiked(calm, 300, 320)
+    t0 = float(int(time.time()) - 3600)
+
+    def is_firing(event: dict[str, Any]) -> bool:
+        return event["state"] == "firing"
+
+    with delivering_client(models_dir, redis_url, alertmanager.url) as client:
+        push_until(client, "quiet-1", series, t0, 0, is_firing)
+        push_until(client, "loud-1", series, t0, 0, is_firing)
+        wait_until(
+            "loud-1 notified",
+            lambda: any(a["labels"]["stream"] == "loud-1" for a in hook.alerts()),
+            timeout_s=15,
+        )
+        time.sleep(2.0)  # group_wait (1 s) and a margin: quiet-1 would have been notified by now
+        (quiet,) = alertmanager.alerts(stream="quiet-1")
+    assert quiet["status"]["state"] == "suppressed" and quiet["status"]["silencedBy"] == [silence]
+    assert not [a for a in hook.alerts() if a["labels"]["stream"] == "quiet-1"]
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{{{wanted}}}")
+
+
+def test_a_refusal_by_alertmanager_is_logged_counted_and_not_retried(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: Any,
+    calm: np.ndarray,
+    alertmanager: AlertmanagerProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = alertmanager.url + "/no-such-prefix"  # Alertmanager answers 404 page not found
+    target = url.removeprefix("http://")
+    series = spiked(calm, 300, 320)
+
+    def count(name: str, **labels: str) -> float:
+        return metric(client, name, alertmanager=target, **labels)
+
+    def all_handled() -> bool:
+        (group,) = [
+            g
+            for g in clean_redis.xinfo_groups("vigil:alerts")
+            if g["name"] == f"vigil-notify:{target}".encode()
+        ]
+        return int(group["pending"]) == 0 and group["lag"] == 0
+
+    with (
+        caplog.at_level(logging.ERROR, logger="service.notify"),
+        delivering_client(models_dir, redis_url, url) as client,
+    ):
+        push_until(client, "refused-1", series, float(int(time.time())), 0, lambda e: e["state"] == "firing")
+        wait_until(
+            "the refusal counted and every event handled",
+            lambda: count("vigil_alert_deliveries_total", outcome="rejected") >= 1 and all_handled(),
+            timeout_s=15,
+        )
+        refused = count("vigil_alertmanager_posts_total", kind="event", outcome="rejected")
+        time.sleep(2.0)  # retries would have come after 0.5 s and 1 s
+        assert count("vigil_alertmanager_posts_total", kind="event", outcome="rejected") == refused
+        assert count("vigil_alertmanager_posts_total", kind="event", outcome="failed") == 0
+        assert count("vigil_alert_deliveries_total", outcome="delivered") == 0
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals and "HTTP 404" in refusals[0] and "page not found" in refusals[0]
