@@ -20,12 +20,16 @@ RUN groupadd --system --gid 10001 vigil \
         --shell /usr/sbin/nologin vigil \
     && install -d -o vigil -g vigil -m 0755 /models
 
-# The sources pip builds the project from (the .dockerignore keeps everything else out of the context).
+# The sources pip builds the project from (the .dockerignore keeps everything else out of the context). The
+# serving image is built without training/: `vigil` (service/cli.py) finds the training commands only where that
+# package is installed, and the service imports nothing of it.
 FROM base AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
+
+FROM source AS source-train
 COPY training ./training
 
 # Serving virtualenv: `pip install .` (no extras) plus the CUDA 13 and cuDNN 9 wheels that onnxruntime-gpu
@@ -37,7 +41,7 @@ RUN python -m venv /opt/venv \
     && pip install . "onnxruntime-gpu[cuda,cudnn]==${ORT_VERSION}"
 
 # "./[train]" is the path-with-extras form of ".[train]" (hadolint reads the latter as an unpinned package).
-FROM source AS trainer
+FROM source-train AS trainer
 ARG TORCH_VERSION=2.13.0
 RUN python -m venv /opt/venv \
     && pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \

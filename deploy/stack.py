@@ -259,7 +259,7 @@ def start_vigil(stack: Stack, args: argparse.Namespace, redis_url: str, alertman
         [
             sys.executable,
             "-m",
-            "training.cli",
+            "service.cli",
             "serve",
             "--models-dir",
             str(args.models_dir),
@@ -315,7 +315,7 @@ def start_replay(stack: Stack, args: argparse.Namespace, vigil_url: str) -> subp
     argv = [
         sys.executable,
         "-m",
-        "training.cli",
+        "service.cli",
         "replay",
         "--url",
         vigil_url,

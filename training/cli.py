@@ -1,4 +1,7 @@
-"""The ``vigil`` command. Subcommands import what they need lazily: ``serve`` and ``replay`` never load torch."""
+"""The training commands of ``vigil``: train, evaluate, calibrate, backtest. ``vigil`` itself lives in
+``service.cli`` (serve, replay) and finds these through the entry point group ``vigil.commands``, so the
+training package depends on nothing of the service and the serving image can leave it out. Subcommands import
+what they need lazily: building the parser never loads torch."""
 
 from __future__ import annotations
 
@@ -213,31 +216,17 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from service.server import run_server
-
-    return run_server(args.models_dir, args.redis_url, args.host, args.port, args.workers)
-
-
-def _replay(args: argparse.Namespace) -> int:
-    from service.replay import replay
-
-    return replay(
-        url=args.url,
-        stream_id=args.stream_id,
-        data=args.data,
-        rate=args.rate,
-        chunk=args.chunk,
-        model=args.model,
-        api_key=args.api_key,
-        quiet=args.quiet,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The training commands alone (``python -m training.cli``); ``vigil`` (``service.cli``) adds them to its
+    own through :func:`register`."""
     parser = argparse.ArgumentParser(prog="vigil", description="Streaming anomaly detection for sensor data")
-    sub = parser.add_subparsers(dest="command", required=True)
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
 
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``train``, ``evaluate``, ``calibrate`` and ``backtest`` to the ``vigil`` command (the entry point
+    ``vigil.commands: training``). Building the parsers never loads torch."""
     train = sub.add_parser("train", help="train, export, calibrate and write a model bundle")
     from training.config import FAMILY_DEFAULTS  # pydantic only: building the parser never loads torch
 
@@ -279,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("VIGIL_RELOAD_API_KEY"),
         help="admin key for --reload-url (default: $VIGIL_RELOAD_API_KEY)",
     )
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_train, run=run)
 
     evaluate = sub.add_parser("evaluate", help="score a labelled test series offline and print metrics")
     evaluate.add_argument("--bundle", type=Path, required=True)
@@ -295,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds between points (false alerts per day)",
     )
-    evaluate.set_defaults(func=_evaluate)
+    evaluate.set_defaults(func=_evaluate, run=run)
 
     calibrate = sub.add_parser(
         "calibrate", help="calibrate a trained bundle's thresholds anew, without retraining"
@@ -313,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--threads", type=int, default=0)
     _calibration_arguments(calibrate)
-    calibrate.set_defaults(func=_calibrate)
+    calibrate.set_defaults(func=_calibrate, run=run)
 
     backtest = sub.add_parser(
         "backtest",
@@ -334,31 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--threads", type=int, default=0)
     backtest.add_argument("--no-report", action="store_true", help="skip backtest_report.png")
-    backtest.set_defaults(func=_backtest)
-
-    serve = sub.add_parser("serve", help="run the scoring service")
-    serve.add_argument("--models-dir", type=Path, default=None)
-    serve.add_argument("--redis-url", default=None)
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument(
-        "--workers", type=int, default=None, help="uvicorn worker processes (metrics aggregate)"
-    )
-    serve.set_defaults(func=_serve)
-
-    replay = sub.add_parser("replay", help="stream a series into POST /score and print alerts")
-    replay.add_argument("--url", required=True)
-    replay.add_argument("--stream-id", required=True)
-    replay.add_argument("--data", type=Path, required=True)
-    replay.add_argument(
-        "--rate", type=float, default=None, help="points per second (default: as fast as possible)"
-    )
-    replay.add_argument("--chunk", type=int, default=10, help="points per request")
-    replay.add_argument("--model", default=None)
-    replay.add_argument("--api-key", default=None)
-    replay.add_argument("--quiet", action="store_true", help="print only alerts and the summary")
-    replay.set_defaults(func=_replay)
-    return parser
+    backtest.set_defaults(func=_backtest, run=run)
 
 
 def _source_arguments(train: argparse.ArgumentParser) -> None:
@@ -415,18 +380,22 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed training command; a query, preset, range or bundle that cannot be used exits 2."""
     from models.manifest import BundleError
     from models.source import SourceError
 
     try:
         return int(args.func(args))
-    except (SourceError, BundleError) as exc:  # a query, preset, range or bundle that cannot be used
+    except (SourceError, BundleError) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -189,3 +189,19 @@ def test_trainer_entry_script_keeps_an_existing_bundle(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "nothing to train" in result.stdout
     assert not (tmp_path / "vigil-args").exists()
+
+
+def test_the_serving_image_is_built_without_the_training_package() -> None:
+    """The serve stage's virtualenv comes from a stage that never copied training/ (and installs no extras)."""
+    stages: dict[str, list[str]] = {}
+    current = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            current = words[-1]
+            parent = words[1]
+            stages[current] = list(stages.get(parent, []))
+        elif words[:1] == ["COPY"] and current:
+            stages[current].extend(words[1:-1])
+    assert "training" not in stages["serve-build"] and "models" in stages["serve-build"]
+    assert "training" in stages["trainer"]

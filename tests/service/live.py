@@ -37,7 +37,7 @@ class LiveServer:
     def start(self, timeout_s: float = 60) -> LiveServer:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve"],
+            [sys.executable, "-m", "service.cli", "serve"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
