@@ -226,13 +226,14 @@ class Workload:
         from redis.asyncio import BlockingConnectionPool, Redis
 
         from service.settings import Settings
-        from service.windows import WindowStore
+        from service.windows import StreamGeometry, WindowStore
 
         started = time.perf_counter()
         client = Redis(
             connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=concurrency)
         )
         store = WindowStore(client, Settings.model_fields["window_ttl_s"].default)
+        geometry = StreamGeometry(model_name, self.window_length, self.stride, self.rows.shape[1])
         queue: asyncio.Queue[int] = asyncio.Queue()
         for g in range(first, self.n_streams):
             queue.put_nowait(g)
@@ -244,9 +245,11 @@ class Workload:
                 start = (g * 13) % (len(self.rows) - n)
                 ts = np.arange(ts_base - n, ts_base, dtype=np.float64)
                 values = np.ascontiguousarray(self.rows[start : start + n], dtype=np.float32)
-                await store.append(
-                    f"{self.prefix}{g}", model_name, self.window_length, self.stride, ts, values
-                )
+                # A primed stream is caught up: its windows are committed as if a request had scored them.
+                stream_id, token = f"{self.prefix}{g}", f"prime-{g}"
+                appended = await store.append(stream_id, geometry, ts, values, token)
+                if appended.windows:
+                    await store.commit(stream_id, geometry, token, appended.windows[-1].end_index)
 
         try:
             await asyncio.gather(*(fill() for _ in range(concurrency)))

@@ -13,6 +13,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v wrk >/dev/null 2>&1 || apt_packages+=(wrk)  # load generator of the benchmarks and the slow overload test
 command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)  # the live view's browser test
 # The reverse proxy's tests (nginx -t, nginx in front of vigil serve); nginx is in /usr/sbin.
 PATH="$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || apt_packages+=(nginx-light)

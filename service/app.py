@@ -28,7 +28,7 @@ from service.errors import (
 )
 from service.feed import FeedHub
 from service.history import ScoreHistory
-from service.inflight import InflightLimitMiddleware, KeySlots
+from service.inflight import InflightLimitMiddleware
 from service.metrics import Metrics
 from service.notify import AlertDelivery, replica_name
 from service.peak import peak_context
@@ -282,8 +282,6 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSONBytesResponse,
     )
     app.state.keyring = KeyRing(settings.api_keys, settings.auth_disabled)
-    per_key = settings.max_inflight_per_key or max(1, settings.max_inflight_requests // 4)
-    app.state.key_slots = KeySlots(None if settings.auth_disabled else per_key)
     install_error_handlers(app)
     routers = (score.router, streams.router, feed.router, health.router, ui.router)
     for router in routers:
@@ -293,7 +291,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )
-    app.add_middleware(InflightLimitMiddleware, max_inflight=settings.max_inflight_requests, metrics=metrics)
+    per_key = settings.max_inflight_per_key or max(1, settings.max_inflight_requests // 4)
+    app.add_middleware(
+        InflightLimitMiddleware,
+        max_inflight=settings.max_inflight_requests,
+        metrics=metrics,
+        per_key=None if settings.auth_disabled else per_key,
+    )
     # The routes as declared name the requests refused before routing (FastAPI's wrappers of included
     # routers carry no template).
     declared = [*(route for router in routers for route in router.routes), *app.router.routes]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Forbidden, Unauthorized
-from service.inflight import KeySlots
 from service.settings import APIKey, Role
 
 log = logging.getLogger(__name__)
@@ -58,21 +57,17 @@ class KeyRing:
 BEARER = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
 
 
-def require(role: Role) -> Callable[..., AsyncIterator[Principal]]:
-    """A FastAPI dependency that admits keys holding ``role`` (documented as bearer security), each within its
-    share of the requests in progress (``app.state.key_slots``, a :class:`~service.inflight.KeySlots`): the
-    slot is held until the request ends. It runs before a route reads its body, so a bad key is answered
-    401/403 and a key over its share 429 without the body being read."""
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI dependency that admits keys holding ``role`` (documented as bearer security). It runs before a
+    route reads its body, so a bad key is answered 401/403 without the body being read. (A key's share of the
+    requests in progress is enforced earlier, in :class:`~service.inflight.InflightLimitMiddleware`.)"""
 
     async def dependency(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(BEARER),  # noqa: B008
-    ) -> AsyncIterator[Principal]:
+    ) -> Principal:
         keyring: KeyRing = request.app.state.keyring
-        principal = keyring.authorise(credentials.credentials if credentials else None, role)
-        slots: KeySlots = request.app.state.key_slots
-        with slots.hold(principal.name):
-            yield principal
+        return keyring.authorise(credentials.credentials if credentials else None, role)
 
     return dependency
 
