@@ -57,6 +57,9 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "smooth": {"smoothing_alpha": 0.1},
     "level": {"level_alpha": 0.1},
     "smooth_level": {"smoothing_alpha": 0.1, "level_alpha": 0.1},
+    # The level term balanced against the reconstruction term on validation (ScoreOptions.balance_level).
+    "blevel": {"level_alpha": 0.1, "balance_level": True},
+    "smooth_blevel": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
     "q99_smooth": {"standardise": "q99", "smoothing_alpha": 0.1},
     "median_smooth": {"standardise": "median", "smoothing_alpha": 0.1},
     "top5_smooth": {"aggregation": "top_k", "top_k": 5, "smoothing_alpha": 0.1},
@@ -73,14 +76,22 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
     **{f"{family}_pot": (family, {"false_alerts_per_day": None}, None) for family in FAMILIES},
     # Every family with the same scoring options (a fair comparison), then each option alone on the two models
     # Vigil is built around.
-    **{f"{family}+smooth_level": (family, {}, SCORINGS["smooth_level"]) for family in SCORED_FAMILIES},
+    **{
+        f"{family}+{name}": (family, {}, SCORINGS[name])
+        for name in ("smooth_level", "smooth_blevel")
+        for family in SCORED_FAMILIES
+    },
     **{
         f"{family}+{name}": (family, {}, options)
         for family in ("tvnet", "convtimenet")
         for name, options in SCORINGS.items()
-        if name != "smooth_level"
+        if name not in ("smooth_level", "smooth_blevel")
     },
-    **{f"{fleet}+smooth_level": (fleet, {}, SCORINGS["smooth_level"]) for fleet in FLEETS},
+    **{
+        f"{fleet}+{name}": (fleet, {}, SCORINGS[name])
+        for fleet in FLEETS
+        for name in ("smooth_level", "smooth_blevel")
+    },
 }
 ROWS = [*FAMILIES, *VARIANTS, *FLEETS, *CALIBRATIONS]
 # What one plain run evaluates: every family, the fleet and every calibration/scoring row (the two training

@@ -31,6 +31,11 @@ class ScoreOptions(BaseModel):
     level_alpha: float | None = Field(None, gt=0, le=1)  # None: no level term
     level_weight: float = Field(1.0, gt=0)
     level_scale_floor: float = Field(0.1, gt=0)  # in training standard deviations
+    # Scale the level term so that its 99th percentile over the validation points equals the reconstruction
+    # term's (times ``level_weight``): both have the same footprint on normal data and neither drowns the other.
+    # Unbalanced, a near-constant sensor's level term (scale at the floor) is thousands of times a typical
+    # reconstruction error, and every family's score becomes the same level detector.
+    balance_level: bool = False
 
 
 def scored_windows(series: F32, window_length: int, stride: int) -> tuple[F32, npt.NDArray[np.intp]]:
@@ -71,11 +76,22 @@ def fit_score_definition(
         recent = _scored_points(causal_average(windows, options.level_alpha), spans).astype(np.float64)
         center = np.median(recent, axis=0)
         spread = (np.quantile(recent, 0.75, axis=0) - np.quantile(recent, 0.25, axis=0)) / IQR_TO_SIGMA
+        scale = np.maximum(spread, options.level_scale_floor)
+        weight = options.level_weight
+        if options.balance_level:
+            errors = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
+            sensor_scale = update.get("sensor_scale")
+            if sensor_scale is not None:
+                errors = errors / np.asarray(sensor_scale, dtype=np.float32)
+            levels = np.square((recent - center) / scale)
+            reconstruction_tail = float(np.quantile(errors.mean(axis=1, dtype=np.float64), 0.99))
+            level_tail = float(np.quantile(levels.mean(axis=1), 0.99))
+            weight *= max(reconstruction_tail, 1e-12) / max(level_tail, 1e-12)
         update["level"] = LevelTerm(
             alpha=options.level_alpha,
             center=[float(v) for v in center],
-            scale=[float(v) for v in np.maximum(spread, options.level_scale_floor)],
-            weight=options.level_weight,
+            scale=[float(v) for v in scale],
+            weight=weight,
         )
     return ScoreDefinition.model_validate({**base.model_dump(), **update})
 

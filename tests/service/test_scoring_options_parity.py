@@ -25,6 +25,7 @@ OPTIONS = {
     "top_k": {"aggregation": "top_k", "top_k": 5},
     "max": {"aggregation": "max"},
     "level": {"level_alpha": 0.1},
+    "balanced_level": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
     "all": {
         "standardise": "median",
         "smoothing_alpha": 0.2,

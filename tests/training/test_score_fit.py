@@ -53,6 +53,28 @@ def test_fit_level_term_centres_and_scales_the_recent_level() -> None:
     assert min(definition.level.scale) >= 0.1
 
 
+def test_a_balanced_level_term_has_the_reconstruction_terms_tail_on_validation() -> None:
+    """With ``balance_level`` the level term's weight makes its 99th percentile over the validation points (mean
+    over sensors) equal the reconstruction term's, times ``level_weight``, whatever the sensors' scales."""
+    rng = np.random.default_rng(2)
+    windows = (rng.normal(size=(30, 20, 3)) * np.array([1.0, 1e-3, 5.0])).astype(np.float32)
+    noise = (0.05 * rng.normal(size=windows.shape)).astype(np.float32)
+    spans = np.full(30, 10)
+    options = ScoreOptions(level_alpha=0.2, level_weight=2.0, balance_level=True)
+    definition = fit_score_definition(windows, spans, ModelOutput(windows + noise), ScoreDefinition(), options)
+    level = definition.level
+    assert level is not None
+    recent = np.concatenate([causal_average(windows, 0.2)[i, -10:] for i in range(30)]).astype(np.float64)
+    errors = np.concatenate([noise[i, -10:] ** 2 for i in range(30)]).astype(np.float64)
+    level_terms = ((recent - np.asarray(level.center)) / np.asarray(level.scale)) ** 2
+    weighted_tail = np.quantile(level.weight * level_terms.mean(axis=1), 0.99)
+    assert weighted_tail == pytest.approx(2.0 * np.quantile(errors.mean(axis=1), 0.99), rel=1e-4)
+    unbalanced = fit_score_definition(
+        windows, spans, ModelOutput(windows + noise), ScoreDefinition(), ScoreOptions(level_alpha=0.2)
+    )
+    assert unbalanced.level is not None and unbalanced.level.weight == 1.0 and level.weight < 0.1
+
+
 def test_default_options_leave_the_models_definition_alone() -> None:
     base = ScoreDefinition(kind="association_weighted_mse", temperature=50.0)
     windows = np.zeros((2, 10, 2), dtype=np.float32)
