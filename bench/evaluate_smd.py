@@ -74,6 +74,9 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
     # The point-level POT thresholds of earlier runs with the service's default lifecycle (k 3 of 5, m 10):
     # the control for the false-alert-rate calibration (issue 13).
     **{f"{family}_pot": (family, {"false_alerts_per_day": None}, None) for family in FAMILIES},
+    # Per-stream thresholds that may rise above the calibrated ones (a stream noisier than validation) but never
+    # fall below them (min_ratio 1 instead of 0.25): only the adaptive columns differ from the family's row.
+    **{f"{family}_floor": (family, {"adaptive": {"min_ratio": 1.0}}, None) for family in FAMILIES},
     # Every family with the same scoring options (a fair comparison), then each option alone on the two models
     # Vigil is built around.
     **{

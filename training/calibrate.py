@@ -175,7 +175,7 @@ def calibrate_alerts(
     choices: list[_Choice] = []
     for k, n in config.lifecycle_grid:
         for m in config.resolve_grid:
-            policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio)
+            policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio, adaptive=config.adaptive)
             within = partial(_within, series, budget, config.max_alert_share, policy)
             critical = max(point.critical, float(candidates[0]))
             if not within(critical, critical):

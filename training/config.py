@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.manifest import AdaptivePolicy
 from models.source import PrometheusSource
 from training.score_fit import ScoreOptions
 
@@ -29,6 +30,8 @@ class CalibrationConfig(BaseModel):
     resolve_grid: list[int] = [3, 6, 12]
     max_alert_share: float = Field(0.01, gt=0, le=1)  # of validation time in alert, all alerts together
     exit_ratio: float = Field(0.8, gt=0, le=1)
+    # How per-stream thresholds adapt, when a deployment switches them on (recorded in the bundle's policy).
+    adaptive: AdaptivePolicy = AdaptivePolicy()
 
 
 class PrometheusRange(BaseModel):

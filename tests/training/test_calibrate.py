@@ -92,3 +92,17 @@ def test_false_alert_calibration_does_not_accept_an_alert_that_never_closes() ->
     config = CalibrationConfig(false_alerts_per_day=1.0)
     thresholds, policy = calibrate_alerts(scores, calibrate(scores, config), config)
     assert thresholds.warning > np.quantile(scores[2 * 1440 :], 0.5), policy
+
+
+def test_the_adaptive_policy_asked_for_is_recorded_with_the_calibrated_lifecycle() -> None:
+    from models.manifest import AdaptivePolicy
+    from training.calibrate import calibrate_alerts
+
+    scores = _noisy_validation(6)
+    config = CalibrationConfig(
+        false_alerts_per_day=1.0, adaptive=AdaptivePolicy(min_ratio=1.0, warmup_points=50)
+    )
+    _, policy = calibrate_alerts(scores, calibrate(scores, config), config)
+    assert policy.adaptive == AdaptivePolicy(min_ratio=1.0, warmup_points=50)
+    _, default = calibrate_alerts(scores, calibrate(scores, CalibrationConfig()), CalibrationConfig())
+    assert default.adaptive == AdaptivePolicy()
