@@ -93,3 +93,59 @@ def evaluate_alerts(
 ) -> AlertReport:
     """Run ``scores`` (NaN = unscored) through a fresh stream's lifecycle and measure its alerts."""
     return measure_alerts(replay_series(scores, levels), labels, sampling_interval_s)
+
+
+@dataclass(frozen=True)
+class AlertCeiling:
+    """The best event recall any single warning threshold reaches on a labelled series within an alert budget,
+    with the lifecycle fixed (critical at the calibrated critical/warning ratio). An **oracle**: the threshold is
+    chosen on the labelled data itself, so it is never a result to report as detection quality. It separates
+    the two reasons a deployment misses its target: scores that cannot meet it at any threshold (the ceiling is
+    low too), or calibrated thresholds that do not transfer to the test period (the ceiling is high)."""
+
+    event_recall: float  # NaN without labelled events; 0.0 when no threshold stays within the budget
+    false_alerts_per_day: float
+    time_in_alert: float
+    warning: float  # the threshold that reached it (NaN if none)
+    max_false_alerts_per_day: float
+    max_alert_time_ratio: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def alert_ceiling(
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    levels: LevelThresholds,
+    sampling_interval_s: float,
+    max_false_alerts_per_day: float = 1.0,
+    max_alert_time_ratio: float = 2.0,
+    n_candidates: int = 40,
+) -> AlertCeiling:
+    """:class:`AlertCeiling` over warning thresholds at the score quantiles ``1 - 10**-x``, x in [1, 4], with
+    fixed thresholds: at most ``max_false_alerts_per_day`` false alerts a day and time in alert at most
+    ``max_alert_time_ratio`` times the labelled share."""
+    values = np.asarray(scores, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    ratio = levels.critical / levels.warning if levels.warning > 0 else 1.0
+    policy = levels.policy.model_copy(update={"thresholds": "fixed"})
+    best: tuple[float, float, float, float] | None = None  # recall, false/day, time in alert, warning
+    for warning in (
+        np.unique(np.quantile(finite, 1.0 - np.logspace(-1, -4, n_candidates))) if finite.size else []
+    ):
+        candidate = LevelThresholds(float(warning), float(warning) * max(ratio, 1.0), policy)
+        report = evaluate_alerts(values, labels, candidate, sampling_interval_s)
+        if math.isnan(report.event_recall):
+            return AlertCeiling(
+                math.nan, math.nan, math.nan, math.nan, max_false_alerts_per_day, max_alert_time_ratio
+            )
+        within = (
+            report.false_alerts_per_day <= max_false_alerts_per_day
+            and report.time_in_alert <= max_alert_time_ratio * report.labelled_share
+        )
+        if within and (best is None or report.event_recall > best[0]):
+            best = (report.event_recall, report.false_alerts_per_day, report.time_in_alert, float(warning))
+    if best is None:
+        return AlertCeiling(0.0, math.nan, math.nan, math.nan, max_false_alerts_per_day, max_alert_time_ratio)
+    return AlertCeiling(*best, max_false_alerts_per_day, max_alert_time_ratio)

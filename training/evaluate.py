@@ -9,7 +9,7 @@ from models.lifecycle import LevelThresholds
 from models.manifest import AlertPolicy, Manifest
 from models.runtime import LoadedBundle, load_bundle
 from models.scoring import SeriesScores, normalise, score_series
-from training.alert_metrics import evaluate_alerts
+from training.alert_metrics import alert_ceiling, evaluate_alerts
 from training.data import load_labels, load_series
 from training.metrics import evaluate_scores, parse_interpretation_labels
 
@@ -81,6 +81,10 @@ def evaluate_bundle(
             ).as_dict()
             for mode in ("fixed", "adaptive")
         },
+        # An oracle (threshold chosen on this test data): what the scores could reach, not a result.
+        "alert_ceiling": alert_ceiling(
+            scored.scores, labels, alert_levels(bundle.manifest, "fixed"), sampling_interval_s
+        ).as_dict(),
         "alert_policy": (bundle.manifest.alerts or AlertPolicy()).model_dump(),
         "sampling_interval_s": sampling_interval_s,
     }

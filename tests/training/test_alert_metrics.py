@@ -72,3 +72,32 @@ def test_evaluate_alerts_runs_the_scores_through_the_lifecycle() -> None:
     assert report.n_alerts == 2 and report.n_false_alerts == 1
     # resolved at the fifth point under exit: 114 (after 110..114) and 205 (after 201..205)
     assert report.time_in_alert == pytest.approx((114 - 102 + 205 - 200) / 300)
+
+
+def test_the_alert_ceiling_is_the_best_recall_any_threshold_reaches_within_the_budget() -> None:
+    """An oracle over thresholds: two events, one tall and one barely over the noise; a threshold low enough for
+    the small one brings false alerts, so within one false alert a day only the tall one is reachable."""
+    from models.lifecycle import LevelThresholds
+    from models.manifest import AlertPolicy
+    from training.alert_metrics import alert_ceiling, evaluate_alerts
+
+    rng = np.random.default_rng(3)
+    scores = rng.gamma(2.0, 0.5, size=4 * 1440)  # four days, one point a minute
+    labels = np.zeros(scores.size, dtype=int)
+    scores[1000:1060] += 30.0
+    labels[1000:1060] = 1
+    scores[3000:3060] += 1.0  # hardly over the noise
+    labels[3000:3060] = 1
+    levels = LevelThresholds(50.0, 100.0, AlertPolicy(k=3, n=5, m=10))  # calibrated too high: nothing fires
+    assert evaluate_alerts(scores, labels, levels, 60.0).event_recall == 0.0
+    ceiling = alert_ceiling(scores, labels, levels, 60.0, max_false_alerts_per_day=1.0)
+    assert ceiling.event_recall == 0.5 and ceiling.false_alerts_per_day <= 1.0
+    assert ceiling.time_in_alert <= 2.0 * labels.mean()
+    at = evaluate_alerts(
+        scores, labels, LevelThresholds(ceiling.warning, 2 * ceiling.warning, levels.policy), 60.0
+    )
+    assert at.event_recall == ceiling.event_recall
+    generous = alert_ceiling(
+        scores, labels, levels, 60.0, max_false_alerts_per_day=1e9, max_alert_time_ratio=1e9
+    )
+    assert generous.event_recall == 1.0  # without a budget, a low threshold catches both
