@@ -79,12 +79,12 @@ def fit_score_definition(
         scale = np.maximum(spread, options.level_scale_floor)
         weight = options.level_weight
         if options.balance_level:
-            errors = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
+            squared = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
             sensor_scale = update.get("sensor_scale")
-            if sensor_scale is not None:
-                errors = errors / np.asarray(sensor_scale, dtype=np.float32)
+            divisor = np.asarray(sensor_scale if isinstance(sensor_scale, list) else 1.0, dtype=np.float64)
+            errors = squared.astype(np.float64) / divisor
             levels = np.square((recent - center) / scale)
-            reconstruction_tail = float(np.quantile(errors.mean(axis=1, dtype=np.float64), 0.99))
+            reconstruction_tail = float(np.quantile(errors.mean(axis=1), 0.99))
             level_tail = float(np.quantile(levels.mean(axis=1), 0.99))
             weight *= max(reconstruction_tail, 1e-12) / max(level_tail, 1e-12)
         update["level"] = LevelTerm(
