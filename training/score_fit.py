@@ -82,9 +82,9 @@ def fit_score_definition(
             squared = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
             sensor_scale = update.get("sensor_scale")
             divisor = np.asarray(sensor_scale if isinstance(sensor_scale, list) else 1.0, dtype=np.float64)
-            errors = squared.astype(np.float64) / divisor
+            point_errors = squared.astype(np.float64) / divisor
             levels = np.square((recent - center) / scale)
-            reconstruction_tail = float(np.quantile(errors.mean(axis=1), 0.99))
+            reconstruction_tail = float(np.quantile(point_errors.mean(axis=1), 0.99))
             level_tail = float(np.quantile(levels.mean(axis=1), 0.99))
             weight *= max(reconstruction_tail, 1e-12) / max(level_tail, 1e-12)
         update["level"] = LevelTerm(
