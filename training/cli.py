@@ -181,6 +181,14 @@ def alert_summary(result: dict[str, Any]) -> str:
             f"(labelled {a['labelled_share']:.1%}), alerts per detected event "
             f"{a['alerts_per_detected_event']:.2f}"
         )
+    ceiling = result.get("alert_ceiling")
+    if ceiling is not None:
+        lines.append(
+            f"  {'oracle threshold':<20} event recall {ceiling['event_recall']:.2f} at most "
+            f"{ceiling['max_false_alerts_per_day']:g} false alert/day and time in alert <= "
+            f"{ceiling['max_alert_time_ratio']:g}x labelled (chosen on this test data: what the scores allow, "
+            "not a result)"
+        )
     return "\n".join(lines)
 
 

@@ -73,6 +73,8 @@ def test_calibrate_writes_a_new_version_sharing_the_graph_and_evaluate_prints_al
     result = json.loads(out_json.read_text())
     assert result["alerts"]["fixed"]["days"] == pytest.approx(2000 * 30 / 86400)
     assert result["alerts"]["fixed"]["n_events"] == 1
+    assert "oracle threshold" in printed and "not a result" in printed
+    assert 0.0 <= result["alert_ceiling"]["event_recall"] <= 1.0
 
 
 def test_calibrate_refuses_to_overwrite_the_bundle_it_reads(bundle_dir: Path, tmp_path: Path) -> None:
