@@ -61,7 +61,9 @@ def test_a_balanced_level_term_has_the_reconstruction_terms_tail_on_validation()
     noise = (0.05 * rng.normal(size=windows.shape)).astype(np.float32)
     spans = np.full(30, 10)
     options = ScoreOptions(level_alpha=0.2, level_weight=2.0, balance_level=True)
-    definition = fit_score_definition(windows, spans, ModelOutput(windows + noise), ScoreDefinition(), options)
+    definition = fit_score_definition(
+        windows, spans, ModelOutput(windows + noise), ScoreDefinition(), options
+    )
     level = definition.level
     assert level is not None
     recent = np.concatenate([causal_average(windows, 0.2)[i, -10:] for i in range(30)]).astype(np.float64)
