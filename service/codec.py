@@ -9,6 +9,15 @@ Binary frame (``Content-Type: application/x-vigil-points``), little-endian::
     n_features uint16
     ts         n_points × float64
     values     n_points × n_features × float32, row-major
+
+Batch frame (``POST /score/batch`` with the same content type), little-endian: many streams' frames in one body::
+
+    magic      4 bytes  b"VGLB"
+    n_items    uint32
+    n_items ×  (frame_len uint32, then one VGL1 frame of frame_len bytes)
+
+Each item is checked on its own, as in JSON batches: a bad frame fails that item only (its error names
+``items.<i>``); a batch whose framing is broken (magic, lengths) is refused whole.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from service.schemas import STREAM_ID_PATTERN, BatchScoreRequest, StreamScoreReq
 BINARY_CONTENT_TYPE = "application/x-vigil-points"
 JSON_CONTENT_TYPE = "application/json"
 MAGIC = b"VGL1"
+BATCH_MAGIC = b"VGLB"
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 _MODEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -150,7 +160,7 @@ def parse_score_json(body: bytes) -> PointBatch | WindowInput:
     return stream_batch(_validate(StreamScoreRequest, raw))
 
 
-def parse_batch_json(body: bytes, max_items: int) -> list[StreamScoreRequest | BadInput]:
+def parse_batch_json(body: bytes, max_items: int) -> list[PointBatch | BadInput]:
     """Each item validated on its own: a bad item fails that item only."""
     raw = load_json(body)
     if not isinstance(raw, dict) or not isinstance(raw.get("items"), list) or set(raw) != {"items"}:
@@ -161,12 +171,51 @@ def parse_batch_json(body: bytes, max_items: int) -> list[StreamScoreRequest | B
         raise BadInput("items: at least one item is required")
     if len(items) > max_items:
         raise PayloadTooLarge(f"items: {len(items)} items in one request; at most {max_items}")
-    out: list[StreamScoreRequest | BadInput] = []
+    out: list[PointBatch | BadInput] = []
     for i, item in enumerate(items):
         try:
-            out.append(_validate(StreamScoreRequest, item, prefix=f"items.{i}."))
+            out.append(stream_batch(_validate(StreamScoreRequest, item, prefix=f"items.{i}.")))
         except BadInput as exc:
             out.append(exc)
+    return out
+
+
+def encode_binary_batch(frames: list[bytes]) -> bytes:
+    """The client side of the batch frame: ``frames`` are :func:`encode_binary` frames, one per item."""
+    parts = [BATCH_MAGIC, struct.pack("<I", len(frames))]
+    for frame in frames:
+        parts += [struct.pack("<I", len(frame)), frame]
+    return b"".join(parts)
+
+
+def parse_binary_batch(body: bytes, max_items: int) -> list[PointBatch | BadInput]:
+    """The items of a batch frame; a bad item is its :class:`BadInput`, named ``items.<i>.…``."""
+    if body[:4] != BATCH_MAGIC:
+        raise BadInput("body: a binary batch must start with b'VGLB'")
+    try:
+        (n_items,) = struct.unpack_from("<I", body, 4)
+    except struct.error as exc:
+        raise BadInput(f"body: truncated binary batch header ({exc})") from exc
+    if n_items == 0:
+        raise BadInput("items: at least one item is required")
+    if n_items > max_items:
+        raise PayloadTooLarge(f"items: {n_items} items in one request; at most {max_items}")
+    out: list[PointBatch | BadInput] = []
+    offset = 8
+    for i in range(n_items):
+        if offset + 4 > len(body):
+            raise BadInput(f"body: the batch announces {n_items} items and ends after {i}")
+        (length,) = struct.unpack_from("<I", body, offset)
+        frame = body[offset + 4 : offset + 4 + length]
+        if len(frame) != length:
+            raise BadInput(f"items.{i}: the frame announces {length} bytes, {len(frame)} follow")
+        offset += 4 + length
+        try:
+            out.append(parse_binary(frame))
+        except BadInput as exc:
+            out.append(BadInput(f"items.{i}.{exc.detail}"))
+    if offset != len(body):
+        raise BadInput(f"body: {len(body) - offset} bytes after the last of {n_items} items")
     return out
 
 

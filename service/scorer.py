@@ -16,14 +16,13 @@ import numpy.typing as npt
 from models.manifest import Normalisation
 from models.scoring import F32, level_of, normalise
 from service.alerts import AlertTracker
-from service.codec import PointBatch, WindowInput, stream_batch
+from service.codec import PointBatch, WindowInput
 from service.errors import BadInput, PayloadTooLarge, VigilError
 from service.history import ScoreHistory
 from service.metrics import Metrics
 from service.registry import ModelHandle, ModelRegistry
 from service.results import BatchItem, ItemError, StreamResult, WindowResult
 from service.rounds import ScoringRound, StreamJob, block_of, count_levels
-from service.schemas import StreamScoreRequest
 from service.windows import WindowStore
 
 log = logging.getLogger(__name__)
@@ -146,10 +145,10 @@ class StreamScorer:
             count_levels(self._metrics, manifest.name, points)
             return WindowResult(manifest.name, manifest.version, points)
 
-    async def score_many(self, items: list[StreamScoreRequest | BadInput]) -> list[BatchItem]:
+    async def score_many(self, items: list[PointBatch | BadInput]) -> list[BatchItem]:
         """One result per item; a bad item fails alone. Round r takes the r-th item of every stream, so items of
         one stream run in order and each round costs about one stream's round trips."""
-        total = sum(len(i.points) for i in items if isinstance(i, StreamScoreRequest))
+        total = sum(len(i.ts) for i in items if isinstance(i, PointBatch))
         if total > self._max_points:
             raise PayloadTooLarge(f"items: {total} points in one request; at most {self._max_points}")
         results: list[BatchItem] = [BatchItem(None) for _ in items]
@@ -168,11 +167,11 @@ class StreamScorer:
                         continue
                     index = queue[position]
                     item = items[index]
-                    assert isinstance(item, StreamScoreRequest)
+                    assert isinstance(item, PointBatch)
                     try:
                         if item.model not in handles:
                             handles[item.model] = leases.enter_context(self._models.lease(item.model))
-                        jobs.append((index, self._job(stream_batch(item), handles[item.model])))
+                        jobs.append((index, self._job(item, handles[item.model])))
                     except VigilError as exc:
                         results[index] = _item_error(item.stream_id, exc)
                 await self._round.run([job for _, job in jobs])

@@ -18,9 +18,11 @@ from service.codec import (
     media_type,
     parse_batch_json,
     parse_binary,
+    parse_binary_batch,
     parse_score_json,
 )
 from service.deps import ComponentsDep, ScoreKey
+from service.errors import BadInput
 from service.responses import JSONBytesResponse
 from service.results import Shape
 from service.schemas import (
@@ -153,7 +155,16 @@ async def score(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchScoreRequest"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BatchScoreRequest"}},
+                BINARY_CONTENT_TYPE: {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": (
+                        "little-endian batch frame: b'VGLB', uint32 n_items, then per item uint32 frame_len "
+                        "and one VGL1 frame (see POST /score) of that many bytes"
+                    ),
+                },
+            },
         }
     },
 )
@@ -161,13 +172,17 @@ async def score_batch(
     request: Request, components: ComponentsDep, _: ScoreKey, format: FormatQuery = "rows"
 ) -> JSONBytesResponse:
     """For gateways that aggregate sensors: `items` are stream-mode bodies; one result per item, in order.
-    An item's bad input fails that item only (`error` with `code`, `detail`, `status`)."""
+    An item's bad input fails that item only (`error` with `code`, `detail`, `status`). The binary batch
+    frame (`Content-Type: application/x-vigil-points`, magic `VGLB`) carries many streams' points compactly."""
     settings = components.settings
+
+    def parse(kind: str, body: bytes) -> list[PointBatch | BadInput]:
+        if kind == BINARY_CONTENT_TYPE:
+            return parse_binary_batch(body, settings.max_batch_items)
+        return parse_batch_json(body, settings.max_batch_items)
+
     items = await parsed_body(
-        request,
-        settings.max_body_bytes,
-        (JSON_CONTENT_TYPE,),
-        lambda _, body: parse_batch_json(body, settings.max_batch_items),
+        request, settings.max_body_bytes, (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE), parse
     )
     results = await components.scorer.score_many(items)
     return JSONBytesResponse({"items": [item.render(format) for item in results]})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.codec import BINARY_CONTENT_TYPE, encode_binary
+from service.codec import BINARY_CONTENT_TYPE, encode_binary, encode_binary_batch
 from tests.service.conftest import points_body
 
 
@@ -87,4 +87,14 @@ def test_stateless_and_batch_responses_in_both_shapes_validate(
         body = client.post(f"/score/batch?format={fmt}", json=items).json()
         validate(spec, "/score/batch", body)
         assert body["items"][1]["error"]["status"] == 422
+    frames = [encode_binary("batch-c", np.arange(120.0), test_series[:120]), b"VGL1"]
+    binary = client.post(
+        "/score/batch?format=columns",
+        content=encode_binary_batch(frames),
+        headers={"content-type": BINARY_CONTENT_TYPE},
+    ).json()
+    validate(spec, "/score/batch", binary)
+    assert binary["items"][1]["error"]["status"] == 422
+    batch_body = spec["paths"]["/score/batch"]["post"]["requestBody"]["content"]
+    assert BINARY_CONTENT_TYPE in batch_body and "VGLB" in batch_body[BINARY_CONTENT_TYPE]["description"]
     assert client.post("/score?format=xml", json=window).status_code == 422

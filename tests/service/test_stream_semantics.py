@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from models.runtime import load_bundle
 from models.scoring import normalise, score_windows
 from service.app import create_app
-from service.codec import BINARY_CONTENT_TYPE, encode_binary
+from service.codec import BINARY_CONTENT_TYPE, encode_binary, encode_binary_batch
 from service.settings import Settings
 from tests.service.conftest import auth, points_body, scores_by_ts, stream
 from training.evaluate import score_test_series
@@ -93,6 +93,66 @@ def test_parity_through_the_binary_frame(client: TestClient, test_series: np.nda
         assert response.status_code == 200, response.text
         bodies.append(response.json())
     assert_matches(scores_by_ts(bodies), offline)
+
+
+def test_the_binary_batch_frame_scores_like_the_json_batch_and_bad_frames_fail_alone(
+    client: TestClient, test_series: np.ndarray, offline: dict
+) -> None:
+    """Many streams in one VGLB body: each stream scores exactly like streaming it alone (and like the JSON
+    batch), several chunks of one stream keep their order, and a malformed frame fails its item only."""
+    series = test_series.copy()
+    series[420:440, [2, 9, 20]] += 1.5
+    results: dict[str, list[dict]] = {"vglb-a": [], "vglb-b": []}
+    errors: list[dict] = []
+    for offset in range(0, len(series), 100):
+        frames = []
+        for sid in results:
+            for part in (0, 50):  # two chunks of each stream in one body
+                rows = series[offset + part : offset + part + 50]
+                ts = np.arange(offset + part, offset + part + len(rows), dtype=np.float64)
+                frames.append(encode_binary(sid, ts, rows))
+        frames.insert(1, encode_binary("vglb-bad", np.arange(3.0), series[:3, :5]))  # 5 of 38 sensors
+        frames.append(b"VGL1\x00")  # truncated
+        response = client.post(
+            "/score/batch", content=encode_binary_batch(frames), headers={"content-type": BINARY_CONTENT_TYPE}
+        )
+        assert response.status_code == 200, response.text
+        items = response.json()["items"]
+        assert len(items) == len(frames)
+        errors += [items[1]["error"], items[-1]["error"]]
+        for item in items[:1] + items[2:-1]:
+            results[item["stream_id"]].append(item["result"])
+    alone = stream(client, "vglb-alone", series, 50)
+    for sid, got in results.items():
+        assert scores_by_ts(got) == scores_by_ts(alone), sid
+        events = [(e["state"], e["ts"]) for r in got for e in r["alerts"]]
+        assert events == [(e["state"], e["ts"]) for r in alone for e in r["alerts"]]
+    assert any(e["state"] == "firing" for r in alone for e in r["alerts"])
+    assert_matches(
+        {t: v for t, v in scores_by_ts(results["vglb-a"]).items() if t < 400},
+        {t: v for t, v in offline.items() if t < 400},
+    )
+    assert all(e["status"] == 422 for e in errors)
+    assert errors[0]["detail"] == "points.0.values: 5 values, the model expects 38"  # as in JSON batches
+    assert errors[1]["detail"].startswith("items.5.body: truncated")
+    assert client.get("/streams/vglb-bad").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"VGLX\x01\x00\x00\x00", "body: a binary batch must start with b'VGLB'"),
+        (b"VGLB\x00\x00\x00\x00", "items: at least one item is required"),
+        (b"VGLB\x02\x00\x00\x00\x01\x00\x00\x00A", "body: the batch announces 2 items and ends after 1"),
+        (b"VGLB\x01\x00\x00\x00\x09\x00\x00\x00VGL1", "items.0: the frame announces 9 bytes, 4 follow"),
+        (b"VGLB\x01\x00\x00\x00\x01\x00\x00\x00Azz", "body: 2 bytes after the last of 1 items"),
+    ],
+)
+def test_a_broken_binary_batch_is_refused_whole_and_names_where(
+    client: TestClient, body: bytes, detail: str
+) -> None:
+    response = client.post("/score/batch", content=body, headers={"content-type": BINARY_CONTENT_TYPE})
+    assert response.status_code == 422 and response.json()["detail"] == detail
 
 
 def test_a_batch_item_with_bad_input_fails_alone(client: TestClient, test_series: np.ndarray) -> None:
