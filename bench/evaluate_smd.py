@@ -69,14 +69,14 @@ SCORED_FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet"]
 # Rows trained once on every machine's training file (a fleet), evaluated on each machine's test file.
 FLEETS: dict[str, str] = {"tvnet_fleet": "tvnet"}
 # Rows that reuse another row's trained graph with another calibration or scoring (`vigil calibrate`): no
-# retraining. (base row, calibration overrides, scoring options or None for the model's plain definition)
+# retraining. (base row, calibration overrides, scoring options; {} is the plain mean squared error)
 CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
     # The point-level POT thresholds of earlier runs with the service's default lifecycle (k 3 of 5, m 10):
     # the control for the false-alert-rate calibration (issue 13).
-    **{f"{family}_pot": (family, {"false_alerts_per_day": None}, None) for family in FAMILIES},
+    **{f"{family}_pot": (family, {"false_alerts_per_day": None}, {}) for family in FAMILIES},
     # Per-stream thresholds that may rise above the calibrated ones (a stream noisier than validation) but never
     # fall below them (min_ratio 1 instead of 0.25): only the adaptive columns differ from the family's row.
-    **{f"{family}_floor": (family, {"adaptive": {"min_ratio": 1.0}}, None) for family in FAMILIES},
+    **{f"{family}_floor": (family, {"adaptive": {"min_ratio": 1.0}}, {}) for family in FAMILIES},
     # Every family with the same scoring options (a fair comparison), then each option alone on the two models
     # Vigil is built around.
     **{
@@ -164,7 +164,9 @@ def run_one(
     from training.recalibrate import recalibrate_bundle
     from training.score_fit import ScoreOptions
 
-    base, calibration, scoring = CALIBRATIONS.get(row, (row, {}, None))
+    # A row named by its family (or a training variant, or a fleet) is the plain score ({}), whatever `vigil
+    # train`'s default scoring is, so that cached and fresh bundles give the same row.
+    base, calibration, scoring = CALIBRATIONS.get(row, (row, {}, {}))
     bundle = train_row(data, out, base, machine, threads, extra)
     # Every row calibrates its trained graph with today's code (a cached bundle keeps the calibration of the
     # code that trained it); with the defaults this equals what `vigil train` writes. A fleet's bundle is
@@ -176,7 +178,7 @@ def run_one(
             bundle,
             CalibrationConfig(**calibration),
             version=row,
-            score=ScoreOptions(**scoring) if scoring is not None else None,
+            score=ScoreOptions(**scoring),
             threads=threads,
         )
     bundle = calibrated

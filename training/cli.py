@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def _train(args: argparse.Namespace) -> int:
     from training.config import TrainConfig
     from training.pipeline import train_bundle
-    from training.score_fit import ScoreOptions
+    from training.score_fit import DEFAULT_SCORE
 
     hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
     prometheus = _prometheus_range(args)
@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
         max_rows=args.max_rows,
         hyperparameters=hyper,
         calibration=_calibration(args),
-        score=_score_options(args.score) or ScoreOptions(),
+        score=_score_options(args.score) or DEFAULT_SCORE,
         progress=not args.quiet,
         report=not args.no_report,
     )
@@ -367,8 +367,10 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score",
         default=None,
-        help="scoring options as JSON, fitted on the validation part, e.g. "
-        '\'{"smoothing_alpha": 0.1, "standardise": "q99"}\' (keys of training.score_fit.ScoreOptions)',
+        help="scoring options as JSON, fitted on the validation part (keys of training.score_fit.ScoreOptions); "
+        "train's default is smoothing 0.1 with a balanced level term, "
+        '\'{"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": true}\'; \'{}\' is the plain mean '
+        "squared error; calibrate keeps the bundle's own unless given",
     )
     parser.add_argument(
         "--calibration", choices=["pot", "quantile"], default="pot", help="point-level threshold method"

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.manifest import AdaptivePolicy
 from models.source import PrometheusSource
-from training.score_fit import ScoreOptions
+from training.score_fit import DEFAULT_SCORE, ScoreOptions
 
 
 class CalibrationConfig(BaseModel):
@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
     max_rows: int | None = Field(None, ge=1)  # use only the first rows of the file (tests, quick demos)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     calibration: CalibrationConfig = CalibrationConfig()
-    score: ScoreOptions = ScoreOptions()
+    score: ScoreOptions = DEFAULT_SCORE  # '{}' on the command line: the plain mean squared error
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     feature_names: list[str] | None = None
     progress: bool = True
