@@ -66,6 +66,7 @@ def prepare(data: Path, work: Path) -> tuple[Path, list[tuple[str, Path, Path]]]
         values_path, labels_path = work / f"{name}.npy", work / f"{name}.labels.npy"
         if not values_path.exists():
             values, labels = read_run(path)
+            assert labels is not None, f"{path}: a test run without labels"
             np.save(values_path, values)
             np.save(labels_path, labels)
         runs.append((name, values_path, labels_path))

@@ -70,7 +70,7 @@ SCORED_FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet"]
 FLEETS: dict[str, str] = {"tvnet_fleet": "tvnet"}
 # Rows that reuse another row's trained graph with another calibration or scoring (`vigil calibrate`): no
 # retraining. (base row, calibration overrides, scoring options; {} is the plain mean squared error)
-CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
+CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # The point-level POT thresholds of earlier runs with the service's default lifecycle (k 3 of 5, m 10):
     # the control for the false-alert-rate calibration (issue 13).
     **{f"{family}_pot": (family, {"false_alerts_per_day": None}, {}) for family in FAMILIES},
