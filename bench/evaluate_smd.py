@@ -95,12 +95,21 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for fleet in FLEETS
         for name in ("smooth_level", "smooth_blevel")
     },
+    # What `vigil train` and `vigil serve` do by default since these rows: the default scoring, and per-stream
+    # thresholds floored at the calibrated ones when a deployment switches them on.
+    **{
+        f"{family}+smooth_blevel_floor": (family, {"adaptive": {"min_ratio": 1.0}}, SCORINGS["smooth_blevel"])
+        for family in SCORED_FAMILIES
+    },
 }
 ROWS = [*FAMILIES, *VARIANTS, *FLEETS, *CALIBRATIONS]
 # What one plain run evaluates: every family, the fleet and every calibration/scoring row (the two training
 # variants are measured on request: --families timesnet_ad_lambda0,tvnet_no_window_norm).
 DEFAULT_ROWS = [*FAMILIES, *FLEETS, *CALIBRATIONS]
 SAMPLING_INTERVAL_S = 60.0  # SMD: one point a minute
+# The adaptive columns of every row follow each stream down and up (min_ratio 0.25, the service's default when
+# these rows were first run); the `_floor` rows give the service's default since (min_ratio 1).
+ADAPTIVE_COLUMNS: dict[str, Any] = {"adaptive": {"min_ratio": 0.25}}
 ALERT_METRICS = [
     ("event_recall", "event recall"),
     ("false_alerts_per_day", "false alerts / day"),
@@ -176,7 +185,7 @@ def run_one(
     if base not in FLEETS or not (calibrated / "manifest.json").exists():
         bundle = recalibrate_bundle(
             bundle,
-            CalibrationConfig(**calibration),
+            CalibrationConfig(**{**ADAPTIVE_COLUMNS, **calibration}),
             version=row,
             score=ScoreOptions(**scoring),
             threads=threads,

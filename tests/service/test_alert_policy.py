@@ -19,7 +19,12 @@ from service.settings import Settings
 from tests.service.conftest import auth, make_settings, points_body
 from training.evaluate import score_test_series
 
-ADAPTIVE = {"tvnet": {"thresholds": "adaptive", "adaptive": {"warmup_points": 60, "half_life_points": 30}}}
+ADAPTIVE = {
+    "tvnet": {
+        "thresholds": "adaptive",
+        "adaptive": {"warmup_points": 60, "half_life_points": 30, "min_ratio": 0.25},
+    }
+}
 
 
 @pytest.fixture(scope="module")
