@@ -17,8 +17,9 @@ from websockets.sync.client import connect
 
 from tests.reliability.hostile import ROW, expect_refused, post, stream_body
 from tests.reliability.test_feed import produce
-from tests.service.conftest import KEYS
+from tests.service.conftest import KEYS, SAMPLE
 from tests.service.live import LiveServer
+from training.data import load_series
 
 JSON = {"content-type": "application/json"}
 
@@ -97,8 +98,12 @@ def test_duplicate_json_keys_resolve_to_the_last_as_documented(api: tuple[TestCl
 
 
 def test_a_stream_that_is_ok_shows_no_severity(api: tuple[TestClient, redis.Redis]) -> None:
+    """Rows of the sample's training part, which the model learned as normal (a constant made-up row is a level
+    shift that the default score's level term rightly alerts on)."""
     client, _ = api
-    assert post(client, stream_body("calm", [(float(t), ROW) for t in range(150)])).status_code == 200
+    train = load_series(SAMPLE / "train.txt.gz", max_rows=150)
+    body = post(client, stream_body("calm", [(float(t), row.tolist()) for t, row in enumerate(train)]))
+    assert body.status_code == 200 and all(s["level"] == "normal" for s in body.json()["scores"])
     alert = client.get("/streams/calm").json()["alert"]
     assert alert == {"state": "ok", "severity": None}
 
