@@ -98,6 +98,10 @@ def test_a_bundle_whose_manifest_and_graph_disagree_is_refused(bundle_dir: Path,
     manifest["n_features"] = 37
     manifest["feature_names"] = manifest["feature_names"][:37]
     manifest["normalisation"] = {k: v[:37] for k, v in manifest["normalisation"].items()}
+    if manifest["score"].get("level"):  # the default score's level term has one entry per sensor too
+        manifest["score"]["level"] = {
+            k: v[:37] if isinstance(v, list) else v for k, v in manifest["score"]["level"].items()
+        }
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="shape"):
         load_bundle(broken)

@@ -11,6 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from models.manifest import Manifest
+from models.scoring import ModelOutput, sensor_terms
 from service.routes.ui import STATIC_DIR
 from service.settings import Settings
 from tests.conftest import free_port
@@ -112,15 +113,21 @@ def test_window_reconstructs_the_held_points_in_raw_units_and_ranks_the_injected
     np.testing.assert_allclose(top[0]["values"], series[300:400, SENSOR].astype(np.float32))
     # The window ends where the last streamed window ended: its newest stride points got these very scores.
     np.testing.assert_allclose(body["scores"][-10:], [streamed[float(t)] for t in range(390, 400)], rtol=1e-5)
-    # Raw units: ((x - x̂) / scale)² is the point's score × C × the sensor's share (the mean cancels only
-    # when x̂ was shifted back by it).
+    # Raw units: the sensor's scoring term computed from x and x̂ normalised again (its squared error, plus the
+    # level term and the smoothing the bundle's score definition asks for) is the point's score × C × the
+    # sensor's share; that holds only when x̂ was shifted back by the sensor's mean and scaled by its scale.
     manifest = Manifest.load(bundle_dir)
     scores = np.asarray(body["scores"])
+    shape = (1, manifest.window_length, manifest.n_features)
     for s in top:
-        scale = manifest.normalisation.scale[s["index"]]
-        error = ((np.asarray(s["values"]) - np.asarray(s["reconstruction"])) / scale) ** 2
+        i = s["index"]
+        mean, scale = manifest.normalisation.mean[i], manifest.normalisation.scale[i]
+        values, reconstruction = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        values[0, :, i] = (np.asarray(s["values"]) - mean) / scale
+        reconstruction[0, :, i] = (np.asarray(s["reconstruction"]) - mean) / scale
+        terms = sensor_terms(values, ModelOutput(reconstruction), manifest.score)[0, :, i]
         expected = scores * manifest.n_features * np.asarray(s["contributions"])
-        np.testing.assert_allclose(error, expected, rtol=2e-3, atol=1e-5)
+        np.testing.assert_allclose(terms, expected, rtol=2e-3, atol=1e-5)
 
 
 def test_window_of_a_young_stream_has_values_and_no_reconstruction(
