@@ -95,8 +95,7 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for fleet in FLEETS
         for name in ("smooth_level", "smooth_blevel")
     },
-    # What `vigil train` and `vigil serve` do by default since these rows: the default scoring, and per-stream
-    # thresholds floored at the calibrated ones when a deployment switches them on.
+    # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{
         f"{family}+smooth_blevel_floor": (family, {"adaptive": {"min_ratio": 1.0}}, SCORINGS["smooth_blevel"])
         for family in SCORED_FAMILIES
@@ -107,8 +106,8 @@ ROWS = [*FAMILIES, *VARIANTS, *FLEETS, *CALIBRATIONS]
 # variants are measured on request: --families timesnet_ad_lambda0,tvnet_no_window_norm).
 DEFAULT_ROWS = [*FAMILIES, *FLEETS, *CALIBRATIONS]
 SAMPLING_INTERVAL_S = 60.0  # SMD: one point a minute
-# The adaptive columns of every row follow each stream down and up (min_ratio 0.25, the service's default when
-# these rows were first run); the `_floor` rows give the service's default since (min_ratio 1).
+# The adaptive columns of every row follow each stream down and up (min_ratio 0.25, the service's default); the
+# `_floor` rows floor the per-stream thresholds at the calibrated ones (min_ratio 1).
 ADAPTIVE_COLUMNS: dict[str, Any] = {"adaptive": {"min_ratio": 0.25}}
 ALERT_METRICS = [
     ("event_recall", "event recall"),
