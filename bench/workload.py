@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.codec import BINARY_CONTENT_TYPE, encode_binary
+from service.codec import BINARY_CONTENT_TYPE, encode_binary, encode_binary_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "smd-machine-1-2"
@@ -93,6 +93,16 @@ def modes(binary_points: int = 100) -> dict[str, Mode]:
             "stream_binary.lua",
             binary_points,
         ),
+        # Mode c as the binary batch frame (VGLB: one VGL1 frame per item), columnar answer.
+        "i": Mode(
+            "i",
+            "/score/batch, 100 streams x 1 point (binary batch frame), columnar answer",
+            "/score/batch?format=columns",
+            BINARY_CONTENT_TYPE,
+            "batch_binary.lua",
+            1,
+            100,
+        ),
     }
 
 
@@ -149,6 +159,17 @@ class Workload:
         if not mode.streaming:
             return self._windows[index % len(self._windows)]
         p = mode.points_per_request
+        if mode.items_per_request > 1 and mode.content_type == BINARY_CONTENT_TYPE:
+            frames = []
+            for k in range(index * mode.items_per_request, (index + 1) * mode.items_per_request):
+                g, r = k % s, k // s
+                ts0 = ts_base + r * p
+                start = (g * 7 + ts0) % (len(self.rows) - p)
+                ts = np.arange(ts0, ts0 + p, dtype=np.float64)
+                frames.append(
+                    encode_binary(f"{self.prefix}{g}", ts, self.rows[start : start + p], self.model)
+                )
+            return encode_binary_batch(frames)
         if mode.items_per_request > 1:
             items = []
             for k in range(index * mode.items_per_request, (index + 1) * mode.items_per_request):
