@@ -12,8 +12,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "timesnet_ad_lambda0": ("timesnet_ad", {"lambda_discrepancy": 0.0}, {}),
     # TVNet fed the globally standardised window, without the per-window normalisation (EVALUATION.md).
     "tvnet_no_window_norm": ("tvnet", {"window_norm": False}, {}),
-    # ConvTimeNet ablations (issue 15): fewer, longer patches (2.5x fewer tokens per channel); the same without
-    # the deformable layer; narrower; and twice the training budget.
+    # ConvTimeNet ablations (issue 15). The family's default patches follow the window (20, stride 10 at
+    # L = 100, models.convtimenet.auto_patches); the rows pin them so that each stays the same experiment:
+    # the former fixed patches of 8 (24 tokens per channel), patches of 20 stated explicitly, the same without
+    # the deformable layer, narrower, and the former default with twice the training budget.
+    "convtimenet_p8": ("convtimenet", {"patch_length": 8, "patch_stride": 4}, {}),
     "convtimenet_p20": ("convtimenet", {"patch_length": 20, "patch_stride": 10}, {}),
     "convtimenet_p20_fixed": (
         "convtimenet",
@@ -25,7 +28,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"patch_length": 20, "patch_stride": 10, "d_model": 16, "d_ff": 32},
         {},
     ),
-    "convtimenet_budget2x": ("convtimenet", {}, {"epochs": 12, "train_stride": 10}),
+    "convtimenet_p8_budget2x": (
+        "convtimenet",
+        {"patch_length": 8, "patch_stride": 4},
+        {"epochs": 12, "train_stride": 10},
+    ),
 }
 # Scoring options (training/score_fit.py), fitted on each machine's validation part: the ablation rows.
 SCORINGS: dict[str, dict[str, Any]] = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.convtimenet import ConvBlock, ConvTimeNet, ConvTimeNetConfig
+from models.convtimenet import ConvBlock, ConvTimeNet, ConvTimeNetConfig, auto_kernels, auto_patches
 from models.registry import build_model
 from training.export import check_parity, export_onnx
 
@@ -23,6 +23,8 @@ def tiny_config(**overrides: Any) -> ConvTimeNetConfig:
     values: dict[str, Any] = {
         "window_length": 24,
         "n_features": 3,
+        "patch_length": 8,
+        "patch_stride": 4,
         "d_model": 16,
         "d_ff": 32,
         "kernel_sizes": (5, 7),
@@ -79,8 +81,9 @@ def test_constant_channels_stay_finite_and_close_to_their_level() -> None:
     [
         {"window_length": 100, "patch_length": 16, "patch_stride": 8},  # (100 - 16) % 8 = 4
         {"window_length": 24, "patch_length": 8, "patch_stride": 5},
-        {"patch_length": 1},
-        {"patch_length": 32},  # longer than the window
+        {"patch_length": 1, "patch_stride": 1},
+        {"patch_length": 32, "patch_stride": 4},  # longer than the window
+        {"patch_length": None},  # one of the two left to the automatic choice
         {"kernel_sizes": (4, 7)},  # even kernel
         {"kernel_sizes": ()},
         {"kernel_sizes": (13,)},  # wider than 2N - 1 = 11
@@ -94,11 +97,39 @@ def test_config_rejects_inconsistent_hyperparameters(overrides: dict[str, Any]) 
 
 
 def test_config_from_a_json_bundle_builds_through_the_registry() -> None:
-    built = build_model("convtimenet", 24, 3, kernel_sizes=[5, 7], d_model=16)
+    built = build_model("convtimenet", 24, 3, patch_length=8, patch_stride=4, kernel_sizes=[5, 7], d_model=16)
     assert built.config.kernel_sizes == (5, 7)
     assert built.config.n_patches == 6
     assert isinstance(built.module, ConvTimeNet)
     assert built.hyperparameters()["kernel_sizes"] == (5, 7)
+
+
+def test_default_patches_and_kernels_follow_the_window_and_are_recorded() -> None:
+    built = build_model("convtimenet", 100, 38)
+    recorded = built.hyperparameters()
+    assert (recorded["patch_length"], recorded["patch_stride"]) == (20, 10)
+    assert recorded["kernel_sizes"] == (5, 9, 13, 19)
+    # A bundle records the resolved values, so reading it back builds the same model.
+    assert ConvTimeNetConfig(**recorded) == built.config
+
+
+@pytest.mark.parametrize("window_length", range(2, 301))
+def test_automatic_patches_make_a_valid_config_for_every_window_length(window_length: int) -> None:
+    patch, stride = auto_patches(window_length)
+    config = ConvTimeNetConfig(window_length=window_length, n_features=2)
+    assert (config.patch_length, config.patch_stride) == (patch, stride)
+    assert (window_length - patch) % stride == 0
+    assert config.kernel_sizes and max(config.kernel_sizes) <= 2 * config.n_patches - 1
+    if window_length >= 20:
+        # About ten tokens per channel whatever the window: the cost no longer grows with L.
+        assert 8 <= config.n_patches <= 12
+
+
+def test_automatic_kernels_keep_the_defaults_that_fit_and_cap_the_rest() -> None:
+    assert auto_kernels(10) == (5, 9, 13, 19)
+    assert auto_kernels(6) == (5, 9, 11)
+    assert auto_kernels(3) == (5,)
+    assert auto_kernels(2) == (3,)
 
 
 def test_convtimenet_keeps_samples_independent_in_eval_mode() -> None:
