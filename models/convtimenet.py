@@ -57,7 +57,9 @@ class ConvTimeNetConfig:
             raise ValueError(f"ConvTimeNet: window_length must be >= 2, got {self.window_length}")
         if self.patch_length is None or self.patch_stride is None:
             if self.patch_length is not None or self.patch_stride is not None:
-                raise ValueError("ConvTimeNet: set both patch_length and patch_stride, or neither (automatic)")
+                raise ValueError(
+                    "ConvTimeNet: set both patch_length and patch_stride, or neither (automatic)"
+                )
             patch, stride = auto_patches(self.window_length)
             object.__setattr__(self, "patch_length", patch)
             object.__setattr__(self, "patch_stride", stride)

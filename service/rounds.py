@@ -15,9 +15,11 @@ the score history in one more round trip. A failure fails the streams it touches
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +41,25 @@ from service.windows import ALERTS_PENDING, AppendResult, Claim, DueWindow, Stre
 log = logging.getLogger(__name__)
 
 DROP_REASONS: dict[int, Literal["duplicate", "stale"]] = {1: "duplicate", 2: "stale"}
+
+
+class _Tokens:
+    """Claim tokens: unique across processes and replicas by a random 128-bit prefix (drawn again in a forked
+    child), and within a process by a counter. A uuid4 per stream job was ~1 % of a 100-stream batch's samples."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(16)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+new_token = _Tokens()
 LEVEL_NAMES = {"0": "normal", "1": "warning", "2": "critical"}
 
 
@@ -49,7 +70,7 @@ class StreamJob:
     batch: PointBatch
     handle: ModelHandle
     values: F32
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = field(default_factory=new_token)
     appended: AppendResult | None = None
     claim: Claim | None = None
     scored: list[ScoredPoints] = field(default_factory=list)

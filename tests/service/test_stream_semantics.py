@@ -171,6 +171,33 @@ def test_a_batch_item_with_bad_input_fails_alone(client: TestClient, test_series
     assert client.get("/streams/worse").status_code == 404
 
 
+def test_batch_items_of_one_model_are_checked_together_and_each_bad_one_still_fails_alone(
+    client: TestClient, test_series: np.ndarray
+) -> None:
+    # Every item has the model's width, so the batch takes the path that checks all points at once; each kind
+    # of bad value (the binary frame carries NaN and infinities, JSON cannot) must still fail only its own
+    # item, named by its own field.
+    rows = [test_series[10 * i : 10 * i + 3].copy() for i in range(7)]
+    ts = [np.arange(10.0 * i, 10.0 * i + 3) for i in range(7)]
+    rows[1][1, 4] = np.nan
+    rows[2][0, 7] = np.inf
+    ts[3][2] = ts[3][0]  # not increasing within the request
+    rows[4][0, 0] = 3e38  # finite, but beyond what the model can score (Z_MAX training scales)
+    ts[5][2] = 1e20  # beyond any epoch
+    ts[6] = np.arange(3.0)  # starts before item 5's ts: a step between two requests is not an error
+    frames = [encode_binary(f"v{i}", ts[i], rows[i]) for i in range(7)]
+    response = client.post(
+        "/score/batch", content=encode_binary_batch(frames), headers={"content-type": BINARY_CONTENT_TYPE}
+    )
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert items[0]["result"]["accepted"] == 3 and items[6]["result"]["accepted"] == 3
+    expected = ["points.1.values", "points.0.values", "points.2.ts", "points.0.values", "points.2.ts"]
+    for i, field in enumerate(expected, start=1):
+        assert items[i]["error"]["detail"].startswith(field), items[i]
+        assert client.get(f"/streams/v{i}").status_code == 404
+
+
 def test_stateless_window_scores_every_row_like_the_offline_scoring(
     client: TestClient, bundle_dir: Path, test_series: np.ndarray
 ) -> None:

@@ -161,3 +161,22 @@ def test_idle_streams_expire(redis_url: str, clean_redis: redis.Redis) -> None:
 
 def test_keys_of_a_stream_share_one_cluster_slot() -> None:
     assert window_key("s-1").split("}")[0] == meta_key("s-1").split("}")[0] == "vigil:{s-1"
+
+
+def test_claim_tokens_are_unique_within_a_process_and_across_a_fork() -> None:
+    import os
+
+    from service.rounds import new_token
+
+    ours = {new_token() for _ in range(1000)}
+    assert len(ours) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports the token it draws next, as a forked worker would
+        os.write(write, new_token().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 100).decode()
+    os.close(read)
+    assert theirs and theirs not in ours and theirs[:32] != next(iter(ours))[:32]
