@@ -77,6 +77,13 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for fleet in FLEETS
         for name in ("smooth_level", "smooth_blevel")
     },
+    # The control for the time-in-alert cap of the alert calibration: 1 % of the validation time (before
+    # 2026-12-05) against today's 10 % (training/config.py, CalibrationConfig.max_alert_share).
+    **{
+        f"{family}+smooth_blevel_share01": (family, {"max_alert_share": 0.01}, SCORINGS["smooth_blevel"])
+        for family in SCORED_FAMILIES
+    },
+    **{f"{family}_share01": (family, {"max_alert_share": 0.01}, {}) for family in ("tvnet", "convtimenet")},
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{
         f"{family}+smooth_blevel_floor": (family, {"adaptive": {"min_ratio": 1.0}}, SCORINGS["smooth_blevel"])

@@ -51,6 +51,23 @@ def _noisy_validation(seed: int, n: int = 6 * 1440) -> np.ndarray:
     return noise
 
 
+def test_an_unlabelled_incident_in_validation_does_not_set_the_threshold() -> None:
+    """A validation tail that holds one long incident (4 % of its points far above normal): the incident is one
+    alert within the budget, not a level every alert must clear; a 1 % cap on time in alert would lift the
+    warning threshold above the incident, blind to anything smaller."""
+    from training.calibrate import calibrate_alerts
+
+    scores = _noisy_validation(3)
+    start = scores.size // 2
+    scores[start : start + int(0.04 * scores.size)] += 50.0
+    config = CalibrationConfig()
+    thresholds, _ = calibrate_alerts(scores, calibrate(scores, config), config)
+    strict = config.model_copy(update={"max_alert_share": 0.01})
+    lifted, _ = calibrate_alerts(scores, calibrate(scores, strict), strict)
+    assert thresholds.warning < 50.0 < lifted.warning
+    assert thresholds.alert_calibration is not None and thresholds.alert_calibration.validation_alerts <= 6
+
+
 @pytest.mark.parametrize("per_day", [0.5, 1.0, 3.0])
 def test_false_alert_calibration_meets_its_budget_on_validation(per_day: float) -> None:
     from models.lifecycle import LevelThresholds, replay_series
