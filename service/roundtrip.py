@@ -3,8 +3,11 @@
 The stores queue their Lua calls and commands (``RoundTrip.eval``, ``RoundTrip.call``) and get back the index of
 each reply. Scripts travel by sha (EVALSHA): redis-py's own script objects check ``SCRIPT EXISTS`` before every
 pipeline, an extra round trip each time; here a script is loaded only when Redis answers NOSCRIPT (after a
-restart or a ``SCRIPT FLUSH``), and just those calls are sent again. Replies that are errors come back as
-exception objects in place, so one stream's failure does not fail the others; a connection failure raises.
+restart or a ``SCRIPT FLUSH``), and those calls are sent again, with every later call of the trip on one of
+their keys: that call ran before them and saw state they had not yet changed (an alert update that missed its
+script, then the commit that checks it: the commit is sent again too, or the scored windows would be scored a
+second time). Replies that are errors come back as exception objects in place, so one stream's failure does not
+fail the others; a connection failure raises.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class LuaScript:
 class _Call:
     script: LuaScript | None
     args: tuple[Any, ...]
+    keys: frozenset[str] = frozenset()  # a script's keys (plain calls declare none)
 
 
 class RoundTrip:
@@ -42,7 +46,7 @@ class RoundTrip:
 
     def eval(self, script: LuaScript, keys: list[str], args: list[Any]) -> int:
         """Queue ``script`` on ``keys`` with ``args``; returns the index of its reply."""
-        self._calls.append(_Call(script, (script.sha, len(keys), *keys, *args)))
+        self._calls.append(_Call(script, (script.sha, len(keys), *keys, *args), frozenset(keys)))
         return len(self._calls) - 1
 
     def call(self, *args: Any) -> int:
@@ -61,8 +65,8 @@ class RoundTrip:
             scripts = {call.script for call in (self._calls[i] for i in missing) if call.script is not None}
             for script in scripts:
                 await self._redis.script_load(script.text)
-            again = await self._send([self._calls[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
+            again = _with_later_calls_on_their_keys(self._calls, missing)
+            for i, reply in zip(again, await self._send([self._calls[i] for i in again]), strict=True):
                 replies[i] = reply
         return replies
 
@@ -74,6 +78,18 @@ class RoundTrip:
             else:
                 pipe.execute_command("EVALSHA", *call.args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+def _with_later_calls_on_their_keys(calls: list[_Call], failed: list[int]) -> list[int]:
+    """The ``failed`` calls and, in order, every later call sharing a key with one sent again before it."""
+    resend: list[int] = []
+    touched: set[str] = set()
+    failing = set(failed)
+    for i in range(failed[0], len(calls)):
+        if i in failing or calls[i].keys & touched:
+            resend.append(i)
+            touched |= calls[i].keys
+    return resend
 
 
 def _is_noscript(reply: Any) -> bool:

@@ -250,6 +250,7 @@ class WindowStore:
         self._append = LuaScript(APPEND_LUA)
         self._commit = LuaScript(COMMIT_LUA)
         self._release = LuaScript(RELEASE_LUA)
+        self._heads: dict[StreamGeometry, list[bytes]] = {}  # encoded constant arguments of an append
 
     def queue_append(
         self,
@@ -263,18 +264,24 @@ class WindowStore:
         """Queue an append (see :meth:`append`) on ``trip``; the returned function decodes its reply."""
         g = geometry
         records = pack_records(ts, values)
-        args: list[bytes | str | int | float] = [
-            g.model,
-            g.window_length,
-            g.stride,
-            self._ttl_s,
-            token,
-            self._claim_ms,
-            self._max_backlog + g.window_length,
-            repr(self._max_ts_jump),
-        ]
+        # Arguments as bytes: the Redis client passes bytes through, and encodes anything else one by one.
+        head = self._heads.get(g)
+        if head is None:
+            head = self._heads[g] = [
+                str(x).encode()
+                for x in (
+                    g.model,
+                    g.window_length,
+                    g.stride,
+                    self._ttl_s,
+                    self._claim_ms,
+                    self._max_backlog + g.window_length,
+                    repr(self._max_ts_jump),
+                )
+            ]
+        args: list[bytes | str] = [*head[:4], token, *head[4:]]
         for t, record in zip(ts.tolist(), records, strict=True):
-            args.append(repr(float(t)))
+            args.append(repr(float(t)).encode())
             args.append(record)
         index = trip.eval(self._append, [window_key(stream_id), meta_key(stream_id)], args)
 

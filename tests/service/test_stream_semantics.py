@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from models.runtime import load_bundle
@@ -169,6 +170,19 @@ def test_a_batch_item_with_bad_input_fails_alone(client: TestClient, test_series
     )
     assert items[2]["error"]["detail"].startswith("items.2.")
     assert client.get("/streams/worse").status_code == 404
+
+
+def test_scripts_missing_from_redis_in_part_score_each_window_once(
+    client: TestClient, test_series: np.ndarray, offline: dict, clean_redis: redis.Redis
+) -> None:
+    """After a Redis restart that another replica already used, some scripts are loaded and some not: the
+    alert update misses its script while the commit after it (which checks that update) runs. The commit
+    must be sent again with the update, or the windows would be scored twice."""
+    from service.windows import COMMIT_LUA
+
+    clean_redis.script_flush()
+    clean_redis.script_load(COMMIT_LUA)
+    assert_matches(scores_by_ts(stream(client, "half-loaded", test_series[:250], 7)), offline)
 
 
 def test_batch_items_of_one_model_are_checked_together_and_each_bad_one_still_fails_alone(
