@@ -48,6 +48,10 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "max_smooth": {"aggregation": "max", "smoothing_alpha": 0.1},
 }
 SCORED_FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet"]
+CALIBRATION_CONTROLS: dict[str, dict[str, Any]] = {
+    "_cal1204": {"max_alert_share": 0.01, "min_incident_points": 5},
+    "_k5": {"min_incident_points": 5},
+}
 # Rows trained once on every machine's training file (a fleet), evaluated on each machine's test file.
 FLEETS: dict[str, str] = {"tvnet_fleet": "tvnet"}
 # Rows that reuse another row's trained graph with another calibration or scoring (`vigil calibrate`): no
@@ -77,13 +81,19 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for fleet in FLEETS
         for name in ("smooth_level", "smooth_blevel")
     },
-    # The control for the time-in-alert cap of the alert calibration: 1 % of the validation time (before
-    # 2026-12-05) against today's 10 % (training/config.py, CalibrationConfig.max_alert_share).
+    # Controls for the two changes to the alert calibration of 2026-12-05 (training/config.py): the calibration
+    # before them (time in alert capped at 1 % of the validation part, lifecycles up to 5 of 8: `_cal1204`),
+    # and the lifecycles up to 5 of 8 with today's cap (`_k5`).
     **{
-        f"{family}+smooth_blevel_share01": (family, {"max_alert_share": 0.01}, SCORINGS["smooth_blevel"])
+        f"{family}+smooth_blevel{suffix}": (family, overrides, SCORINGS["smooth_blevel"])
         for family in SCORED_FAMILIES
+        for suffix, overrides in CALIBRATION_CONTROLS.items()
     },
-    **{f"{family}_share01": (family, {"max_alert_share": 0.01}, {}) for family in ("tvnet", "convtimenet")},
+    **{
+        f"{family}{suffix}": (family, overrides, {})
+        for family in ("tvnet", "convtimenet")
+        for suffix, overrides in CALIBRATION_CONTROLS.items()
+    },
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{
         f"{family}+smooth_blevel_floor": (family, {"adaptive": {"min_ratio": 1.0}}, SCORINGS["smooth_blevel"])

@@ -156,7 +156,8 @@ def calibrate_alerts(
 ) -> tuple[Thresholds, AlertPolicy]:
     """Thresholds and lifecycle for at most ``config.false_alerts_per_day`` alerts a day on validation.
 
-    For each lifecycle of the grid, the lowest warning threshold within the budget (at most that many alerts,
+    For each lifecycle of the grid that fires within ``config.min_incident_points`` points (k at most that),
+    the lowest warning threshold within the budget (at most that many alerts,
     open together for at most ``config.max_alert_share`` of the validation points), with the point-level critical
     threshold in place, raised when critical points alone exceed the budget; the lifecycle kept is the
     most sensitive one: the largest share of validation points at or over its warning threshold (ties: smaller
@@ -173,7 +174,13 @@ def calibrate_alerts(
     ceiling = float(finite[-1]) * (1 + 1e-6) + 1e-12  # over every validation score: no alert at all
     candidates = np.append(np.unique(finite[finite.size // 2 :]), ceiling)  # never below the median
     choices: list[_Choice] = []
-    for k, n in config.lifecycle_grid:
+    grid = [(k, n) for k, n in config.lifecycle_grid if k <= config.min_incident_points]
+    if not grid:
+        raise CalibrationError(
+            f"no lifecycle in {config.lifecycle_grid} fires within min_incident_points="
+            f"{config.min_incident_points} points"
+        )
+    for k, n in grid:
         for m in config.resolve_grid:
             policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio, adaptive=config.adaptive)
             within = partial(_within, series, budget, config.max_alert_share, policy)

@@ -27,6 +27,11 @@ class CalibrationConfig(BaseModel):
     sampling_interval_s: float = Field(60.0, gt=0)  # seconds between points (SMD: one a minute)
     # Lifecycles tried: (k, n) pairs and m; exit_ratio stays fixed.
     lifecycle_grid: list[tuple[int, int]] = [(1, 1), (2, 3), (3, 5), (5, 8)]
+    # The shortest incident, in points, that must be able to fire an alert: only lifecycles with k at most this
+    # are tried. Validation holds no incident, so "most sensitive on validation" alone always prefers the
+    # largest k (a k of n rule lets the threshold sit lowest), and a lifecycle needing 5 points over the
+    # threshold cannot page an incident of 3 or 4 (a third of SMD's labelled events; EVALUATION.md).
+    min_incident_points: int = Field(3, ge=1)
     resolve_grid: list[int] = [3, 6, 12]
     # At most this share of the validation time in alert, all alerts together: rejects thresholds under the
     # normal level (an alert that never closes is one alert, so the count alone would accept them). Not

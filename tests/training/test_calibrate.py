@@ -51,6 +51,24 @@ def _noisy_validation(seed: int, n: int = 6 * 1440) -> np.ndarray:
     return noise
 
 
+def test_the_lifecycle_can_fire_on_the_shortest_incident_it_is_asked_to_page() -> None:
+    """On validation (no incidents) the most sensitive lifecycle is the one needing most points over the
+    threshold; bounded by ``min_incident_points`` the calibration keeps one that an incident that short fires."""
+    from training.calibrate import CalibrationError, calibrate_alerts
+
+    scores = _noisy_validation(5)
+    unbounded = CalibrationConfig(min_incident_points=5)
+    _, wide = calibrate_alerts(scores, calibrate(scores, unbounded), unbounded)
+    assert wide.k == 5  # what the rule prefers when nothing bounds it
+    for shortest in (1, 2, 3):
+        config = CalibrationConfig(min_incident_points=shortest)
+        _, policy = calibrate_alerts(scores, calibrate(scores, config), config)
+        assert policy.k <= shortest
+    with pytest.raises(CalibrationError, match="min_incident_points"):
+        config = CalibrationConfig(lifecycle_grid=[(5, 8)])
+        calibrate_alerts(scores, calibrate(scores, config), config)
+
+
 def test_an_unlabelled_incident_in_validation_does_not_set_the_threshold() -> None:
     """A validation tail that holds one long incident (4 % of its points far above normal): the incident is one
     alert within the budget, not a level every alert must clear; a 1 % cap on time in alert would lift the
@@ -83,6 +101,7 @@ def test_false_alert_calibration_meets_its_budget_on_validation(per_day: float) 
     assert thresholds.alert_calibration.validation_alerts == len(spans)
     assert thresholds.alert_calibration.validation_days == pytest.approx(6.0)
     assert (policy.k, policy.n) in config.lifecycle_grid and policy.m in config.resolve_grid
+    assert policy.k <= config.min_incident_points
     assert thresholds.levels[0].method == "false_alert_rate"
     assert thresholds.critical >= thresholds.warning
 
