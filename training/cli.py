@@ -117,6 +117,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
         method=args.calibration,
         false_alerts_per_day=args.false_alerts_per_day or None,
         sampling_interval_s=args.sampling_interval_s or 60.0,
+        min_incident_points=args.min_incident_points,
     )
 
 
@@ -387,6 +388,13 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="seconds between points of the data (default 60; with --prometheus, the step)",
+    )
+    parser.add_argument(
+        "--min-incident-points",
+        type=int,
+        default=3,
+        help="the shortest incident, in points, the chosen lifecycle must be able to page: only lifecycles "
+        "needing at most this many points over warning (k) are tried (default 3)",
     )
 
 

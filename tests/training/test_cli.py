@@ -32,11 +32,14 @@ def test_calibrate_writes_a_new_version_sharing_the_graph_and_evaluate_prints_al
                 "0.5",
                 "--sampling-interval-s",
                 "30",
+                "--min-incident-points",
+                "1",
             ]
         )
         == 0
     )
     strict = Manifest.load(models / "tvnet" / "strict")
+    assert strict.alerts is not None and strict.alerts.k == 1  # only lifecycles that fire on one point
     assert strict.thresholds.alert_calibration is not None
     assert strict.thresholds.alert_calibration.target_per_day == 0.5
     assert strict.thresholds.alert_calibration.sampling_interval_s == 30
