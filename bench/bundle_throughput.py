@@ -1,7 +1,7 @@
 """ONNX Runtime windows/s of trained bundles as they are (any family, any hyper-parameters): what serving a
 variant would cost, beside its detection quality in EVALUATION.md.
 
-    .venv/bin/python -m bench.bundle_throughput artifacts/eval/bundles/machine-2-3/{convtimenet,convtimenet_p20}/eval
+    .venv/bin/python -m bench.bundle_throughput artifacts/eval/bundles/machine-2-3/{convtimenet_p8,convtimenet}/eval
 
 Each bundle is opened the way the service opens it (``models.runtime.load_bundle``, CPU provider, intra-op
 threads as given), then random normalised windows of the bundle's shape are run in batches for ``--seconds``
