@@ -64,6 +64,8 @@ class LiveStack:
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query through Prometheus's HTTP API; a PromQL error fails the test with its message."""
         response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10)
+        if response.status_code == 503:  # Prometheus up but not ready (TSDB still opening on a busy machine)
+            raise PrometheusNotReady(f"{expr}: HTTP 503 {response.text[:200]!r}")
         assert response.headers.get("content-type", "").startswith("application/json"), (
             f"{expr}: HTTP {response.status_code} {response.text[:200]!r} from {self.prometheus_url}\n{self.log()}"
         )
@@ -87,8 +89,12 @@ class LiveStack:
     def _holds(check: Callable[[], bool]) -> bool:
         try:
             return check()
-        except httpx.TransportError:  # Prometheus not listening yet
+        except (httpx.TransportError, PrometheusNotReady):  # Prometheus not listening, or not ready, yet
             return False
+
+
+class PrometheusNotReady(Exception):
+    pass
 
 
 def finite_values(result: list[dict[str, Any]]) -> list[float]:
