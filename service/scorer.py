@@ -112,42 +112,6 @@ class StreamScorer:
         validate_ts(batch.ts)
         return StreamJob(batch, handle, values)
 
-    def _jobs(self, batches: list[PointBatch], handle: ModelHandle) -> list[StreamJob | VigilError]:
-        """:meth:`_job` for many stream requests of one model: every check once over all their points, and
-        item by item (to name the failing item's field) only when some check fails."""
-        manifest = handle.manifest
-        arrays = [b.values for b in batches]
-        if len(batches) > 1 and all(
-            isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[1] == manifest.n_features for v in arrays
-        ):
-            ts = np.concatenate([b.ts for b in batches])
-            raw = np.concatenate(arrays)
-            starts = np.cumsum([0] + [len(b.ts) for b in batches[:-1]])
-            steps_ok = np.diff(ts) > 0
-            steps_ok[starts[1:] - 1] = True  # a step between two requests is not a step of either
-            with np.errstate(over="ignore", invalid="ignore"):
-                clean = (
-                    bool(np.isfinite(raw).all())
-                    and bool((np.abs(raw) <= F32_MAX).all())
-                    and bool((np.abs(ts) <= MAX_ABS_TS).all())
-                    and bool(steps_ok.all())
-                )
-                values = raw.astype(np.float32)
-                clean = clean and bool((np.abs(normalise(values, manifest.normalisation)) <= Z_MAX).all())
-            if clean:
-                ends = np.append(starts[1:], len(ts))
-                return [
-                    StreamJob(b, handle, values[lo:hi])
-                    for b, lo, hi in zip(batches, starts.tolist(), ends.tolist(), strict=True)
-                ]
-        jobs: list[StreamJob | VigilError] = []
-        for batch in batches:
-            try:
-                jobs.append(self._job(batch, handle))
-            except VigilError as exc:
-                jobs.append(exc)
-        return jobs
-
     async def score_points(self, batch: PointBatch) -> StreamResult:
         """Append a stream's points and score every window now due: the new ones and any that an earlier
         request stored but did not get scored (see ``service.windows``): scoring is as durable as storage."""
@@ -197,28 +161,19 @@ class StreamScorer:
         with ExitStack() as leases:
             handles: dict[str | None, ModelHandle] = {}
             for position in range(max((len(q) for q in queues.values()), default=0)):
-                by_model: dict[str | None, list[int]] = defaultdict(list)
-                for queue in queues.values():
-                    if position < len(queue):
-                        index = queue[position]
-                        by_model[items[index].model].append(index)  # type: ignore[union-attr]
                 jobs: list[tuple[int, StreamJob]] = []
-                for model, indices in by_model.items():
-                    batches = [items[i] for i in indices]
-                    try:
-                        if model not in handles:
-                            handles[model] = leases.enter_context(self._models.lease(model))
-                    except VigilError as exc:
-                        for index, batch in zip(indices, batches, strict=True):
-                            results[index] = _item_error(batch.stream_id, exc)  # type: ignore[union-attr]
+                for queue in queues.values():
+                    if position >= len(queue):
                         continue
-                    checked = self._jobs(batches, handles[model])  # type: ignore[arg-type]
-                    for index, batch, job in zip(indices, batches, checked, strict=True):
-                        if isinstance(job, StreamJob):
-                            jobs.append((index, job))
-                        else:
-                            results[index] = _item_error(batch.stream_id, job)  # type: ignore[union-attr]
-                jobs.sort()  # the order of the items, as before
+                    index = queue[position]
+                    item = items[index]
+                    assert isinstance(item, PointBatch)
+                    try:
+                        if item.model not in handles:
+                            handles[item.model] = leases.enter_context(self._models.lease(item.model))
+                        jobs.append((index, self._job(item, handles[item.model])))
+                    except VigilError as exc:
+                        results[index] = _item_error(item.stream_id, exc)
                 await self._round.run([job for _, job in jobs])
                 for index, job in jobs:
                     results[index] = (
