@@ -28,6 +28,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"patch_length": 20, "patch_stride": 10, "d_model": 16, "d_ff": 32},
         {},
     ),
+    # TVNet and ConvTimeNet restoring the level their level autoencoder predicts from all channels' levels and
+    # spreads (models.layers.LevelAutoencoder, bottleneck 8 of SMD's 38 channels) instead of the window's own:
+    # the level-aware architecture of issue 15.
+    "tvnet_levelae": ("tvnet", {"level_bottleneck": 8}, {}),
+    "convtimenet_levelae": ("convtimenet", {"level_bottleneck": 8}, {}),
     "convtimenet_p8_budget2x": (
         "convtimenet",
         {"patch_length": 8, "patch_stride": 4},
@@ -93,6 +98,12 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         f"{family}{suffix}": (family, overrides, {})
         for family in ("tvnet", "convtimenet")
         for suffix, overrides in CALIBRATION_CONTROLS.items()
+    },
+    # The level-aware variants with the default scoring and with smoothing alone (their own level: no level term).
+    **{
+        f"{variant}+{name}": (variant, {}, SCORINGS[name])
+        for variant in ("tvnet_levelae", "convtimenet_levelae")
+        for name in ("smooth", "smooth_blevel")
     },
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import WindowNorm
+from models.layers import LevelAutoencoder, WindowNorm
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,13 @@ class ConvTimeNetConfig:
     residual_scale_init: float = 1e-8
     # False: regular patches (plain unfolding), no offset network: the ablation of the deformable layer.
     deformable: bool = True
+    # Width of the level autoencoder's bottleneck (models.layers.LevelAutoencoder, as in TVNet); 0: none.
+    level_bottleneck: int = 0
+    level_clip: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.level_bottleneck < 0:
+            raise ValueError(f"ConvTimeNet: level_bottleneck must be >= 0, got {self.level_bottleneck}")
         # A config read back from a JSON bundle carries a list; keep the dataclass hashable and comparable.
         if self.window_length < 2:
             raise ValueError(f"ConvTimeNet: window_length must be >= 2, got {self.window_length}")
@@ -296,6 +301,11 @@ class ConvTimeNet(nn.Module):
         self.blocks = nn.ModuleList(ConvBlock(config, kernel) for kernel in config.kernels)
         self.head = nn.Linear(config.d_model * n_patches, config.window_length)
         self.head_dropout = nn.Dropout(config.head_dropout)
+        self.level = (
+            LevelAutoencoder(config.n_features, config.level_bottleneck, config.level_clip)
+            if config.level_bottleneck
+            else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         length, channels = self.config.window_length, self.config.n_features
@@ -309,7 +319,7 @@ class ConvTimeNet(nn.Module):
             hidden = block(hidden)  # [B*C, D, N]
         flat = hidden.reshape(-1, channels, self.config.d_model * self.config.n_patches)  # [B, C, D*N]
         out: Tensor = self.head_dropout(self.head(flat)).transpose(1, 2)  # [B, L, C]
-        return self.revin.denormalise(out, mean, std)
+        return self.revin.denormalise(out, self.level(mean, std) if self.level is not None else mean, std)
 
     def prepare_for_export(self) -> None:
         """Fold every block's small depthwise kernel into its large one, so eval runs one conv; idempotent.

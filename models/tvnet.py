@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.layers import WindowNorm
+from models.layers import LevelAutoencoder, WindowNorm
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class TVNetConfig:
     # taken against the unclipped input, so such a sensor still scores high.
     window_norm: bool = True
     input_clip: float = 10.0
+    # Width of the level autoencoder's bottleneck (models.layers.LevelAutoencoder); 0: none. With it, the
+    # level restored after the head is the one the channels' levels together predict, not the window's own,
+    # so a level unlike training shows in the error while the network still sees normalised windows.
+    level_bottleneck: int = 0
 
     def __post_init__(self) -> None:
         if self.patch_stride < 1 or self.window_length % self.patch_stride:
@@ -54,6 +58,10 @@ class TVNetConfig:
             )
         if self.window_length // self.patch_stride < 2:
             raise ValueError("window_length must hold at least two patches")
+        if self.level_bottleneck < 0 or (self.level_bottleneck and not self.window_norm):
+            raise ValueError(
+                "level_bottleneck must be >= 0, and needs window_norm (it predicts the window's level)"
+            )
         if any(k % 2 == 0 or k < 1 for k in self.kernel_size):
             raise ValueError(f"kernel_size entries must be odd, got {self.kernel_size}")
 
@@ -159,6 +167,11 @@ class TVNet(nn.Module):
         self.blocks = nn.ModuleList(DynamicBlock3D(config) for _ in range(config.n_blocks))
         self.time_head = nn.Linear(config.n_patches * config.patch_length, config.window_length)
         self.feature_head = nn.Linear(d, config.n_features)
+        self.level = (
+            LevelAutoencoder(config.n_features, config.level_bottleneck, config.input_clip)
+            if config.level_bottleneck
+            else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.config.window_norm:
@@ -171,4 +184,6 @@ class TVNet(nn.Module):
             h3 = block(h3)
         flat = h3.flatten(start_dim=2)  # [B, D, N·P]
         out = self.feature_head(self.time_head(flat).transpose(1, 2))  # [B, L, C]
-        return self.norm.denormalise(out, mean, std) if self.config.window_norm else out
+        if not self.config.window_norm:
+            return out
+        return self.norm.denormalise(out, self.level(mean, std) if self.level is not None else mean, std)

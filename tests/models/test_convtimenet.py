@@ -253,3 +253,22 @@ def test_regular_patching_variant_equals_unfolding_and_exports_with_parity(tmp_p
     result = check_parity(model, path, 100, 38)
     assert result.passed, result.max_abs_diff
     assert not {node.op_type for node in onnx.load(str(path)).graph.node} & CPU_ONLY_OPS
+
+
+def test_level_autoencoder_variant_exports_with_parity_and_restores_a_predicted_level(tmp_path: Path) -> None:
+    """ConvTimeNet with a level autoencoder: the level after the head is predicted (a constant channel is no
+    longer reproduced exactly from its own mean), and the export keeps its parity."""
+    torch.manual_seed(0)
+    config = tiny_config(level_bottleneck=2)
+    model = train_briefly(ConvTimeNet(config), steps=3, batch=8)
+    x = torch.randn(3, 24, 3)
+    x[..., 1] = 7.0
+    plain = train_briefly(ConvTimeNet(tiny_config()), steps=3, batch=8)
+    with torch.no_grad():
+        assert (plain(x)[..., 1] - 7.0).abs().max() < 1e-3  # window norm alone restores the level itself
+        assert (model(x)[..., 1] - 7.0).abs().max() > 0.5
+    path = export_onnx(model, tmp_path / "m.onnx", 24, 3)
+    result = check_parity(model, path, 24, 3)
+    assert result.passed, result.max_abs_diff
+    with pytest.raises(ValueError, match="level_bottleneck"):
+        tiny_config(level_bottleneck=-1)

@@ -138,3 +138,51 @@ def test_tvnet_onnx_output_of_a_window_is_identical_alone_and_in_a_batch(tmp_pat
     together = session.run(None, {"window": x})[0]
     alone = np.concatenate([session.run(None, {"window": x[i : i + 1]})[0] for i in range(len(x))])
     assert np.array_equal(together, alone)
+
+
+def test_tvnet_level_autoencoder_shows_a_level_shift_that_window_norm_alone_hides() -> None:
+    """With a level autoencoder the restored level is the predicted one: a sensor lifted for the whole window
+    (its level now unlike the other channels' in training) raises that sensor's error, the shape stays
+    normalised for the network."""
+    torch.manual_seed(0)
+    config = TVNetConfig(window_length=100, n_features=8, d_model=16, n_blocks=1, level_bottleneck=3)
+    model = TVNet(config)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):  # training windows whose levels sit near zero
+        x = torch.randn(32, 100, 8) * 0.5 + torch.randn(32, 1, 8) * 0.1
+        loss = F.mse_loss(model(x), x)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    x = torch.randn(4, 100, 8) * 0.5
+    shifted = x.clone()
+    shifted[..., 5] += 4.0
+
+    def error(v: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(v) - v)[..., 5].pow(2).mean())
+
+    assert error(shifted) > 4 * error(x)
+
+
+def test_tvnet_level_autoencoder_needs_window_norm_and_a_positive_width() -> None:
+    with pytest.raises(ValueError, match="level_bottleneck"):
+        TVNetConfig(window_length=100, n_features=4, level_bottleneck=2, window_norm=False)
+    with pytest.raises(ValueError, match="level_bottleneck"):
+        TVNetConfig(window_length=100, n_features=4, level_bottleneck=-1)
+
+
+def test_tvnet_with_a_level_autoencoder_exports_with_parity_and_batch_invariance(tmp_path: Path) -> None:
+    model = trained_briefly(
+        TVNetConfig(window_length=100, n_features=38, d_model=16, n_blocks=2, level_bottleneck=8)
+    )
+    path = export_onnx(model, tmp_path / "tvnet.onnx", 100, 38)
+    result = check_parity(model, path, 100, 38, batch_sizes=(1, 7, 64))
+    assert result.passed, result.max_abs_diff
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(2).standard_normal((17, 100, 38)) * 3).astype(np.float32)
+    x[:, :, 4] = -30.0  # a flat channel beyond the clip
+    together = session.run(None, {"window": x})[0]
+    alone = np.concatenate([session.run(None, {"window": x[i : i + 1]})[0] for i in range(len(x))])
+    assert np.array_equal(together, alone)
