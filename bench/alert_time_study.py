@@ -20,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.smd_rows import CALIBRATIONS, FLEETS  # noqa: E402
 from models.lifecycle import replay_series  # noqa: E402
 from models.runtime import load_bundle  # noqa: E402
 from training.data import load_labels  # noqa: E402
@@ -68,9 +69,8 @@ def main() -> int:
         print("|---" * (len(COLUMNS) + 1) + "|")
         rows: list[tuple[float, ...]] = []
         for machine in machines:
-            bundle_dir = args.out / "bundles" / machine / row.split("+")[0].split("_cal")[0] / row
-            if not (bundle_dir / "manifest.json").exists():
-                bundle_dir = args.out / "bundles" / machine / row / "eval"
+            base = CALIBRATIONS.get(row, (row, {}, {}))[0]
+            bundle_dir = args.out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row
             if not (bundle_dir / "manifest.json").exists():
                 print(f"| {machine} | (no bundle) |")
                 continue
