@@ -288,11 +288,12 @@ def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_sl
         return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
 
     async def scenario() -> None:
-        held = [asyncio.ensure_future(call(b"Bearer key-a")) for _ in range(2)]
+        held = [asyncio.ensure_future(call(b"Bearer key-b"))]  # another key is being served
+        held += [asyncio.ensure_future(call(b"Bearer key-a")) for _ in range(2)]
         await asyncio.sleep(0)
         status, headers, body = await asyncio.wait_for(call(b"bearer  key-a"), 1)  # the same token
         assert status == 429 and headers[b"retry-after"] == b"1" and b'"code":"too_many_requests"' in body
-        others = [asyncio.ensure_future(call(token)) for token in (b"Bearer key-b", b"Bearer key-b", None)]
+        others = [asyncio.ensure_future(call(token)) for token in (b"Bearer key-b", None)]
         await asyncio.sleep(0)
         assert len(seen) == 5 and limiter.inflight == 5 and limiter.held == {b"key-a": 2, b"key-b": 2}
         gate.set()
@@ -301,3 +302,51 @@ def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_sl
 
     asyncio.run(scenario())
     assert 'vigil_rejections_total{reason="too_many_requests"} 1.0' in metrics.render().decode()
+
+
+def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share() -> None:
+    """The share is work-conserving: a token alone goes past its share up to the slots that leave ``per_key``
+    free, a newcomer is served in those, and from then on the first token is held to its share."""
+    metrics = Metrics()
+    gate = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limiter = InflightLimitMiddleware(app, max_inflight=12, metrics=metrics, per_key=2)
+
+    async def call(token: bytes) -> int:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/score", "method": "POST", "headers": [(b"authorization", token)]}
+        await limiter(scope, receive, send)
+        return int(sent[0]["status"])
+
+    async def scenario() -> None:
+        alone = [asyncio.ensure_future(call(b"Bearer key-a")) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert limiter.held == {b"key-a": 10}  # five times its share: nobody else wanted the slots
+        assert await asyncio.wait_for(call(b"Bearer key-a"), 1) == 429  # the last 2 are a newcomer's
+        newcomer = [asyncio.ensure_future(call(b"Bearer key-b")) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert limiter.held == {b"key-a": 10, b"key-b": 2}
+        assert await asyncio.wait_for(call(b"Bearer key-b"), 1) == 503  # every slot taken: the global limit
+        gate.set()
+        assert await asyncio.gather(*alone, *newcomer) == [200] * 12
+        gate.clear()
+        both = [asyncio.ensure_future(call(b"Bearer key-b"))]
+        both += [asyncio.ensure_future(call(b"Bearer key-a")) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(call(b"Bearer key-a"), 1) == 429  # another key is served: its share
+        gate.set()
+        assert await asyncio.gather(*both) == [200] * 3
+
+    asyncio.run(scenario())
