@@ -13,7 +13,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -198,29 +198,46 @@ def test_three_times_capacity_is_shed_with_bounded_memory_and_latency_then_recov
     assert p99_ms(after_pairs) < max(3 * p99_ms(baseline_pairs), 500.0)  # sub-second again, not seconds
 
 
-def test_the_inflight_limit_refuses_at_once_with_retry_after_and_keeps_health_open() -> None:
-    """The middleware alone, on a tiny app whose requests wait on a gate."""
-    metrics = Metrics()
-    gate = asyncio.Event()
+class GatedApp:
+    """A tiny ASGI app whose requests wait on ``gate``, for the middleware tests; ``seen`` keeps each request's
+    Authorization header as it reached the app."""
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await gate.wait()
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.seen: list[bytes] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.seen.append(dict(scope["headers"]).get(b"authorization", b""))
+        await self.gate.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
+
+async def through(
+    limiter: InflightLimitMiddleware, path: str = "/score", authorization: bytes | None = None
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One POST through ``limiter``: its status, headers and body."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", authorization)] if authorization is not None else []
+    await limiter({"type": "http", "path": path, "method": "POST", "headers": headers}, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+
+def test_the_inflight_limit_refuses_at_once_with_retry_after_and_keeps_health_open() -> None:
+    """The middleware alone, on a tiny app whose requests wait on a gate."""
+    metrics = Metrics()
+    app = GatedApp()
     limiter = InflightLimitMiddleware(app, max_inflight=2, metrics=metrics)
 
-    async def call(path: str) -> tuple[int, dict[bytes, bytes], bytes]:
-        sent: list[Message] = []
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        await limiter({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
-        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+    def call(path: str) -> Awaitable[tuple[int, dict[bytes, bytes], bytes]]:
+        return through(limiter, path)
 
     async def scenario() -> None:
         held = [asyncio.ensure_future(call("/score")) for _ in range(2)]
@@ -230,7 +247,7 @@ def test_the_inflight_limit_refuses_at_once_with_retry_after_and_keeps_health_op
         health = asyncio.ensure_future(call("/healthz"))  # exempt: admitted even when full
         await asyncio.sleep(0)
         assert not health.done() and limiter.inflight == 2
-        gate.set()
+        app.gate.set()
         assert [r[0] for r in await asyncio.gather(*held, health)] == [200, 200, 200]
 
     asyncio.run(scenario())
@@ -260,32 +277,15 @@ def test_the_inflight_limit_follows_what_the_server_completes_within_its_target(
 
 
 def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_slots() -> None:
-    """A bearer token over its share is answered 429 by the middleware itself (the app never sees the request),
-    the global limit is not lowered by it, and another token is served meanwhile."""
+    """A bearer token over its share while another token is served is answered 429 by the middleware itself
+    (the app never sees the request), the global limit is not lowered by it, and the others are served."""
     metrics = Metrics()
-    gate = asyncio.Event()
-    seen: list[bytes] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(dict(scope["headers"]).get(b"authorization", b""))
-        await gate.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
+    app = GatedApp()
+    seen, gate = app.seen, app.gate
     limiter = InflightLimitMiddleware(app, max_inflight=10, metrics=metrics, per_key=2)
 
-    async def call(authorization: bytes | None) -> tuple[int, dict[bytes, bytes], bytes]:
-        sent: list[Message] = []
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        headers = [(b"authorization", authorization)] if authorization is not None else []
-        await limiter({"type": "http", "path": "/score", "method": "POST", "headers": headers}, receive, send)
-        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+    def call(authorization: bytes | None) -> Awaitable[tuple[int, dict[bytes, bytes], bytes]]:
+        return through(limiter, "/score", authorization)
 
     async def scenario() -> None:
         held = [asyncio.ensure_future(call(b"Bearer key-b"))]  # another key is being served
@@ -307,28 +307,12 @@ def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_sl
 def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share() -> None:
     """The share is work-conserving: a token alone goes past its share up to the slots that leave ``per_key``
     free, a newcomer is served in those, and from then on the first token is held to its share."""
-    metrics = Metrics()
-    gate = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await gate.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    limiter = InflightLimitMiddleware(app, max_inflight=12, metrics=metrics, per_key=2)
+    app = GatedApp()
+    gate = app.gate
+    limiter = InflightLimitMiddleware(app, max_inflight=12, metrics=Metrics(), per_key=2)
 
     async def call(token: bytes) -> int:
-        sent: list[Message] = []
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "path": "/score", "method": "POST", "headers": [(b"authorization", token)]}
-        await limiter(scope, receive, send)
-        return int(sent[0]["status"])
+        return int((await through(limiter, "/score", token))[0])
 
     async def scenario() -> None:
         alone = [asyncio.ensure_future(call(b"Bearer key-a")) for _ in range(10)]
