@@ -29,14 +29,15 @@ class InflightLimitMiddleware:
 
     ``per_key`` (None: no bound) is each bearer token's share of the requests in progress; beyond it that
     token is answered 429 ``too_many_requests`` (Retry-After) at once whenever another token has requests in
-    progress, or when fewer than ``per_key`` slots would stay free for a token that arrives. The share is
+    progress, or when fewer than ``per_key`` slots would stay free for a token that arrives (the one refusal
+    of a token that lowers the limit: its requests alone fill the server). The share is
     work-conserving: a token alone may use the slots nobody else wants (a single gateway key at 70 % of
     capacity was refused 0.2-1 % of its requests in the soak's first minutes while latency bursts put more than
     its share in progress, RELIABILITY.md), and as soon as another token is served the first is held to its
     share again, with ``per_key`` slots always left for a newcomer. The token is read from the raw
     ``Authorization`` header, not authenticated here: an unknown token gets its 401 from the route, before its
-    body is read. A token's refusals do not lower the global limit: they are that client's excess, not the
-    server's overload. The global limit alone let one key's slow bodies fill every slot (260 connections that
+    body is read. A token's refusals while others are served do not lower the global limit: they are that
+    client's excess, not the server's overload. The global limit alone let one key's slow bodies fill every slot (260 connections that
     sent 13 bytes of a 100 000-byte body made every other client's POST /score a 503 while they were held);
     refused in a route dependency instead of here, one key's flood at three times capacity cost the event loop
     so much that the requests it admitted waited seconds."""
@@ -84,6 +85,10 @@ class InflightLimitMiddleware:
             await self._refuse(scope, receive, send, 503, Overloaded.code, message)
             return
         if token is not None and self._over_share(token):
+            if len(self.held) == 1:
+                # Alone, a token is refused only where its requests fill the server (all slots but a
+                # newcomer's share): that is overload, so the limit follows the completion rate as for a 503.
+                self._refused += 1
             message = f"this API key has {self.held[token]} requests in progress; its share is {self.per_key}"
             await self._refuse(scope, receive, send, 429, TooManyRequests.code, message)
             return

@@ -306,7 +306,8 @@ def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_sl
 
 def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share() -> None:
     """The share is work-conserving: a token alone goes past its share up to the slots that leave ``per_key``
-    free, a newcomer is served in those, and from then on the first token is held to its share."""
+    free (refused there as the server's overload, so the adaptive limit engages), a newcomer is served in
+    those, and from then on the first token is held to its share (refused as its own excess)."""
     app = GatedApp()
     gate = app.gate
     limiter = InflightLimitMiddleware(app, max_inflight=12, metrics=Metrics(), per_key=2)
@@ -319,6 +320,7 @@ def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share()
         await asyncio.sleep(0)
         assert limiter.held == {b"key-a": 10}  # five times its share: nobody else wanted the slots
         assert await asyncio.wait_for(call(b"Bearer key-a"), 1) == 429  # the last 2 are a newcomer's
+        assert limiter._refused == 1  # alone, it fills the server: counted as overload (the limit adapts)
         newcomer = [asyncio.ensure_future(call(b"Bearer key-b")) for _ in range(2)]
         await asyncio.sleep(0)
         assert limiter.held == {b"key-a": 10, b"key-b": 2}
@@ -329,7 +331,9 @@ def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share()
         both = [asyncio.ensure_future(call(b"Bearer key-b"))]
         both += [asyncio.ensure_future(call(b"Bearer key-a")) for _ in range(2)]
         await asyncio.sleep(0)
+        refused = limiter._refused
         assert await asyncio.wait_for(call(b"Bearer key-a"), 1) == 429  # another key is served: its share
+        assert limiter._refused == refused  # that client's excess, not the server's overload
         gate.set()
         assert await asyncio.gather(*both) == [200] * 3
 
