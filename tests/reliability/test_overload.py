@@ -305,12 +305,14 @@ def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_sl
 
 
 def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share() -> None:
-    """The share is work-conserving: a token alone goes past its share up to the slots that leave ``per_key``
-    free (refused there as the server's overload, so the adaptive limit engages), a newcomer is served in
-    those, and from then on the first token is held to its share (refused as its own excess)."""
+    """The share is work-conserving: a token alone goes past its share, up to what the server completes
+    within TARGET_S and never into the last ``per_key`` slots; a newcomer is served in those, and from then on
+    the first token is held to its share. A token whose server completes nothing stays at its share."""
     app = GatedApp()
     gate = app.gate
     limiter = InflightLimitMiddleware(app, max_inflight=12, metrics=Metrics(), per_key=2)
+    limiter._rate = 40.0  # the server completes 40 requests/s: 10 of them within TARGET_S
+    assert limiter.TARGET_S * limiter._rate == 10
 
     async def call(token: bytes) -> int:
         return int((await through(limiter, "/score", token))[0])
@@ -320,7 +322,7 @@ def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share()
         await asyncio.sleep(0)
         assert limiter.held == {b"key-a": 10}  # five times its share: nobody else wanted the slots
         assert await asyncio.wait_for(call(b"Bearer key-a"), 1) == 429  # the last 2 are a newcomer's
-        assert limiter._refused == 1  # alone, it fills the server: counted as overload (the limit adapts)
+        assert limiter._refused == 0  # a key's refusals never lower the global limit
         newcomer = [asyncio.ensure_future(call(b"Bearer key-b")) for _ in range(2)]
         await asyncio.sleep(0)
         assert limiter.held == {b"key-a": 10, b"key-b": 2}
@@ -336,5 +338,12 @@ def test_a_key_alone_may_use_idle_slots_but_always_leaves_a_newcomer_its_share()
         assert limiter._refused == refused  # that client's excess, not the server's overload
         gate.set()
         assert await asyncio.gather(*both) == [200] * 3
+        gate.clear()
+        limiter._rate = 0.0  # nothing completes (slow bodies): alone, the key stays at its share
+        stuck = [asyncio.ensure_future(call(b"Bearer key-c")) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(call(b"Bearer key-c"), 1) == 429
+        gate.set()
+        assert await asyncio.gather(*stuck) == [200] * 2
 
     asyncio.run(scenario())
