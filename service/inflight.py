@@ -27,19 +27,12 @@ class InflightLimitMiddleware:
     saturates the event loop lowers the completion rate and with it the limit. After a step without refusals
     the limit is back at ``max_inflight``.
 
-    ``per_key`` (None: no bound) is each bearer token's share of the requests in progress; beyond it that
-    token is answered 429 ``too_many_requests`` (Retry-After) at once whenever another token has requests in
-    progress. The share is work-conserving: a token alone may go past it, up to what the server completes
-    within ``TARGET_S`` at its measured rate (Little's law, as for the global limit) and never into the last
-    ``per_key`` slots, which stay free for a newcomer. A single gateway key at 70 % of capacity was refused 429
-    for 420 of 241,520 requests in a soak while latency bursts put more than its share in progress
-    (RELIABILITY.md, defect 22); a key whose requests do not complete (slow bodies) stays at its share, since
-    the server completes nothing within the target; as soon as another token is served the first is held to
-    its share again. The token is read from the raw ``Authorization`` header, not authenticated here: an
-    unknown token gets its 401 from the route, before its body is read. A token's refusals do not lower the
-    global limit: they are that client's excess, not the server's overload (counted as overload, one key's
-    slow bodies would drive the limit to its minimum and lock every other key out). The global limit alone let
-    one key's slow bodies fill every slot (260 connections that sent 13 bytes of a 100 000-byte body made every other client's POST /score a 503 while they were held);
+    ``per_key`` (None: no bound) is the most requests one bearer token may have in progress; beyond it that
+    token is answered 429 ``too_many_requests`` (Retry-After) at once. The token is read from the raw
+    ``Authorization`` header, not authenticated here: an unknown token gets its 401 from the route, before its
+    body is read. A token's refusals do not lower the global limit: they are that client's excess, not the
+    server's overload. The global limit alone let one key's slow bodies fill every slot (260 connections that
+    sent 13 bytes of a 100 000-byte body made every other client's POST /score a 503 while they were held);
     refused in a route dependency instead of here, one key's flood at three times capacity cost the event loop
     so much that the requests it admitted waited seconds."""
 
@@ -85,8 +78,8 @@ class InflightLimitMiddleware:
             message = f"server busy: {self.inflight} requests in progress"
             await self._refuse(scope, receive, send, 503, Overloaded.code, message)
             return
-        if token is not None and self._over_share(token):
-            message = f"this API key has {self.held[token]} requests in progress; its share is {self.per_key}"
+        if token is not None and self.held[token] >= self.per_key:  # type: ignore[operator]
+            message = f"this API key has {self.held[token]} requests in progress; at most {self.per_key}"
             await self._refuse(scope, receive, send, 429, TooManyRequests.code, message)
             return
         self.inflight += 1
@@ -101,18 +94,6 @@ class InflightLimitMiddleware:
                 if not self.held[token]:
                     del self.held[token]
             self._adapt()
-
-    def _over_share(self, token: bytes) -> bool:
-        """Whether ``token`` must wait: at its share while another token is served; alone, at what the server
-        completes within ``TARGET_S`` (never under its share), leaving a newcomer its share of the slots."""
-        assert self.per_key is not None
-        held = self.held[token]
-        if held < self.per_key:
-            return False
-        if len(self.held) - (1 if token in self.held else 0) > 0:
-            return True
-        alone = max(self.per_key, int(self.TARGET_S * self._rate))
-        return held >= min(alone, self.limit - self.per_key)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
