@@ -277,8 +277,8 @@ def test_the_inflight_limit_follows_what_the_server_completes_within_its_target(
 
 
 def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_slots() -> None:
-    """A bearer token over its share while another token is served is answered 429 by the middleware itself
-    (the app never sees the request), the global limit is not lowered by it, and the others are served."""
+    """A bearer token over its share is answered 429 by the middleware itself (the app never sees the
+    request), the global limit is not lowered by it, and other tokens are served meanwhile."""
     metrics = Metrics()
     app = GatedApp()
     seen, gate = app.seen, app.gate
