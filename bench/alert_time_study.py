@@ -20,33 +20,38 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.smd_rows import CALIBRATIONS, FLEETS  # noqa: E402
-from models.lifecycle import replay_series  # noqa: E402
+from bench.smd_rows import CALIBRATIONS, FLEETS, SAMPLING_INTERVAL_S  # noqa: E402
+from models.lifecycle import AlertSpan, replay_series  # noqa: E402
 from models.runtime import load_bundle  # noqa: E402
+from training.alert_metrics import measure_alerts  # noqa: E402
 from training.data import load_labels  # noqa: E402
 from training.evaluate import alert_levels, score_test_series  # noqa: E402
 
-COLUMNS = ("labelled", "in alert", "inside events", "around detected events", "false alerts", "longest alert")
+COLUMNS = (
+    "labelled",
+    "event recall",
+    "in alert",
+    "inside events",
+    "around detected events",
+    "false alerts",
+    "longest alert",
+)
 
 
-def split_alert_time(
-    spans: list[tuple[int, int]], labels: np.ndarray
-) -> tuple[float, float, float, float, float]:
-    """(in alert, inside events, around detected events, false alerts, longest alert): shares of the series,
-    the last in points."""
-    n = labels.size
-    inside = around = false = 0
-    longest = 0
-    for start, end in spans:
-        overlap = int(labels[start:end].sum())
-        length = end - start
+def split_alert_time(spans: list[AlertSpan], labels: np.ndarray) -> tuple[float, float, float, float]:
+    """(inside events, around detected events, false alerts) as shares of the series, and the longest alert
+    in points."""
+    inside = around = false = longest = 0
+    for span in spans:
+        overlap = int(labels[span.start : span.end].sum())
+        length = span.end - span.start
         longest = max(longest, length)
         if overlap:
             inside += overlap
             around += length - overlap
         else:
             false += length
-    return (inside + around + false) / n, inside / n, around / n, false / n, float(longest)
+    return inside / labels.size, around / labels.size, false / labels.size, float(longest)
 
 
 def main() -> int:
@@ -68,8 +73,8 @@ def main() -> int:
         print("| machine | " + " | ".join(COLUMNS) + " |")
         print("|---" * (len(COLUMNS) + 1) + "|")
         rows: list[tuple[float, ...]] = []
+        base = CALIBRATIONS.get(row, (row, {}, {}))[0]
         for machine in machines:
-            base = CALIBRATIONS.get(row, (row, {}, {}))[0]
             bundle_dir = args.out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row
             if not (bundle_dir / "manifest.json").exists():
                 print(f"| {machine} | (no bundle) |")
@@ -77,10 +82,14 @@ def main() -> int:
             bundle = load_bundle(bundle_dir, "cpu", 2)
             scored = score_test_series(bundle, args.data / "test" / f"{machine}.txt.gz")
             labels = load_labels(args.data / "test_label" / f"{machine}.txt.gz", n_rows=scored.scores.size)
-            spans = [
-                (s.start, s.end) for s in replay_series(scored.scores, alert_levels(bundle.manifest, "fixed"))
-            ]
-            figures = (float(labels.mean()), *split_alert_time(spans, np.asarray(labels)))
+            spans = replay_series(scored.scores, alert_levels(bundle.manifest, "fixed"))
+            report = measure_alerts(spans, labels, SAMPLING_INTERVAL_S)
+            figures = (
+                report.labelled_share,
+                report.event_recall,
+                report.time_in_alert,
+                *split_alert_time(spans, np.asarray(labels)),
+            )
             rows.append(figures)
             print(
                 f"| {machine} | " + " | ".join(f"{v:.3f}" for v in figures[:-1]) + f" | {figures[-1]:.0f} |"
