@@ -55,6 +55,9 @@ class OpenLoopResult:
     statuses: dict[int, int] = field(default_factory=dict)
     ok_p99_ms: float = float("nan")  # answered 2xx only, from the scheduled send time
     refused_p99_ms: float = float("nan")  # answered 429/503 only (shed), from the scheduled send time
+    # answered 2xx and scheduled SETTLE_S or more after the step began: the level once admission control has
+    # reacted to a step in the offered load, beside ok_p99_ms over the whole step (its onset included)
+    ok_settled_p99_ms: float = float("nan")
 
     def as_row(self) -> list[float | int]:
         return [self.offered_rps, self.achieved_rps, self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms]
@@ -163,7 +166,7 @@ class OpenLoopGenerator:
         self._latencies: list[float] = []
         self._service: list[float] = []
         self._statuses: Counter[int] = Counter()
-        self._by_status: list[tuple[int, float]] = []
+        self._by_status: list[tuple[int, float, float]] = []  # status, latency, scheduled time
         self._failed = 0
         self._late = 0
         self._peak_connections = 0
@@ -223,8 +226,11 @@ class OpenLoopGenerator:
             max_connections_used=self._peak_connections,
             generator_cpu_pct=100.0 * cpu / wall,
             statuses=dict(self._statuses),
-            ok_p99_ms=_p99_ms([t for s, t in self._by_status if 200 <= s < 300]),
-            refused_p99_ms=_p99_ms([t for s, t in self._by_status if s in (429, 503)]),
+            ok_p99_ms=_p99_ms([t for s, t, _ in self._by_status if 200 <= s < 300]),
+            refused_p99_ms=_p99_ms([t for s, t, _ in self._by_status if s in (429, 503)]),
+            ok_settled_p99_ms=_p99_ms(
+                [t for s, t, at in self._by_status if 200 <= s < 300 and at >= t0 + SETTLE_S]
+            ),
         )
 
     # ---- connection bookkeeping (event-loop callbacks) ----------------------------------------------------
@@ -274,7 +280,7 @@ class OpenLoopGenerator:
         self._latencies.append(now - scheduled)
         self._service.append(now - sent)
         self._statuses[status] += 1
-        self._by_status.append((status, now - scheduled))
+        self._by_status.append((status, now - scheduled, scheduled))
         self._finish_one()
         if self._backlog:
             self._send(conn, *self._backlog.popleft())
@@ -298,6 +304,9 @@ class OpenLoopGenerator:
         self._outstanding -= 1
         if self._outstanding == 0:
             self._done.set()
+
+
+SETTLE_S = 1.0  # what an admission limit may take to follow a step in the offered load
 
 
 def _p99_ms(latencies_s: list[float]) -> float:

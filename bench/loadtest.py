@@ -28,6 +28,7 @@ CURVE_KEYS = (
     "service_p99_ms",
     "ok_p99_ms",
     "refused_p99_ms",
+    "ok_settled_p99_ms",
 )
 
 

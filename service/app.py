@@ -27,6 +27,7 @@ from service.errors import (
     install_error_handlers,
 )
 from service.feed import FeedHub
+from service.gcpolicy import freeze_startup_objects
 from service.history import ScoreHistory
 from service.inflight import InflightLimitMiddleware
 from service.metrics import Metrics
@@ -261,6 +262,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.components = Components(
                 settings, redis, metrics, models, windows, alerts, scorer, history
             )
+            if settings.gc_freeze:
+                freeze_startup_objects()
             yield
         finally:
             if poller is not None:

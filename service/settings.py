@@ -236,6 +236,8 @@ class Settings(BaseSettings):
     auth_disabled: bool = False  # only for local development: every route opens without a key
     cors_origins: list[str] = Field(default_factory=list)  # CORS stays off unless origins are listed
     workers: int = Field(1, ge=1)
+    # Freeze what start-up built out of the garbage collector's full walks (service/gcpolicy.py).
+    gc_freeze: bool = True
     # "shared": the API processes send windows to one inference process per device that batches across all of
     # them (service/inference_server.py); "in_process": each process runs its own sessions (the default).
     inference: Literal["in_process", "shared"] = "in_process"
