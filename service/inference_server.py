@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from service.errors import InferenceFailed, VigilError
+from service.gcpolicy import freeze_startup_objects
 from service.inference_wire import (
     InferenceAnswer,
     InferenceRequest,
@@ -80,6 +81,8 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if settings.gc_freeze:
+        freeze_startup_objects()
     log.info(
         "inference process %d serving %s on %s", os.getpid(), [h.name for h in registry.all()], socket_path
     )
