@@ -71,18 +71,9 @@ class InflightLimitMiddleware:
         else:
             self.limit = self.max_inflight
         if self.per_key is not None:
-            self._adapt_key_shares(max(self.MIN_LIMIT, min(self.per_key, within_target)), self.per_key)
-
-    def _adapt_key_shares(self, within_target: int, whole: int) -> None:
-        """A token refused in the step just ended may hold ``within_target`` now; one that was not regains a
-        quarter of its share each step until it has all of it."""
-        shares = {token: within_target for token in self._keys_refused}
-        for token, share in self.key_limits.items():
-            regained = share + max(1, share // 4)
-            if token not in shares and regained < whole:
-                shares[token] = regained
-        self.key_limits = shares
-        self._keys_refused = set()
+            share = max(self.MIN_LIMIT, min(self.per_key, within_target))
+            self.key_limits = {token: share for token in self._keys_refused}
+            self._keys_refused = set()
 
     def key_limit(self, token: bytes) -> int:
         """The requests ``token`` may have in progress now (without a per-key bound: the global bound)."""
