@@ -37,7 +37,7 @@ class InflightLimitMiddleware:
     so much that the requests it admitted waited seconds."""
 
     EXEMPT = frozenset(("/healthz", "/readyz", "/metrics"))
-    TARGET_S = 0.1
+    TARGET_S = 0.25
     STEP_S = 0.25
     MIN_LIMIT = 4
 
@@ -48,8 +48,6 @@ class InflightLimitMiddleware:
         self.per_key = per_key
         self.inflight = 0
         self.held: Counter[bytes] = Counter()  # requests in progress per bearer token
-        self.key_limits: dict[bytes, int] = {}  # tokens refused in the last step: their share now
-        self._keys_refused: set[bytes] = set()  # since the last step
         self.limit = max_inflight
         self._rate = 0.0  # completions per second, exponentially weighted over steps
         self._completed = 0  # since the last step
@@ -65,19 +63,10 @@ class InflightLimitMiddleware:
         rate = self._completed / elapsed
         self._rate = rate if self._rate == 0.0 else 0.5 * self._rate + 0.5 * rate
         refused, self._refused, self._completed, self._step_started = self._refused, 0, 0, now
-        within_target = int(self.TARGET_S * self._rate)
         if refused:
-            self.limit = max(self.MIN_LIMIT, min(self.max_inflight, within_target))
+            self.limit = max(self.MIN_LIMIT, min(self.max_inflight, int(self.TARGET_S * self._rate)))
         else:
             self.limit = self.max_inflight
-        if self.per_key is not None:
-            share = max(self.MIN_LIMIT, min(self.per_key, within_target))
-            self.key_limits = {token: share for token in self._keys_refused}
-            self._keys_refused = set()
-
-    def key_limit(self, token: bytes) -> int:
-        """The requests ``token`` may have in progress now (without a per-key bound: the global bound)."""
-        return self.key_limits.get(token, self.per_key or self.max_inflight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
@@ -89,9 +78,8 @@ class InflightLimitMiddleware:
             message = f"server busy: {self.inflight} requests in progress"
             await self._refuse(scope, receive, send, 503, Overloaded.code, message)
             return
-        if token is not None and self.held[token] >= (share := self.key_limit(token)):
-            self._keys_refused.add(token)
-            message = f"this API key has {self.held[token]} requests in progress; at most {share} now"
+        if token is not None and self.held[token] >= self.per_key:  # type: ignore[operator]
+            message = f"this API key has {self.held[token]} requests in progress; at most {self.per_key}"
             await self._refuse(scope, receive, send, 429, TooManyRequests.code, message)
             return
         self.inflight += 1
