@@ -51,6 +51,15 @@ SCORINGS: dict[str, dict[str, Any]] = {
     "median_smooth": {"standardise": "median", "smoothing_alpha": 0.1},
     "top5_smooth": {"aggregation": "top_k", "top_k": 5, "smoothing_alpha": 0.1},
     "max_smooth": {"aggregation": "max", "smoothing_alpha": 0.1},
+    # Absolute instead of squared errors and level deviations (Hundman et al., KDD 2018: smoothed absolute
+    # errors), with smoothing alone and with the default's balanced level term.
+    "abs_smooth": {"error": "absolute", "smoothing_alpha": 0.1},
+    "abs_smooth_blevel": {
+        "error": "absolute",
+        "smoothing_alpha": 0.1,
+        "level_alpha": 0.1,
+        "balance_level": True,
+    },
 }
 SCORED_FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet"]
 CALIBRATION_CONTROLS: dict[str, dict[str, Any]] = {

@@ -69,8 +69,9 @@ class LevelTerm(_Frozen):
 class ScoreDefinition(_Frozen):
     """How a window and its reconstruction become per-point scores (see ``models.scoring``).
 
-    Per sensor and point: the squared reconstruction error in normalised space, divided by ``sensor_scale``
-    when given (statistics of the validation errors), plus the level term when given, then smoothed causally
+    Per sensor and point: the squared reconstruction error in normalised space (its absolute value with
+    ``error`` "absolute"), divided by ``sensor_scale`` when given (statistics of the validation errors), plus
+    the level term when given (squared or absolute likewise), then smoothed causally
     over the window (exponential, ``smoothing_alpha``; only earlier points of the same window), then aggregated
     over sensors (mean, mean of the ``top_k`` largest, or max). A sensor's contribution is its share of the
     per-sensor terms. Everything comes from the window alone, so streaming equals offline scoring.
@@ -87,6 +88,7 @@ class ScoreDefinition(_Frozen):
     smoothing_alpha: float | None = Field(None, gt=0, le=1)
     aggregation: Literal["mean", "top_k", "max"] = "mean"
     top_k: int | None = Field(None, ge=1)
+    error: Literal["squared", "absolute"] = "squared"
 
     @model_validator(mode="after")
     def _check(self) -> ScoreDefinition:

@@ -70,17 +70,26 @@ def causal_average(values: F32, alpha: float) -> F32:
     return out
 
 
+def error_terms(differences: F32, error: str) -> F32:
+    """Squared (``error`` "squared") or absolute differences, float32."""
+    out: F32 = (
+        np.abs(differences) if error == "absolute" else np.square(differences, dtype=np.float32)
+    ).astype(np.float32, copy=False)
+    return out
+
+
 def sensor_terms(windows: F32, output: ModelOutput, definition: ScoreDefinition) -> F32:
     """Per-sensor, per-point terms ``[B, L, C]`` before aggregation (see ``ScoreDefinition``)."""
-    terms = np.square(windows - output.reconstruction, dtype=np.float32)
+    terms = error_terms(windows - output.reconstruction, definition.error)
     if definition.sensor_scale is not None:
-        terms = terms / np.asarray(definition.sensor_scale, dtype=np.float32)
+        terms = np.divide(terms, np.asarray(definition.sensor_scale, dtype=np.float32), dtype=np.float32)
     if definition.level is not None:
         level = definition.level
         recent = causal_average(windows.astype(np.float32, copy=False), level.alpha)
         center = np.asarray(level.center, dtype=np.float32)
         scale = np.asarray(level.scale, dtype=np.float32)
-        terms = terms + np.float32(level.weight) * np.square((recent - center) / scale, dtype=np.float32)
+        deviation: F32 = ((recent - center) / scale).astype(np.float32, copy=False)
+        terms = terms + np.float32(level.weight) * error_terms(deviation, definition.error)
     if definition.smoothing_alpha is not None:
         terms = causal_average(terms, definition.smoothing_alpha)
     out: F32 = terms.astype(np.float32, copy=False)

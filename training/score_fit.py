@@ -13,7 +13,15 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.manifest import LevelTerm, ScoreDefinition
-from models.scoring import F32, ModelOutput, Reconstruct, causal_average, reconstruct_all, window_ends
+from models.scoring import (
+    F32,
+    ModelOutput,
+    Reconstruct,
+    causal_average,
+    error_terms,
+    reconstruct_all,
+    window_ends,
+)
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a normal distribution, in standard deviations
 
@@ -28,6 +36,10 @@ class ScoreOptions(BaseModel):
     smoothing_alpha: float | None = Field(None, gt=0, le=1)
     aggregation: Literal["mean", "top_k", "max"] = "mean"
     top_k: int | None = Field(None, ge=1)
+    # "absolute": each sensor's term is the absolute error (and level deviation) instead of its square, so one
+    # sensor's large error weighs less against many sensors' moderate ones (Hundman et al., KDD 2018, smooth
+    # absolute prediction errors with an exponential average, as here).
+    error: Literal["squared", "absolute"] = "squared"
     level_alpha: float | None = Field(None, gt=0, le=1)  # None: no level term
     level_weight: float = Field(1.0, gt=0)
     level_scale_floor: float = Field(0.1, gt=0)  # in training standard deviations
@@ -73,9 +85,10 @@ def fit_score_definition(
         "smoothing_alpha": options.smoothing_alpha,
         "aggregation": options.aggregation,
         "top_k": options.top_k if options.aggregation == "top_k" else None,
+        "error": options.error,
     }
     if options.standardise != "none":
-        errors = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
+        errors = _scored_points(error_terms(windows - outputs.reconstruction, options.error), spans)
         q = 0.5 if options.standardise == "median" else 0.99
         statistic = np.quantile(errors.astype(np.float64), q, axis=0)
         floor = options.scale_floor * float(np.median(statistic))
@@ -87,11 +100,12 @@ def fit_score_definition(
         scale = np.maximum(spread, options.level_scale_floor)
         weight = options.level_weight
         if options.balance_level:
-            squared = _scored_points(np.square(windows - outputs.reconstruction, dtype=np.float32), spans)
+            errors = _scored_points(error_terms(windows - outputs.reconstruction, options.error), spans)
             sensor_scale = update.get("sensor_scale")
             divisor = np.asarray(sensor_scale if isinstance(sensor_scale, list) else 1.0, dtype=np.float64)
-            point_errors = squared.astype(np.float64) / divisor
-            levels = np.square((recent - center) / scale)
+            point_errors = errors.astype(np.float64) / divisor
+            deviations = (recent - center) / scale
+            levels = np.abs(deviations) if options.error == "absolute" else np.square(deviations)
             reconstruction_tail = float(np.quantile(point_errors.mean(axis=1), 0.99))
             level_tail = float(np.quantile(levels.mean(axis=1), 0.99))
             weight *= max(reconstruction_tail, 1e-12) / max(level_tail, 1e-12)

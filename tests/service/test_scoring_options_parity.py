@@ -26,6 +26,7 @@ OPTIONS = {
     "max": {"aggregation": "max"},
     "level": {"level_alpha": 0.1},
     "balanced_level": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
+    "absolute": {"error": "absolute", "smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
     "all": {
         "standardise": "median",
         "smoothing_alpha": 0.2,
@@ -68,6 +69,7 @@ def test_streaming_equals_offline_scoring_with_every_scoring_option(
         or manifest.score.smoothing_alpha
         or manifest.score.level
         or (manifest.score.aggregation != "mean")
+        or manifest.score.error != "squared"
     )
     np.save(tmp_path / "series.npy", test_series)
     offline = score_test_series(load_bundle(option_bundle), tmp_path / "series.npy").scores

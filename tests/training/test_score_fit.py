@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.manifest import ScoreDefinition
-from models.scoring import ModelOutput, causal_average, window_ends
+from models.scoring import ModelOutput, causal_average, score_windows, window_ends
 from training.score_fit import ScoreOptions, fit_score_definition, scored_windows
 
 
@@ -75,6 +75,40 @@ def test_a_balanced_level_term_has_the_reconstruction_terms_tail_on_validation()
         windows, spans, ModelOutput(windows + noise), ScoreDefinition(), ScoreOptions(level_alpha=0.2)
     )
     assert unbalanced.level is not None and unbalanced.level.weight == 1.0 and level.weight < 0.1
+
+
+def test_absolute_errors_score_the_absolute_error_and_level_deviation_balanced_alike() -> None:
+    """With ``error`` "absolute" each sensor's term is |x - x̂| plus the weighted |level deviation|, the balance
+    matches the tails of those absolute terms, and the scored window is what that formula gives."""
+    rng = np.random.default_rng(3)
+    windows = (rng.normal(size=(30, 20, 3)) * np.array([1.0, 1e-3, 5.0])).astype(np.float32)
+    noise = (0.05 * rng.normal(size=windows.shape)).astype(np.float32)
+    spans = np.full(30, 10)
+    options = ScoreOptions(error="absolute", level_alpha=0.2, balance_level=True)
+    definition = fit_score_definition(
+        windows, spans, ModelOutput(windows + noise), ScoreDefinition(), options
+    )
+    level = definition.level
+    assert definition.error == "absolute" and level is not None
+    recent = causal_average(windows, 0.2)
+    deviation = (recent - np.asarray(level.center, dtype=np.float32)) / np.asarray(
+        level.scale, dtype=np.float32
+    )
+    scored = np.concatenate([np.abs(deviation[i, -10:]) for i in range(30)]).astype(np.float64)
+    errors = np.concatenate([np.abs(noise[i, -10:]) for i in range(30)]).astype(np.float64)
+    weighted_tail = np.quantile(level.weight * scored.mean(axis=1), 0.99)
+    assert weighted_tail == pytest.approx(np.quantile(errors.mean(axis=1), 0.99), rel=1e-4)
+    got = score_windows(windows, ModelOutput(windows + noise), definition).scores
+    want = (np.abs(noise) + np.float32(level.weight) * np.abs(deviation)).mean(axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    squared = fit_score_definition(
+        windows,
+        spans,
+        ModelOutput(windows + noise),
+        ScoreDefinition(),
+        options.model_copy(update={"error": "squared"}),
+    )
+    assert squared.level is not None and squared.level.weight != pytest.approx(level.weight, rel=0.1)
 
 
 def test_default_options_leave_the_models_definition_alone() -> None:
