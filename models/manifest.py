@@ -50,12 +50,16 @@ class LevelTerm(_Frozen):
     """A window's recent level relative to training, scored beside the reconstruction (models that normalise
     each window cannot see a level shift that fills it). Per sensor: the causal exponential average of the
     normalised values over the window (``alpha``), standardised by the ``center`` and ``scale`` of that average on
-    validation windows, squared, times ``weight``."""
+    validation windows, squared, times ``weight``. With ``baseline_alpha``, the level is taken relative to the
+    window's own slower causal average (that alpha, also from the window's first point) instead: a level
+    change inside the window, which fades once the whole window sits at the new level; ``center`` and
+    ``scale`` are then those of that difference on validation."""
 
     alpha: float = Field(gt=0, le=1)
     center: list[float]
     scale: list[float]
     weight: float = Field(1.0, gt=0)
+    baseline_alpha: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> LevelTerm:

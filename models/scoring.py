@@ -70,6 +70,17 @@ def causal_average(values: F32, alpha: float) -> F32:
     return out
 
 
+def recent_level(windows: F32, alpha: float, baseline_alpha: float | None) -> F32:
+    """Each point's recent level per sensor: the causal average with ``alpha``, less the slower causal average
+    with ``baseline_alpha`` when given (a level change inside the window). Only earlier points count."""
+    values = windows.astype(np.float32, copy=False)
+    recent = causal_average(values, alpha)
+    if baseline_alpha is None:
+        return recent
+    out: F32 = (recent - causal_average(values, baseline_alpha)).astype(np.float32, copy=False)
+    return out
+
+
 def error_terms(differences: F32, error: str) -> F32:
     """Squared (``error`` "squared") or absolute differences, float32."""
     out: F32 = (
@@ -85,10 +96,11 @@ def sensor_terms(windows: F32, output: ModelOutput, definition: ScoreDefinition)
         terms = np.divide(terms, np.asarray(definition.sensor_scale, dtype=np.float32), dtype=np.float32)
     if definition.level is not None:
         level = definition.level
-        recent = causal_average(windows.astype(np.float32, copy=False), level.alpha)
         center = np.asarray(level.center, dtype=np.float32)
         scale = np.asarray(level.scale, dtype=np.float32)
-        deviation: F32 = ((recent - center) / scale).astype(np.float32, copy=False)
+        deviation: F32 = ((recent_level(windows, level.alpha, level.baseline_alpha) - center) / scale).astype(
+            np.float32, copy=False
+        )
         terms = terms + np.float32(level.weight) * error_terms(deviation, definition.error)
     if definition.smoothing_alpha is not None:
         terms = causal_average(terms, definition.smoothing_alpha)

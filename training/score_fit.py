@@ -17,8 +17,8 @@ from models.scoring import (
     F32,
     ModelOutput,
     Reconstruct,
-    causal_average,
     error_terms,
+    recent_level,
     reconstruct_all,
     window_ends,
 )
@@ -41,6 +41,9 @@ class ScoreOptions(BaseModel):
     # absolute prediction errors with an exponential average, as here).
     error: Literal["squared", "absolute"] = "squared"
     level_alpha: float | None = Field(None, gt=0, le=1)  # None: no level term
+    # The level relative to the window's own slower causal average with this alpha instead of to validation:
+    # a level change inside the window, not a level unlike training's (None: relative to validation).
+    level_baseline_alpha: float | None = Field(None, gt=0, le=1)
     level_weight: float = Field(1.0, gt=0)
     level_scale_floor: float = Field(0.1, gt=0)  # in training standard deviations
     # Scale the level term so that its 99th percentile over the validation points equals the reconstruction
@@ -94,7 +97,9 @@ def fit_score_definition(
         floor = options.scale_floor * float(np.median(statistic))
         update["sensor_scale"] = [float(v) for v in np.maximum(statistic, max(floor, 1e-12))]
     if options.level_alpha is not None:
-        recent = _scored_points(causal_average(windows, options.level_alpha), spans).astype(np.float64)
+        recent = _scored_points(
+            recent_level(windows, options.level_alpha, options.level_baseline_alpha), spans
+        ).astype(np.float64)
         center = np.median(recent, axis=0)
         spread = (np.quantile(recent, 0.75, axis=0) - np.quantile(recent, 0.25, axis=0)) / IQR_TO_SIGMA
         scale = np.maximum(spread, options.level_scale_floor)
@@ -111,6 +116,7 @@ def fit_score_definition(
             weight *= max(reconstruction_tail, 1e-12) / max(level_tail, 1e-12)
         update["level"] = LevelTerm(
             alpha=options.level_alpha,
+            baseline_alpha=options.level_baseline_alpha,
             center=[float(v) for v in center],
             scale=[float(v) for v in scale],
             weight=weight,

@@ -27,6 +27,7 @@ OPTIONS = {
     "level": {"level_alpha": 0.1},
     "balanced_level": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
     "absolute": {"error": "absolute", "smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
+    "change_level": {"level_alpha": 0.1, "level_baseline_alpha": 0.02, "balance_level": True},
     "all": {
         "standardise": "median",
         "smoothing_alpha": 0.2,

@@ -111,6 +111,32 @@ def test_absolute_errors_score_the_absolute_error_and_level_deviation_balanced_a
     assert squared.level is not None and squared.level.weight != pytest.approx(level.weight, rel=0.1)
 
 
+def test_a_level_change_term_sees_a_step_inside_the_window_and_forgets_a_level_that_fills_it() -> None:
+    """With ``level_baseline_alpha`` the level term is the fast causal average less the slow one, standardised
+    by that difference on validation: a step halfway through a window scores at the window's end, the same
+    level filling the whole window does not, and a level far from validation's does not by itself."""
+    rng = np.random.default_rng(4)
+    validation = (0.1 * rng.normal(size=(40, 100, 2))).astype(np.float32)
+    options = ScoreOptions(level_alpha=0.1, level_baseline_alpha=0.02)
+    definition = fit_score_definition(
+        validation, np.full(40, 10), ModelOutput(validation), ScoreDefinition(), options
+    )
+    level = definition.level
+    assert level is not None and level.baseline_alpha == 0.02
+    difference = causal_average(validation, 0.1) - causal_average(validation, 0.02)
+    scored = np.concatenate([difference[i, -10:] for i in range(40)]).astype(np.float64)
+    np.testing.assert_allclose(level.center, np.median(scored, axis=0), rtol=1e-4, atol=1e-6)
+    noise = (0.1 * rng.normal(size=(1, 100, 2))).astype(np.float32)
+    step = noise + np.where(np.arange(100)[:, None] >= 50, np.float32(3.0), np.float32(0.0))
+    filled = noise + np.float32(3.0)
+    scores = {
+        name: score_windows(w, ModelOutput(w), definition).scores[0, -10:].mean()
+        for name, w in (("quiet", noise), ("step", step), ("filled", filled))
+    }
+    assert scores["step"] > 100 * scores["quiet"]
+    assert scores["filled"] == pytest.approx(scores["quiet"], rel=1e-3)
+
+
 def test_default_options_leave_the_models_definition_alone() -> None:
     base = ScoreDefinition(kind="association_weighted_mse", temperature=50.0)
     windows = np.zeros((2, 10, 2), dtype=np.float32)
