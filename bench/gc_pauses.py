@@ -1,11 +1,12 @@
 """The garbage collector's pauses in the serving process, with and without ``VIGIL_GC_FREEZE``.
 
     .venv/bin/python -m bench.gc_pauses                  # TVNet, binary stream requests at 70 % of peak
-    .venv/bin/python -m bench.gc_pauses --modes d --fraction 0.7
+    .venv/bin/python -m bench.gc_pauses --mode d --fraction 0.7
 
 Runs ``bench.service_throughput`` (peak, then one open-loop step) once per setting, with ``bench/gc_probe`` on
-the server's PYTHONPATH: every collection's generation and duration is logged by the server itself. Prints, per
-setting, the collections of each generation, the full (generation 2) pauses and the step's latency.
+the server's PYTHONPATH: every collection's generation and duration is logged by the server itself, over its
+whole run (start-up, the 10 s wrk peak and the step). Prints, per setting, the collections of each generation,
+the full (generation 2) pauses and the step's latency.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run(freeze: bool, args: argparse.Namespace) -> tuple[dict[int, list[float]],
             "VIGIL_GC_FREEZE": "true" if freeze else "false",
         }
         command = [sys.executable, "-m", "bench.service_throughput", "--model", args.model, "--strides", "10"]
-        command += ["--modes", args.modes, "--fractions", str(args.fraction), "--step", str(args.step)]
+        command += ["--modes", args.mode, "--fractions", str(args.fraction), "--step", str(args.step)]
         out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
         found = re.search(r"raw results: (\S+)", out)
         if found is None:
@@ -66,11 +67,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="tvnet")
-    parser.add_argument("--modes", default="e", help="one service_throughput mode")
+    parser.add_argument("--mode", default="e", choices=list("abcdefghi"), help="a service_throughput mode")
     parser.add_argument("--fraction", type=float, default=0.7, help="open-loop rate as a fraction of peak")
     parser.add_argument("--step", type=float, default=20.0, help="seconds of the open-loop step")
     args = parser.parse_args()
-    print(f"mode {args.modes}, {args.model}, {100 * args.fraction:.0f} % of peak for {args.step:.0f} s\n")
+    print(f"mode {args.mode}, {args.model}, {100 * args.fraction:.0f} % of peak for {args.step:.0f} s\n")
     print(
         "| VIGIL_GC_FREEZE | collections gen 0 / 1 / 2 | full pause p50 ms | full pause max ms | pauses over 10 ms "
         "| all pauses ms | step p50 ms | step p99 ms | step max ms |"

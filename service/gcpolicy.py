@@ -3,11 +3,13 @@
 A full (generation 2) collection walks every tracked object of the process. After start-up that is mostly what
 start-up built and never frees (FastAPI's routes and schemas, pydantic models, ONNX Runtime sessions' wrappers,
 numpy, redis and uvicorn modules), and each walk held the event loop 50-69 ms, one every 2-3 s at 110 binary
-requests/s (``bench/service_throughput.py`` with a ``gc.callbacks`` probe, 2026-12-06): a stall that every
-request in progress waits out, the largest single cause of the p99 at 70 % of peak. ``gc.freeze()`` moves what
-exists at the end of start-up into a permanent generation that collections skip, so a full collection walks
-only what requests allocated since (the ``gc.freeze`` documentation's own use: objects that live as long as
-the process). Objects frozen are never collected, so only start-up's are: nothing a request creates."""
+requests/s (``bench/gc_pauses.py``, 2026-12-06: full pauses 50-90 ms, p50 67 ms): a stall that every request
+in progress waits out. ``gc.freeze()`` moves what exists at the end of start-up into a permanent generation
+that collections skip, so a full collection walks only what requests allocated since (the ``gc.freeze``
+documentation's own use: objects that live as long as the process). A frozen object is still freed when
+nothing refers to it; only a frozen reference cycle is never reclaimed. So only start-up's objects are frozen,
+never what a request creates; a model version loaded at start-up and later replaced by a hot reload is freed
+when its last reference goes, and versions loaded by a reload are not frozen."""
 
 from __future__ import annotations
 

@@ -90,6 +90,11 @@ def fit_score_definition(
         "top_k": options.top_k if options.aggregation == "top_k" else None,
         "error": options.error,
     }
+    if options.error == "absolute" and base.kind == "reconstruction_mse":
+        update["description"] = (
+            "mean over sensors of the absolute reconstruction error in normalised space; "
+            "a sensor's contribution is its share of that sum"
+        )
     if options.standardise != "none":
         errors = _scored_points(error_terms(windows - outputs.reconstruction, options.error), spans)
         q = 0.5 if options.standardise == "median" else 0.99

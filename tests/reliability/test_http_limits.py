@@ -115,6 +115,7 @@ def send_until_answered(sock: socket.socket, start: bytes, blocks: int) -> int:
     answered (or closed): what a client had sent by then, counted without racing a second thread (the test
     once raced a sender thread against the reader and counted what the sender pushed in the meantime into
     the 2 s the server lingers, reading and dropping)."""
+    sock.settimeout(5)  # a server that stops reading without closing fails the test, not hangs it
     sock.sendall(start)
     block = b"a" * MIB
     sent = 0

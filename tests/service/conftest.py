@@ -33,6 +33,9 @@ def make_settings(models_dir: Path, redis_url: str, **overrides: object) -> Sett
         "provider": "cpu",
         "intra_op_threads": 1,
         "api_keys": keys,
+        # In-process apps of the tests are many and each is a reference cycle: frozen, none would ever be
+        # collected (test_gcpolicy.py turns the freeze on for its own app and undoes it).
+        "gc_freeze": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

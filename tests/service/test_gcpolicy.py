@@ -16,7 +16,10 @@ def test_start_up_objects_are_frozen_so_a_full_collection_walks_only_what_reques
 ) -> None:
     gc.unfreeze()
     try:
-        with TestClient(create_app(settings), headers=auth("all")) as client:
+        frozen_app = create_app(settings.model_copy(update={"gc_freeze": True}))
+        with TestClient(create_app(settings), headers=auth("all")):
+            assert gc.get_freeze_count() == 0  # VIGIL_GC_FREEZE=false: nothing frozen
+        with TestClient(frozen_app, headers=auth("all")) as client:
             frozen = gc.get_freeze_count()
             assert client.get("/models").status_code == 200
             walked = len(gc.get_objects())  # what a full collection walks: the frozen are not among them
