@@ -131,7 +131,7 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 ROWS = [*FAMILIES, *VARIANTS, *FLEETS, *CALIBRATIONS]
 # Scoring rows measured on request only (EVALUATION.md gives their command), so that the plain run stays within
-# the hour: the absolute-error ablation of 2026-12-06.
+# the hour: the absolute-error and level-change ablations of 2026-12-06.
 ON_REQUEST = [
     f"{family}+{name}"
     for family in ("tvnet", "convtimenet")

@@ -2,9 +2,9 @@
 
 A full (generation 2) collection walks every tracked object of the process. After start-up that is mostly what
 start-up built and never frees (FastAPI's routes and schemas, pydantic models, ONNX Runtime sessions' wrappers,
-numpy, redis and uvicorn modules), and each walk held the event loop 50-69 ms, one every 2-3 s at 110 binary
-requests/s (``bench/gc_pauses.py``, 2026-12-06: full pauses 50-90 ms, p50 67 ms): a stall that every request
-in progress waits out. ``gc.freeze()`` moves what exists at the end of start-up into a permanent generation
+numpy, redis and uvicorn modules), and each walk held the event loop 50-90 ms (p50 67 ms), one every 2-3 s at
+about 110 binary requests/s (``bench/gc_pauses.py``, 2026-12-06): a stall that every request in progress waits
+out. ``gc.freeze()`` moves what exists at the end of start-up into a permanent generation
 that collections skip, so a full collection walks only what requests allocated since (the ``gc.freeze``
 documentation's own use: objects that live as long as the process). A frozen object is still freed when
 nothing refers to it; only a frozen reference cycle is never reclaimed. So only start-up's objects are frozen,

@@ -95,8 +95,10 @@ def fit_score_definition(
             "mean over sensors of the absolute reconstruction error in normalised space; "
             "a sensor's contribution is its share of that sum"
         )
-    if options.standardise != "none":
+    balance = options.level_alpha is not None and options.balance_level
+    if options.standardise != "none" or balance:  # the scored points' reconstruction terms, once
         errors = _scored_points(error_terms(windows - outputs.reconstruction, options.error), spans)
+    if options.standardise != "none":
         q = 0.5 if options.standardise == "median" else 0.99
         statistic = np.quantile(errors.astype(np.float64), q, axis=0)
         floor = options.scale_floor * float(np.median(statistic))
@@ -109,8 +111,7 @@ def fit_score_definition(
         spread = (np.quantile(recent, 0.75, axis=0) - np.quantile(recent, 0.25, axis=0)) / IQR_TO_SIGMA
         scale = np.maximum(spread, options.level_scale_floor)
         weight = options.level_weight
-        if options.balance_level:
-            errors = _scored_points(error_terms(windows - outputs.reconstruction, options.error), spans)
+        if balance:
             sensor_scale = update.get("sensor_scale")
             divisor = np.asarray(sensor_scale if isinstance(sensor_scale, list) else 1.0, dtype=np.float64)
             point_errors = errors.astype(np.float64) / divisor
