@@ -33,6 +33,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # the level-aware architecture of issue 15.
     "tvnet_levelae": ("tvnet", {"level_bottleneck": 8}, {}),
     "convtimenet_levelae": ("convtimenet", {"level_bottleneck": 8}, {}),
+    # Three members from seeds 0, 1, 2 averaged in one graph (models/ensemble.py; RandNet, Chen et al., SDM 2017).
+    "tvnet_ens3": ("tvnet", {}, {"ensemble": 3}),
+    "convtimenet_ens3": ("convtimenet", {}, {"ensemble": 3}),
     "convtimenet_p8_budget2x": (
         "convtimenet",
         {"patch_length": 8, "patch_stride": 4},
@@ -121,6 +124,12 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     **{
         f"{variant}+{name}": (variant, {}, SCORINGS[name])
         for variant in ("tvnet_levelae", "convtimenet_levelae")
+        for name in ("smooth", "smooth_blevel")
+    },
+    # The ensembles with the default scoring and with smoothing alone.
+    **{
+        f"{variant}+{name}": (variant, {}, SCORINGS[name])
+        for variant in ("tvnet_ens3", "convtimenet_ens3")
         for name in ("smooth", "smooth_blevel")
     },
     # The default scoring with per-stream thresholds floored at the calibrated ones.

@@ -214,6 +214,7 @@ class TrainingInfo(_Frozen):
     epochs_run: int
     best_validation_loss: float
     wall_time_s: float
+    ensemble_size: int = Field(1, ge=1)  # members averaged in the graph (TrainConfig.ensemble)
     config: dict[str, Any]
     history: list[dict[str, float]] = Field(default_factory=list)
 

@@ -44,6 +44,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         seed=args.seed,
+        ensemble=args.ensemble,
         threads=args.threads,
         max_rows=args.max_rows,
         hyperparameters=hyper,
@@ -260,6 +261,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--lr", type=float, default=None)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="K > 1: train K models from seeds seed..seed+K-1 and serve their mean reconstruction as one graph",
+    )
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
     train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")

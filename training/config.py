@@ -88,6 +88,9 @@ class TrainConfig(BaseModel):
     validation_fraction: float = Field(0.2, gt=0, lt=0.9)
     min_scale: float = Field(1e-3, gt=0)  # floor of the per-feature scale (constant sensors in training)
     seed: int = 0
+    # K > 1: K members of the architecture trained from seeds seed … seed+K-1, exported as one graph that averages
+    # their reconstructions (models/ensemble.py); serving costs K times the model.
+    ensemble: int = Field(1, ge=1, le=16)
     threads: int = Field(2, ge=1)
     max_rows: int | None = Field(None, ge=1)  # use only the first rows of the file (tests, quick demos)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)

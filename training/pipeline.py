@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from training.data import (
     training_parts,
 )
 from training.export import ExportError, check_parity, export_onnx
-from training.loop import seed_everything, train_module
+from training.loop import TrainResult, seed_everything, train_module, validation_loss
 from training.score_fit import fit_for_series
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,58 @@ def recorded_config(config: TrainConfig) -> dict[str, object]:
     return recorded
 
 
+def train_members(
+    config: TrainConfig, train_windows: F32, validation_windows: F32, n_features: int
+) -> tuple[Any, dict[str, Any], TrainResult]:
+    """Build and train the model; with ``config.ensemble`` K > 1, K members from seeds ``seed … seed+K-1``,
+    averaged into one graph (``models.ensemble``). Returns the module, its architecture's hyper-parameters
+    (each member's) and the training record (the ensemble's own validation loss; members' epochs tagged)."""
+    assert config.epochs and config.batch_size and config.learning_rate
+    members, results, hyperparameters = [], [], {}
+    for index in range(config.ensemble):
+        seed = config.seed + index
+        seed_everything(seed, config.threads)
+        built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
+        if config.ensemble > 1 and not getattr(built.module, "trainable", True):
+            raise ValueError(
+                f"{config.model} is fitted in closed form: every ensemble member would be the same"
+            )
+        fit = getattr(built.module, "fit_periods", None)
+        if callable(fit):
+            import torch
+
+            fit(torch.from_numpy(train_windows))
+        results.append(
+            train_module(
+                built.module,
+                train_windows,
+                validation_windows,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                weight_decay=config.weight_decay,
+                patience=config.patience,
+                seed=seed,
+                progress=config.progress,
+            )
+        )
+        members.append(built.module)
+        hyperparameters = built.hyperparameters()
+    if len(members) == 1:
+        return members[0], hyperparameters, results[0]
+    from models.ensemble import MeanEnsemble
+
+    ensemble = MeanEnsemble(members).eval()
+    history = [{**row, "member": float(i)} for i, r in enumerate(results) for row in r.history]
+    record = TrainResult(
+        epochs_run=max(r.epochs_run for r in results),
+        best_validation_loss=validation_loss(ensemble, validation_windows, config.batch_size),
+        wall_time_s=sum(r.wall_time_s for r in results),
+        history=history,
+    )
+    return ensemble, hyperparameters, record
+
+
 def train_bundle(config: TrainConfig) -> Path:
     """Train, export, verify and calibrate one model; returns the bundle directory."""
     config = resolve(config)
@@ -131,41 +184,24 @@ def train_bundle(config: TrainConfig) -> Path:
         len(parts),
     )
 
-    built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
-    fit = getattr(built.module, "fit_periods", None)
-    if callable(fit):
-        import torch
-
-        fit(torch.from_numpy(train_windows))
-    result = train_module(
-        built.module,
-        train_windows,
-        validation_windows,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        patience=config.patience,
-        seed=config.seed,
-        progress=config.progress,
-    )
+    module, hyperparameters, result = train_members(config, train_windows, validation_windows, n_features)
 
     version = config.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     bundle_dir = config.out_dir / config.name / version
-    output_names = getattr(built.module, "output_names", None)
+    output_names = getattr(module, "output_names", None)
     onnx_path = export_onnx(
-        built.module,
+        module,
         bundle_dir / ONNX_FILE,
         config.window_length,
         n_features,
         exporter=config.exporter,
         output_names=output_names,
     )
-    parity = check_parity(built.module, onnx_path, config.window_length, n_features)
+    parity = check_parity(module, onnx_path, config.window_length, n_features)
     if not parity.passed:
         raise ExportError(f"ONNX Runtime differs from PyTorch: {parity.max_abs_diff} > {parity.tolerance}")
 
-    define = getattr(built.module, "score_definition", None)
+    define = getattr(module, "score_definition", None)
     reconstruct = onnx_reconstruct(onnx_path, config.threads)
     definition = fit_for_series(
         validation_z,
@@ -193,7 +229,7 @@ def train_bundle(config: TrainConfig) -> Path:
         name=config.name,
         version=version,
         architecture=config.model,
-        hyperparameters=built.hyperparameters(),
+        hyperparameters=hyperparameters,
         window_length=config.window_length,
         stride=config.stride,
         n_features=n_features,
@@ -223,6 +259,7 @@ def train_bundle(config: TrainConfig) -> Path:
             epochs_run=result.epochs_run,
             best_validation_loss=result.best_validation_loss,
             wall_time_s=result.wall_time_s,
+            ensemble_size=config.ensemble,
             config=recorded_config(config),
             history=result.history,
         ),

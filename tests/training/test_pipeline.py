@@ -143,3 +143,33 @@ def test_a_diverging_run_fails_and_writes_no_bundle(tmp_path: Path) -> None:
     with pytest.raises(TrainingDiverged, match="not finite"):
         train_bundle(tiny_config(tmp_path, epochs=3, learning_rate=1e6))
     assert not list(tmp_path.glob("**/manifest.json"))
+
+
+def test_an_ensemble_graph_is_the_mean_of_its_members_trained_alone(tmp_path: Path) -> None:
+    """``ensemble=2`` exports one graph whose reconstruction is the mean of the models that seeds 0 and 1 train
+    alone, with its parity proved and its size recorded."""
+    import onnxruntime as ort
+
+    members = [
+        train_bundle(tiny_config(tmp_path / f"alone{seed}", seed=seed, report=False)) for seed in (0, 1)
+    ]
+    ensemble = train_bundle(tiny_config(tmp_path / "ensemble", ensemble=2, report=False))
+    manifest = Manifest.load(ensemble)
+    assert manifest.training.ensemble_size == 2 and manifest.training.config["ensemble"] == 2
+    assert manifest.parity.passed and manifest.architecture == "tvnet"
+    windows = np.random.default_rng(3).standard_normal((5, 100, 38)).astype(np.float32)
+
+    def run(bundle: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {session.get_inputs()[0].name: windows})[0])
+
+    alone = [run(bundle) for bundle in members]
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)  # the seeds train different members
+    np.testing.assert_allclose(run(ensemble), (alone[0] + alone[1]) / 2, atol=1e-5)
+
+
+def test_an_ensemble_of_a_closed_form_model_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="closed form"):
+        train_bundle(tiny_config(tmp_path, model="pca", hyperparameters={}, ensemble=2, report=False))
