@@ -19,6 +19,7 @@ server starts; at stride s one window scores s new points, so its points/s is wi
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import numpy as np
@@ -257,6 +258,7 @@ def print_tables(
         ],
         "Latency at fixed arrival rates (open loop, Poisson; from the scheduled send time)",
     )
+    print_cpu_budget(peaks, refs)
     targets = []
     goals = {"c": 0.6, "g": 0.6, "e": 0.7, "h": 0.7}  # share of ORT's own points/s, per request kind
     for stride, ref in refs.items():
@@ -304,6 +306,49 @@ def print_tables(
                 ]
             )
     report.print_table(["target", "measured", "met"], targets, "Targets")
+
+
+def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, float]]) -> None:
+    """CPU per point at each peak (µs of one core) for Vigil's process and for Redis, beside what ONNX Runtime
+    alone needs per point on all the machine's cores; the last column is the points/s the machine's cores
+    would allow if Redis and ORT were the only costs (Vigil's own Python taking nothing): a ceiling on what any
+    change to the API process can reach with the same Redis work per point."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for p in peaks:
+        ref = refs.get(p["stride"])
+        points = p["points_per_s"]
+        if ref is None or not points:
+            continue
+        vigil_us = 1e6 * p["vigil_cpu_pct"] / 100 / points
+        redis_us = 1e6 * p["redis_cpu_pct"] / 100 / points
+        ort_us = 1e6 * cores / ref["points_per_s"]
+        rows.append(
+            [
+                p["stride"],
+                p["mode"],
+                points,
+                vigil_us,
+                redis_us,
+                ort_us,
+                1e6 * cores / (redis_us + ort_us),
+                100 * cores / (redis_us + ort_us) / (ref["points_per_s"] / 1e6),
+            ]
+        )
+    report.print_table(
+        [
+            "stride",
+            "mode",
+            "points/s at peak",
+            "vigil CPU µs/point",
+            "redis CPU µs/point",
+            f"ORT µs/point ({cores} cores)",
+            "ceiling points/s (Redis + ORT only)",
+            "ceiling % of ORT",
+        ],
+        rows,
+        "CPU per point at peak (µs of one core) and the ceiling that Redis's share implies on these cores",
+    )
 
 
 if __name__ == "__main__":
