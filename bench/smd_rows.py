@@ -36,6 +36,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # Three members from seeds 0, 1, 2 averaged in one graph (models/ensemble.py; RandNet, Chen et al., SDM 2017).
     "tvnet_ens3": ("tvnet", {}, {"ensemble": 3}),
     "convtimenet_ens3": ("convtimenet", {}, {"ensemble": 3}),
+    # The same families from other seeds: how far one trained model's figures move with its initialisation.
+    **{
+        f"{family}_seed{seed}": (family, {}, {"seed": seed})
+        for family in ("tvnet", "convtimenet")
+        for seed in (1, 2)
+    },
     "convtimenet_p8_budget2x": (
         "convtimenet",
         {"patch_length": 8, "patch_stride": 4},
@@ -131,6 +137,11 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         f"{variant}+{name}": (variant, {}, SCORINGS[name])
         for variant in ("tvnet_ens3", "convtimenet_ens3")
         for name in ("smooth", "smooth_blevel")
+    },
+    **{
+        f"{family}_seed{seed}+smooth_blevel": (f"{family}_seed{seed}", {}, SCORINGS["smooth_blevel"])
+        for family in ("tvnet", "convtimenet")
+        for seed in (1, 2)
     },
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{
