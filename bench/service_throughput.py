@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import numpy as np
+import redis
 
 from bench import bundles, harness, loadtest, report, scrape, workload
 from bench.loadgen import SETTLE_S
@@ -136,9 +137,14 @@ def main() -> None:
                     )
                     load.prime(redis_srv.url, manifest.name, workload.fresh_ts_base())
                     counters = scrape.scrape(server.base_url)
+                    redis_stats = redis.Redis.from_url(redis_srv.url)
+                    redis_stats.config_resetstat()
                     peak = loadtest.measure_peak(
                         server, load, pids, args.repeat, args.duration, args.wrk_threads, args.connections
                     )
+                    peak["redis_scripts"] = script_stats(redis_stats.info("commandstats"))
+                    peak["peak_seconds"] = args.duration * args.repeat
+                    redis_stats.close()
                     peak.update(stride=stride, mode=mode.key, title=mode.title)
                     peak["points_per_s"] = peak["ok_rps"] * points_per_request(mode)
                     peak["windows_per_s"] = peak["ok_rps"] * (
@@ -308,6 +314,16 @@ def print_tables(
     report.print_table(["target", "measured", "met"], targets, "Targets")
 
 
+def script_stats(commandstats: dict[str, Any]) -> dict[str, float]:
+    """Redis's own time in Lua scripts (EVALSHA/EVAL, their commands included) over the peak: calls, µs."""
+    calls = usec = 0.0
+    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+        stat = commandstats.get(name) or {}
+        calls += float(stat.get("calls", 0))
+        usec += float(stat.get("usec", 0))
+    return {"calls": calls, "usec": usec}
+
+
 def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, float]]) -> None:
     """CPU per point at each peak (µs of one core) for Vigil's process and for Redis, beside what ONNX Runtime
     alone needs per point on all the machine's cores; the last column is the points/s the machine's cores
@@ -323,6 +339,8 @@ def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, floa
         vigil_us = 1e6 * p["vigil_cpu_pct"] / 100 / points
         redis_us = 1e6 * p["redis_cpu_pct"] / 100 / points
         ort_us = 1e6 * cores / ref["points_per_s"]
+        scripts = p.get("redis_scripts", {"calls": 0.0, "usec": 0.0})
+        received = points * p.get("peak_seconds", 10.0)
         rows.append(
             [
                 p["stride"],
@@ -330,6 +348,8 @@ def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, floa
                 points,
                 vigil_us,
                 redis_us,
+                scripts["calls"] / received if received else float("nan"),
+                scripts["usec"] / scripts["calls"] if scripts["calls"] else float("nan"),
                 ort_us,
                 1e6 * cores / (redis_us + ort_us),
                 100 * cores / (redis_us + ort_us) / (ref["points_per_s"] / 1e6),
@@ -342,6 +362,8 @@ def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, floa
             "points/s at peak",
             "vigil CPU µs/point",
             "redis CPU µs/point",
+            "Lua calls/point",
+            "µs per Lua call",
             f"ORT µs/point ({cores} cores)",
             "ceiling points/s (Redis + ORT only)",
             "ceiling % of ORT",
