@@ -314,14 +314,20 @@ def print_tables(
     report.print_table(["target", "measured", "met"], targets, "Targets")
 
 
-def script_stats(commandstats: dict[str, Any]) -> dict[str, float]:
-    """Redis's own time in Lua scripts (EVALSHA/EVAL, their commands included) over the peak: calls, µs."""
+def script_stats(commandstats: dict[str, Any]) -> dict[str, Any]:
+    """Redis's own time in Lua scripts (EVALSHA/EVAL, their commands included) over the peak: calls, µs; and
+    every command's calls and µs (the commands scripts run are counted under their own names too)."""
     calls = usec = 0.0
     for name in ("cmdstat_evalsha", "cmdstat_eval"):
         stat = commandstats.get(name) or {}
         calls += float(stat.get("calls", 0))
         usec += float(stat.get("usec", 0))
-    return {"calls": calls, "usec": usec}
+    commands = {
+        name.removeprefix("cmdstat_"): {"calls": float(stat["calls"]), "usec": float(stat["usec"])}
+        for name, stat in commandstats.items()
+        if isinstance(stat, dict) and "calls" in stat
+    }
+    return {"calls": calls, "usec": usec, "commands": commands}
 
 
 def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, float]]) -> None:
@@ -339,7 +345,7 @@ def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, floa
         vigil_us = 1e6 * p["vigil_cpu_pct"] / 100 / points
         redis_us = 1e6 * p["redis_cpu_pct"] / 100 / points
         ort_us = 1e6 * cores / ref["points_per_s"]
-        scripts = p.get("redis_scripts", {"calls": 0.0, "usec": 0.0})
+        scripts = p.get("redis_scripts") or {"calls": 0.0, "usec": 0.0}
         received = points * p.get("peak_seconds", 10.0)
         rows.append(
             [
@@ -355,6 +361,28 @@ def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, floa
                 100 * cores / (redis_us + ort_us) / (ref["points_per_s"] / 1e6),
             ]
         )
+    command_rows = []
+    for p in peaks:
+        received = p["points_per_s"] * p.get("peak_seconds", 10.0)
+        commands = p.get("redis_scripts", {}).get("commands", {})
+        for name, stat in sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:8]:
+            if received and stat["calls"]:
+                command_rows.append(
+                    [
+                        p["stride"],
+                        p["mode"],
+                        name,
+                        stat["calls"] / received,
+                        stat["usec"] / stat["calls"],
+                        stat["usec"] / received,
+                    ]
+                )
+    report.print_table(
+        ["stride", "mode", "Redis command", "calls/point", "µs per call", "µs/point"],
+        command_rows,
+        "Redis's time by command at each peak (INFO commandstats; commands run by scripts counted under their "
+        "own names and again inside evalsha)",
+    )
     report.print_table(
         [
             "stride",
