@@ -263,7 +263,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--ensemble",
-        type=int,
+        type=_ensemble_size,
         default=1,
         help="K > 1: train K models from seeds seed..seed+K-1 and serve their mean reconstruction as one graph",
     )
@@ -415,6 +415,17 @@ def run(args: argparse.Namespace) -> int:
     except (SourceError, BundleError) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2
+
+
+def _ensemble_size(text: str) -> int:
+    """``--ensemble``: a whole number of members from 1 to 16 (the bound of ``TrainConfig.ensemble``)."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= size <= 16:
+        raise argparse.ArgumentTypeError(f"{size} members: give 1 to 16")
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,3 +85,15 @@ def test_calibrate_refuses_to_overwrite_the_bundle_it_reads(bundle_dir: Path, tm
     shutil.copytree(bundle_dir, models / "tvnet" / "test")
     with pytest.raises(ValueError, match="must differ"):
         main(["calibrate", "--bundle", str(models / "tvnet" / "test"), "--version", "test"])
+
+
+@pytest.mark.parametrize("size", ["0", "17", "two"])
+def test_train_refuses_an_ensemble_size_outside_1_to_16(
+    size: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--model", "tvnet", "--train", str(SAMPLE / "train.txt.gz"), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--ensemble", size])
+    assert exited.value.code == 2
+    assert "--ensemble" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
