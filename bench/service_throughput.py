@@ -331,10 +331,11 @@ def script_stats(commandstats: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, float]]) -> None:
-    """CPU per point at each peak (µs of one core) for Vigil's process and for Redis, beside what ONNX Runtime
-    alone needs per point on all the machine's cores; the last column is the points/s the machine's cores
-    would allow if Redis and ORT were the only costs (Vigil's own Python taking nothing): a ceiling on what any
-    change to the API process can reach with the same Redis work per point."""
+    """CPU per point at each peak (µs of one core) for Vigil's process (its ONNX Runtime inference included)
+    and for Redis, beside what ONNX Runtime alone needs per point on all the machine's cores at batch 256; the
+    last columns are the points/s the machine's cores would allow if Redis and ORT were the only costs (the
+    API's own work taking nothing): a ceiling on what any change to the API process can reach with the same
+    Redis work per point."""
     cores = os.cpu_count() or 1
     rows = []
     for p in peaks:
@@ -388,7 +389,7 @@ def print_cpu_budget(peaks: list[dict[str, Any]], refs: dict[int, dict[str, floa
             "stride",
             "mode",
             "points/s at peak",
-            "vigil CPU µs/point",
+            "vigil CPU µs/point (ORT inside)",
             "redis CPU µs/point",
             "Lua calls/point",
             "µs per Lua call",
