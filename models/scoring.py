@@ -61,13 +61,19 @@ def causal_average(values: F32, alpha: float) -> F32:
     """Exponential average along the time axis of ``values`` [B, L, C], from each window's first point:
     ``y[0] = x[0]``, ``y[t] = alpha·x[t] + (1 − alpha)·y[t − 1]``. Only earlier points of the same window count."""
     a, b = np.float32(alpha), np.float32(1.0 - alpha)
-    out = np.empty_like(values)
-    acc = values[:, 0]
-    out[:, 0] = acc
-    for t in range(1, values.shape[1]):
-        acc = a * values[:, t] + b * acc
-        out[:, t] = acc
-    return out
+    # Time-major and in place: each step is two ufunc calls on one contiguous [B, C] block, and every value is
+    # rounded exactly as in ``a·x[t] + b·y[t − 1]`` evaluated step by step (tested bit for bit). It runs for
+    # every scored window, twice with the level term; the profile of stateless windows had the strided form at
+    # 8 % of the server's samples.
+    steps = np.ascontiguousarray(np.moveaxis(values, 1, 0), dtype=np.float32)
+    weighted = a * steps
+    out = np.empty_like(steps)
+    out[0] = steps[0]
+    carry = np.empty_like(steps[0])
+    for t in range(1, steps.shape[0]):
+        np.multiply(out[t - 1], b, out=carry)
+        np.add(weighted[t], carry, out=out[t])
+    return np.moveaxis(out, 0, 1)
 
 
 def recent_level(windows: F32, alpha: float, baseline_alpha: float | None) -> F32:

@@ -178,3 +178,24 @@ def test_a_level_shift_filling_the_window_raises_the_level_term_only() -> None:
     assert with_level.scores[:, -10:].min() > 5.0
     base = score_windows(windows, ModelOutput(recon), ScoreDefinition(level=level))
     assert base.scores[:, -10:].mean() < with_level.scores[:, -10:].mean() / 5
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 100, 38), (7, 20, 3), (64, 100, 38)])
+@pytest.mark.parametrize("alpha", [0.02, 0.1, 0.5, 1.0])
+def test_causal_average_is_the_step_by_step_recursion_bit_for_bit(
+    shape: tuple[int, int, int], alpha: float
+) -> None:
+    """The vectorised form rounds every value as ``a·x[t] + b·y[t − 1]`` in float32 does, step by step: streaming
+    and offline scores, and calibrated thresholds, stay bit-identical to the formula."""
+    from models.scoring import causal_average
+
+    rng = np.random.default_rng(sum(shape))
+    values = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 6, size=shape)).astype(np.float32)
+    a, b = np.float32(alpha), np.float32(1.0 - alpha)
+    expected = np.empty_like(values)
+    expected[:, 0] = values[:, 0]
+    for t in range(1, shape[1]):
+        expected[:, t] = a * values[:, t] + b * expected[:, t - 1]
+    got = causal_average(values, alpha)
+    assert got.dtype == np.float32 and got.shape == values.shape
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
