@@ -55,7 +55,8 @@ def main() -> None:
         "replay": lambda: replay,
         "over": lambda: over,
     }
-    stop, stats, latencies = threading.Event(), {}, []
+    stop, latencies = threading.Event(), []
+    stats: dict[str, int] = {}
 
     def load(kind: str) -> None:
         with httpx.Client(base_url=args.url, headers=headers, timeout=120) as client:

@@ -67,7 +67,7 @@ def study(
     base = CalibrationConfig()
     point = calibrate(np.concatenate(validation), base)
     chosen = manifest.alerts
-    out = {}
+    out: dict[str, tuple[float, ...]] = {}
     for name, overrides in variants.items():
         config = base.model_copy(update=overrides)
         thresholds, policy = calibrate_alerts(validation, point, config)

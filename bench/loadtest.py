@@ -6,9 +6,10 @@ Both return plain dicts (medians over ``repeat`` runs) that the scripts print an
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from bench import report
+from bench import report, scrape
 from bench.harness import CPUMeter, Server
 from bench.loadgen import run_open_loop
 from bench.peakload import run_wrk
@@ -83,9 +84,11 @@ def measure_curve(
                 return http_request("POST", path, headers, workload.body(index, base))
 
             meter = CPUMeter(cpu_pids)
+            before = scrape.scrape(server.base_url)
             meter.start()
             result = run_open_loop(server.base_url, make, rate, step_s, max_connections=max_connections)
             run: dict[str, Any] = {k: getattr(result, k) for k in CURVE_KEYS}
+            run.update(server_side(before, scrape.scrape(server.base_url)))
             run["late_pct"] = 100.0 * result.late_sends / max(result.sent, 1)
             run.update({f"{name}_cpu_pct": pct for name, pct in meter.stop().items()})
             run["statuses"] = result.statuses
@@ -94,3 +97,21 @@ def measure_curve(
         step.update({"fraction": fraction, "target_rps": rate, "statuses": runs[0]["statuses"], "runs": runs})
         steps.append(step)
     return steps
+
+
+def server_side(before: scrape.Sample, after: scrape.Sample) -> dict[str, float]:
+    """What the server's own histograms saw in a step: the p99 and the bucket bound under which every
+    observation fell, of a window's wait for its batch and of a batch's inference and scoring, to tell a stall
+    in the inference worker from one in the event loop (or before it)."""
+    out: dict[str, float] = {}
+    for key, name in (
+        ("queue_wait", "vigil_queue_wait_seconds"),
+        ("inference", "vigil_inference_duration_seconds"),
+    ):
+        delta = scrape.histogram_delta(before, after, name)
+        out[f"{key}_p99_ms"] = 1000 * delta.quantile(0.99)
+        worst = next(
+            (bound for bound, count in delta.buckets if delta.count and count >= delta.count), math.nan
+        )
+        out[f"{key}_max_le_ms"] = 1000 * worst
+    return out

@@ -33,7 +33,8 @@ def create_app(bundle: Path, max_batch: int = 256) -> FastAPI:
     def infer(windows: np.ndarray) -> np.ndarray:
         z = (windows - mean) / scale
         reconstruction = session.run(None, {input_name: z.astype(np.float32)})[0]
-        return np.square(z - reconstruction).mean(axis=-1)
+        errors: np.ndarray = np.square(z - reconstruction).mean(axis=-1)
+        return errors
 
     async def drain() -> None:
         while True:

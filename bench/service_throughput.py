@@ -19,6 +19,7 @@ server starts; at stride s one window scores s new points, so its points/s is wi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any
 
@@ -240,6 +241,8 @@ def print_tables(
             "shed p99 ms",
             "sends >2 ms late %",
             "generator CPU %",
+            "server: batch wait p99 / max<= ms",
+            "server: inference p99 / max<= ms",
         ],
         [
             [
@@ -259,6 +262,8 @@ def print_tables(
                 c.get("refused_p99_ms", float("nan")),
                 c["late_pct"],
                 c["generator_cpu_pct"],
+                f"{c.get('queue_wait_p99_ms', math.nan):.1f} / {c.get('queue_wait_max_le_ms', math.nan):g}",
+                f"{c.get('inference_p99_ms', math.nan):.1f} / {c.get('inference_max_le_ms', math.nan):g}",
             ]
             for c in curves
         ],

@@ -43,8 +43,8 @@ def open_fds(pid: int) -> int:
 
 
 def redis_memory(client: redis.Redis) -> tuple[float, int]:
-    info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
-    return info["used_memory"] / 2**20, int(client.dbsize())  # type: ignore[arg-type]
+    info: dict[str, Any] = client.info("memory")
+    return info["used_memory"] / 2**20, int(client.dbsize())
 
 
 def measure_capacity(server: harness.Server, work: workload.Workload, requests: int = 3000) -> float:
