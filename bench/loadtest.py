@@ -101,12 +101,13 @@ def measure_curve(
 
 def server_side(before: scrape.Sample, after: scrape.Sample) -> dict[str, float]:
     """What the server's own histograms saw in a step: the p99 and the bucket bound under which every
-    observation fell, of a window's wait for its batch and of a batch's inference and scoring, to tell a stall
-    in the inference worker from one in the event loop (or before it)."""
+    observation fell, of a window's wait for its batch, of a batch's inference and scoring, and of the event
+    loop's lag, to tell a stall in the inference worker from one in the event loop."""
     out: dict[str, float] = {}
     for key, name in (
         ("queue_wait", "vigil_queue_wait_seconds"),
         ("inference", "vigil_inference_duration_seconds"),
+        ("loop_lag", "vigil_event_loop_lag_seconds"),
     ):
         delta = scrape.histogram_delta(before, after, name)
         out[f"{key}_p99_ms"] = 1000 * delta.quantile(0.99)

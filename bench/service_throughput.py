@@ -243,6 +243,7 @@ def print_tables(
             "generator CPU %",
             "server: batch wait p99 / max<= ms",
             "server: inference p99 / max<= ms",
+            "server: loop lag p99 / max<= ms",
         ],
         [
             [
@@ -264,6 +265,7 @@ def print_tables(
                 c["generator_cpu_pct"],
                 f"{c.get('queue_wait_p99_ms', math.nan):.1f} / {c.get('queue_wait_max_le_ms', math.nan):g}",
                 f"{c.get('inference_p99_ms', math.nan):.1f} / {c.get('inference_max_le_ms', math.nan):g}",
+                f"{c.get('loop_lag_p99_ms', math.nan):.1f} / {c.get('loop_lag_max_le_ms', math.nan):g}",
             ]
             for c in curves
         ],

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import looplag
 from service.alerts import AlertTracker
 from service.auth import KeyRing
 from service.deps import Components
@@ -264,7 +265,8 @@ def create_app(settings: Settings) -> FastAPI:
             )
             if settings.gc_freeze:
                 freeze_startup_objects()
-            yield
+            async with looplag.watching(metrics.loop_lag):
+                yield
         finally:
             if poller is not None:
                 await poller.stop()

@@ -145,6 +145,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.loop_lag = Histogram(
+            "vigil_event_loop_lag_seconds",
+            "How much later than asked the event loop woke a task that sleeps 50 ms (service/looplag.py)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "vigil_worker_restarts_total",
             "Inference worker threads that died and were restarted (their requests failed)",
