@@ -41,12 +41,15 @@ for _ in $(seq 1 120); do
 done
 ready || { echo "the service did not become ready"; exit 1; }
 
-echo "== replaying $SAMPLE/test.txt.gz through POST /score"
-.venv/bin/vigil replay --url "http://127.0.0.1:$PORT" --stream-id demo-machine-1-2 \
+# A stream of its own for each run: a Redis that outlives the service (the system's, or a previous run's)
+# still holds an earlier run's points, and the same timestamps again would be refused as duplicates.
+STREAM="demo-machine-1-2-$(date -u +%Y%m%dT%H%M%SZ)"
+echo "== replaying $SAMPLE/test.txt.gz through POST /score as stream $STREAM"
+.venv/bin/vigil replay --url "http://127.0.0.1:$PORT" --stream-id "$STREAM" \
   --data "$SAMPLE/test.txt.gz" --chunk 50 --quiet --api-key "$DEMO_KEY"
 echo
 echo "Vigil is running at http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs, metrics: /metrics)"
 echo "API key for this run (roles score, read, admin): $DEMO_KEY"
-echo "  e.g. curl -H 'Authorization: Bearer $DEMO_KEY' http://127.0.0.1:$PORT/streams/demo-machine-1-2"
+echo "  e.g. curl -H 'Authorization: Bearer $DEMO_KEY' http://127.0.0.1:$PORT/streams/$STREAM"
 echo "Press Ctrl-C to stop."
 wait $SERVER

@@ -39,6 +39,7 @@ def _replay(args: argparse.Namespace) -> int:
         model=args.model,
         api_key=args.api_key,
         quiet=args.quiet,
+        start_ts=args.start_ts,
     )
 
 
@@ -76,6 +77,9 @@ def build_parser(with_plugins: bool = True) -> tuple[argparse.ArgumentParser, se
         "--rate", type=float, default=None, help="points per second (default: as fast as possible)"
     )
     replay.add_argument("--chunk", type=int, default=10, help="points per request")
+    replay.add_argument(
+        "--start-ts", type=float, default=0.0, help="ts of the first row (row i is sent at start-ts + i)"
+    )
     replay.add_argument("--model", default=None)
     replay.add_argument("--api-key", default=None)
     replay.add_argument("--quiet", action="store_true", help="print only alerts and the summary")

@@ -43,6 +43,7 @@ def replay(
     series = read_series(data)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     levels = {"normal": 0, "warning": 0, "critical": 0}
+    dropped = {"duplicate": 0, "stale": 0}
     n_alerts, started = 0, time.perf_counter()
     with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
         for offset in range(0, len(series), chunk):
@@ -60,6 +61,8 @@ def replay(
                 print(f"error {response.status_code}: {response.text}", file=sys.stderr)
                 return 1
             result = response.json()
+            for point in result["dropped"]:
+                dropped[point["reason"]] += 1
             for item in result["scores"]:
                 levels[item["level"]] += 1
                 if not quiet and item["level"] != "normal":
@@ -80,4 +83,11 @@ def replay(
         f"{levels['critical']} critical; {n_alerts} alert events",
         flush=True,
     )
+    if dropped["duplicate"] or dropped["stale"]:
+        print(
+            f"{dropped['duplicate']} points were refused as duplicates and {dropped['stale']} as stale: stream "
+            f"{stream_id!r} already held points at or after these timestamps (replay under another "
+            "--stream-id, or from a later --start-ts)",
+            flush=True,
+        )
     return 0
