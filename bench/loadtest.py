@@ -111,8 +111,6 @@ def server_side(before: scrape.Sample, after: scrape.Sample) -> dict[str, float]
     ):
         delta = scrape.histogram_delta(before, after, name)
         out[f"{key}_p99_ms"] = 1000 * delta.quantile(0.99)
-        worst = next(
-            (bound for bound, count in delta.buckets if delta.count and count >= delta.count), math.nan
-        )
-        out[f"{key}_max_le_ms"] = 1000 * worst
+        reached = (bound for bound, count in delta.buckets if count >= delta.count)
+        out[f"{key}_max_le_ms"] = 1000 * (next(reached, math.nan) if delta.count else math.nan)
     return out

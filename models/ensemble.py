@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -25,7 +24,6 @@ class MeanEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least two members")
         self.members = nn.ModuleList(members)
         first = members[0]
-        self.config = getattr(first, "config", None)
         names = getattr(first, "output_names", None)
         if names is not None:
             self.output_names = list(names)
@@ -41,9 +39,15 @@ class MeanEnsemble(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         outputs = [member(x) for member in self.members]
-        scale = 1.0 / len(outputs)
         if isinstance(outputs[0], tuple | list):
-            return tuple(
-                torch.stack([out[i] for out in outputs]).sum(dim=0) * scale for i in range(len(outputs[0]))
-            )
-        return torch.stack(outputs).sum(dim=0) * scale
+            return tuple(_mean([out[i] for out in outputs]) for i in range(len(outputs[0])))
+        return _mean(outputs)
+
+
+def _mean(tensors: list[Tensor]) -> Tensor:
+    """Elementwise mean by chained additions: exported as Add nodes, no reduction whose summation order could
+    depend on the batch size, so a window's output stays the same alone or inside any batch."""
+    total = tensors[0]
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total * (1.0 / len(tensors))

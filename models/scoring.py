@@ -79,11 +79,10 @@ def causal_average(values: F32, alpha: float) -> F32:
 def recent_level(windows: F32, alpha: float, baseline_alpha: float | None) -> F32:
     """Each point's recent level per sensor: the causal average with ``alpha``, less the slower causal average
     with ``baseline_alpha`` when given (a level change inside the window). Only earlier points count."""
-    values = windows.astype(np.float32, copy=False)
-    recent = causal_average(values, alpha)
+    recent = causal_average(windows, alpha)
     if baseline_alpha is None:
         return recent
-    out: F32 = (recent - causal_average(values, baseline_alpha)).astype(np.float32, copy=False)
+    out: F32 = recent - causal_average(windows, baseline_alpha)
     return out
 
 

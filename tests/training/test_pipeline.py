@@ -165,7 +165,10 @@ def test_an_ensemble_graph_is_the_mean_of_its_members_trained_alone(tmp_path: Pa
 
     alone = [run(bundle) for bundle in members]
     assert not np.allclose(alone[0], alone[1], atol=1e-3)  # the seeds train different members
-    np.testing.assert_allclose(run(ensemble), (alone[0] + alone[1]) / 2, atol=1e-5)
+    together = run(ensemble)
+    np.testing.assert_allclose(together, (alone[0] + alone[1]) / 2, atol=1e-5)
+    windows = windows[2:3]  # the same window alone: bit for bit what it got inside the batch
+    assert np.array_equal(run(ensemble), together[2:3])
 
 
 def test_an_ensemble_of_a_closed_form_model_is_refused(tmp_path: Path) -> None:
