@@ -57,7 +57,7 @@ class HeadBudget:
             at = edge.find(blank)
             if at != -1 and at + len(blank) > len(self._tail):
                 end = min(end, at + len(blank) - len(self._tail))
-            at = data.find(blank)
+            at = data.find(blank, 0, end)  # only before the end found so far: a body follows the head
             if at != -1:
                 end = min(end, at + len(blank))
         self.n_bytes += end

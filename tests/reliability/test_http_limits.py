@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from service.http_limits import HeadBudget
 from tests.service.conftest import auth
 from tests.service.live import LiveServer
 
@@ -196,3 +197,19 @@ def test_header_bounds_are_exact_and_per_request_on_a_keep_alive_connection(serv
             assert status == 431 and json.loads(body)["code"] == "headers_too_large", (status, body)
             sock.settimeout(5)
             assert sock.recv(1) == b""  # closed after the answer
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+def test_the_head_budget_counts_the_head_and_stops_at_its_end_however_it_is_split(eol: bytes) -> None:
+    """``HeadBudget.take`` over every split of one read into two: the bytes it counts are the head's, up to its
+    blank line, whether the blank line is split across the reads or a body holding blank lines follows."""
+    head = eol.join([b"POST /score HTTP/1.1", b"Host: x", b"Content-Length: 12", b"", b""])
+    body = b"{\n\n\r\n\r\n}" + b"x" * 3
+    data = head + body
+    for cut in range(len(data) + 1):
+        budget = HeadBudget(MIB, 100)
+        taken = budget.take(data[:cut])
+        if taken == cut and cut < len(head):
+            taken += budget.take(data[cut:])
+        assert taken == len(head), cut
+        assert budget.n_bytes == len(head) and budget.n_lines == 4
