@@ -150,22 +150,25 @@ def load_json(body: bytes) -> Any:
 
 
 _WINDOW_KEYS = frozenset(("window", "model"))
+_NUMERIC_BYTES = b"0123456789.eE+-,[] \t\r\n"  # what JSON numbers in nested arrays are written with
 
 
 def numeric_window(raw: dict[str, Any], body: bytes) -> WindowInput | None:
     """The stateless window without pydantic, when the body shows that validation cannot fail on a field:
-    only the keys ``window`` and ``model``, a valid model name or none, no ``true``/``false``/``null``
-    token and no string besides the keys and the model (its quotes counted), so every value is a JSON
-    number, and the rows form a non-empty ``[L][C]`` array of finite values.
-    Anything else returns None and takes the validated path, which names the field and the reason: this
-    skips work (pydantic's check of 3,800 floats cost half as much as parsing them), never an answer."""
+    only the keys ``window`` and ``model``, a valid model name or none, and the body without the bytes that
+    write numbers and arrays is exactly the same body with an empty window (so the window holds nothing
+    else: no string, ``true``, ``false``, ``null``, object, NaN or Infinity token), the rows forming a
+    non-empty ``[L][C]`` array of finite values. Anything else returns None and takes the validated path,
+    which names the field and the reason: this skips work (pydantic's check of 3,800 floats cost half as
+    much as parsing them), never an answer. One C pass over the body (``bytes.translate``, ~10 µs for a
+    100x38 window) makes the check."""
     if not raw.keys() <= _WINDOW_KEYS:
         return None
     model = raw.get("model")
     if model is not None and not (isinstance(model, str) and _MODEL.match(model)):
         return None
-    quotes = 2 * len(raw) + (2 if model is not None else 0)
-    if body.count(b'"') != quotes or b"true" in body or b"false" in body or b"null" in body:
+    skeleton = orjson.dumps({key: [] if key == "window" else value for key, value in raw.items()})
+    if body.translate(None, _NUMERIC_BYTES) != skeleton.translate(None, _NUMERIC_BYTES):
         return None
     try:
         window = np.asarray(raw["window"], dtype=np.float64)

@@ -70,7 +70,8 @@ def bodies(draw: st.DrawFn) -> bytes:
         body["model"] = model
     if draw(st.integers(0, 9)) == 0:
         body["extra"] = 1
-    return json.dumps(body, allow_nan=True).encode()
+    separators = draw(st.sampled_from([(", ", ": "), (",", ":"), (" ,\n", " : ")]))
+    return json.dumps(body, allow_nan=True, separators=separators).encode()
 
 
 @settings(max_examples=400, deadline=None)
@@ -96,6 +97,13 @@ def test_the_fast_parse_equals_validation(body: bytes) -> None:
         b'{"window": [[1]], "model": "a b"}',
         b'{"window": [[123456789012345678901234567890]]}',
         b'{"window": [[1]], "window": [[2, 3]]}',
+        b'{"window": [[1]], "model": "tvnet", "model": "x y"}',
+        b'{"window": [[1]], "model": "tv\\u006eet"}',
+        b'{ "model" : "tvnet" ,\n "window" : [ [ 1 , 2.5e-3 ] , [ -3 , 4 ] ] }',
+        b'{"window": [[1, []]]}',
+        b'{"window": [[1, {}]]}',
+        b'{"window": [[-Infinity]]}',
+        b'{"window": [[1]], "model": ""}',
     ],
 )
 def test_edge_bodies_answer_as_validation_does(body: bytes) -> None:
