@@ -36,6 +36,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # Three members from seeds 0, 1, 2 averaged in one graph (models/ensemble.py; RandNet, Chen et al., SDM 2017).
     "tvnet_ens3": ("tvnet", {}, {"ensemble": 3}),
     "convtimenet_ens3": ("convtimenet", {}, {"ensemble": 3}),
+    # The newest 10 points of every window (the served stride) hidden from the network, which learns to predict
+    # them: every scored point a forecast from the 90 before it (models/masking.py).
+    "tvnet_mask10": ("tvnet", {}, {"mask_newest": 10}),
+    "convtimenet_mask10": ("convtimenet", {}, {"mask_newest": 10}),
+    "dense_ae_mask10": ("dense_ae", {}, {"mask_newest": 10}),
     # The same families from other seeds: how far one trained model's figures move with its initialisation.
     **{
         f"{family}_seed{seed}": (family, {}, {"seed": seed})
@@ -132,12 +137,13 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for variant in ("tvnet_levelae", "convtimenet_levelae")
         for name in ("smooth", "smooth_blevel")
     },
-    # The ensembles with the default scoring and with smoothing alone.
+    # The ensembles and the masked variants with the default scoring and with smoothing alone.
     **{
         f"{variant}+{name}": (variant, {}, SCORINGS[name])
-        for variant in ("tvnet_ens3", "convtimenet_ens3")
+        for variant in ("tvnet_ens3", "convtimenet_ens3", "tvnet_mask10", "convtimenet_mask10")
         for name in ("smooth", "smooth_blevel")
     },
+    "dense_ae_mask10+smooth_blevel": ("dense_ae_mask10", {}, SCORINGS["smooth_blevel"]),
     **{
         f"{family}_seed{seed}+smooth_blevel": (f"{family}_seed{seed}", {}, SCORINGS["smooth_blevel"])
         for family in ("tvnet", "convtimenet")

@@ -45,6 +45,7 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         seed=args.seed,
         ensemble=args.ensemble,
+        mask_newest=args.mask_newest,
         threads=args.threads,
         max_rows=args.max_rows,
         hyperparameters=hyper,
@@ -267,6 +268,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1,
         help="K > 1: train K models from seeds seed..seed+K-1 and serve their mean reconstruction as one graph",
     )
+    train.add_argument(
+        "--mask-newest",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hide the newest N points of every window from the network, which learns to predict them "
+        "(N = --stride: every scored point is a forecast); 0: plain reconstruction",
+    )
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
     train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")
@@ -406,7 +415,10 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed training command; a query, preset, range or bundle that cannot be used exits 2."""
+    """Run a parsed training command; a query, preset, range or bundle that cannot be used, or settings that
+    do not go together (a stride longer than the window), exit 2 with the reason."""
+    from pydantic import ValidationError
+
     from models.manifest import BundleError
     from models.source import SourceError
 
@@ -414,6 +426,12 @@ def run(args: argparse.Namespace) -> int:
         return int(args.func(args))
     except (SourceError, BundleError) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
+        return 2
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            reason = str(error["msg"]).removeprefix("Value error, ")
+            sys.stderr.write(f"vigil {args.command}: {field + ': ' if field else ''}{reason}\n")
         return 2
 
 

@@ -91,6 +91,9 @@ class TrainConfig(BaseModel):
     # K > 1: K members of the architecture trained from seeds seed … seed+K-1, exported as one graph that averages
     # their reconstructions (models/ensemble.py); serving costs K times the model.
     ensemble: int = Field(1, ge=1, le=16)
+    # N > 0: the newest N points of every window are hidden from the network, which learns to predict them
+    # (models/masking.py); at N = stride every scored point is a forecast. 0: plain reconstruction.
+    mask_newest: int = Field(0, ge=0)
     threads: int = Field(2, ge=1)
     max_rows: int | None = Field(None, ge=1)  # use only the first rows of the file (tests, quick demos)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
@@ -110,6 +113,8 @@ class TrainConfig(BaseModel):
     def _stride_fits(self) -> TrainConfig:
         if self.stride > self.window_length:
             raise ValueError("stride must be <= window_length")
+        if self.mask_newest >= self.window_length:
+            raise ValueError("mask_newest must be smaller than window_length: some points must stay visible")
         if (self.train_path is None) == (self.prometheus is None):
             raise ValueError(
                 "give the training data as files (train_path) or as a Prometheus range, not both"

@@ -123,9 +123,14 @@ def train_members(
             import torch
 
             fit(torch.from_numpy(train_windows))
+        module = built.module
+        if config.mask_newest:
+            from models.masking import MaskNewest
+
+            module = MaskNewest(module, config.mask_newest, config.window_length)
         results.append(
             train_module(
-                built.module,
+                module,
                 train_windows,
                 validation_windows,
                 epochs=config.epochs,
@@ -137,7 +142,7 @@ def train_members(
                 progress=config.progress,
             )
         )
-        members.append(built.module)
+        members.append(module)
         hyperparameters = built.hyperparameters()
     if len(members) == 1:
         return members[0], hyperparameters, results[0]
@@ -260,6 +265,7 @@ def train_bundle(config: TrainConfig) -> Path:
             best_validation_loss=result.best_validation_loss,
             wall_time_s=result.wall_time_s,
             ensemble_size=config.ensemble,
+            mask_newest=config.mask_newest,
             config=recorded_config(config),
             history=result.history,
         ),

@@ -97,3 +97,21 @@ def test_train_refuses_an_ensemble_size_outside_1_to_16(
     assert exited.value.code == 2
     assert "--ensemble" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        (["--mask-newest", "100"], "mask_newest must be smaller than window_length"),
+        (["--mask-newest", "-1"], "mask_newest: Input should be greater than or equal to 0"),
+        (["--stride", "200"], "stride must be <= window_length"),
+    ],
+)
+def test_train_settings_that_do_not_go_together_exit_2_with_the_reason(
+    option: list[str], reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--model", "tvnet", "--train", str(SAMPLE / "train.txt.gz"), "--out", str(tmp_path)]
+    assert main([*args, *option]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())

@@ -176,3 +176,34 @@ def test_an_ensemble_of_a_closed_form_model_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="closed form"):
         train_bundle(tiny_config(tmp_path, model="pca", hyperparameters={}, ensemble=2, report=False))
+
+
+def test_a_masked_graph_predicts_the_newest_points_from_the_earlier_ones(tmp_path: Path) -> None:
+    """``mask_newest=10``: the exported graph's output does not depend on a window's newest 10 points (they are
+    what it predicts) and does depend on the points before them; the span is recorded and parity proved."""
+    import onnxruntime as ort
+
+    bundle = train_bundle(tiny_config(tmp_path, mask_newest=10, report=False))
+    manifest = Manifest.load(bundle)
+    assert manifest.training.mask_newest == 10 and manifest.parity.passed
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {session.get_inputs()[0].name: windows})[0])
+
+    windows = np.random.default_rng(4).standard_normal((3, 100, 38)).astype(np.float32)
+    hidden, earlier = windows.copy(), windows.copy()
+    hidden[:, 90:] += 5.0
+    earlier[:, 80:90] += 5.0
+    assert np.array_equal(run(hidden), run(windows))
+    assert not np.allclose(run(earlier), run(windows), atol=1e-3)
+
+
+def test_masking_is_refused_where_it_cannot_train(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValueError, match="closed form"):
+        train_bundle(tiny_config(tmp_path, model="pca", hyperparameters={}, mask_newest=10, report=False))
+    with pytest.raises(ValidationError, match="mask_newest must be smaller"):
+        tiny_config(tmp_path, mask_newest=100)
