@@ -40,7 +40,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # them: every scored point a forecast from the 90 before it (models/masking.py).
     "tvnet_mask10": ("tvnet", {}, {"mask_newest": 10}),
     "convtimenet_mask10": ("convtimenet", {}, {"mask_newest": 10}),
-    "dense_ae_mask10": ("dense_ae", {}, {"mask_newest": 10}),
     # The same families from other seeds: how far one trained model's figures move with its initialisation.
     **{
         f"{family}_seed{seed}": (family, {}, {"seed": seed})
@@ -143,7 +142,6 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for variant in ("tvnet_ens3", "convtimenet_ens3", "tvnet_mask10", "convtimenet_mask10")
         for name in ("smooth", "smooth_blevel")
     },
-    "dense_ae_mask10+smooth_blevel": ("dense_ae_mask10", {}, SCORINGS["smooth_blevel"]),
     **{
         f"{family}_seed{seed}+smooth_blevel": (f"{family}_seed{seed}", {}, SCORINGS["smooth_blevel"])
         for family in ("tvnet", "convtimenet")
