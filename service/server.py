@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import values as prometheus_values
 
 from service.app import create_app
 from service.auth import RedactTokens
@@ -169,12 +170,18 @@ def app_from_environment() -> FastAPI:
 
 
 def prepare_multiprocess_metrics() -> None:
-    """Several workers share metrics through files; stale files from an earlier run would double counters."""
+    """Several workers share metrics through files; stale files from an earlier run would double counters.
+
+    prometheus_client chooses where a metric keeps its values (memory or these files) when it is imported,
+    and it was imported before the directory existed; this process's metrics (created later, with the app)
+    must write the files too, or a single API process beside the shared inference process exports only the
+    inference process's metrics (its requests, latencies and loop lag were missing from ``/metrics``)."""
     directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="vigil-metrics-"))
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    prometheus_values.ValueClass = prometheus_values.get_value_class()
 
 
 def run_server(

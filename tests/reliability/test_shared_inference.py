@@ -75,6 +75,30 @@ def test_two_api_processes_score_through_one_inference_process_like_offline(
     assert batches and float(batches[0].split()[-1]) > 0  # the inference process's batches, aggregated
 
 
+def test_one_api_process_beside_the_inference_process_exports_its_own_metrics_too(
+    live_server: Callable[..., LiveServer], aof_redis: RedisProcess, test_series: np.ndarray
+) -> None:
+    """With one API process (no uvicorn workers to spawn) its requests, latencies and loop lag join the
+    inference process's batches in ``/metrics``: they were missing, since the process had chosen in-memory
+    metric values before the shared metrics directory existed."""
+    server = live_server(aof_redis.url, VIGIL_WORKERS="1", VIGIL_INFERENCE="shared")
+    with httpx.Client(base_url=server.url, headers=auth("all"), timeout=60) as client:
+        response = client.post("/score", json=points_body("one-api", test_series[:120], 0))
+        assert response.status_code == 200, response.text
+        time.sleep(0.3)  # a few wake-ups of the loop-lag probe (every 50 ms)
+        metrics = client.get("/metrics").text
+
+    def value(prefix: str) -> float:
+        lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+        assert lines, f"{prefix} is not exported"
+        return sum(float(line.split()[-1]) for line in lines)
+
+    assert value('vigil_requests_total{method="POST",route="/score",status="200"}') == 1
+    assert value("vigil_event_loop_lag_seconds_count") > 0
+    assert value('vigil_points_received_total{model="tvnet"}') == 120
+    assert value('vigil_batch_size_windows_count{model="tvnet"}') > 0  # the inference process's
+
+
 def test_a_killed_inference_process_fails_only_its_requests_and_is_replaced(
     shared: LiveServer, test_series: np.ndarray, figures: Callable[..., None]
 ) -> None:
