@@ -181,7 +181,7 @@ def prepare_multiprocess_metrics() -> None:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    prometheus_values.ValueClass = prometheus_values.get_value_class()
+    prometheus_values.ValueClass = prometheus_values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def run_server(
