@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,6 +214,23 @@ def test_prepare_for_export_merges_kernels_without_changing_the_output() -> None
     assert len(depthwise) == len(model.config.kernel_sizes)
 
 
+@pytest.mark.parametrize("kernel", [3, 5, 9, 19])
+def test_the_band_form_of_a_depthwise_conv_equals_the_conv(kernel: int) -> None:
+    """``ConvBlock.banded_depthwise`` is the depthwise conv with its zero padding, for kernels from the
+    small one to the widest the tokens allow (2N - 1 at N = 10), bias included, gradients too."""
+    torch.manual_seed(kernel)
+    config = ConvTimeNetConfig(window_length=100, n_features=4, kernel_sizes=(kernel,))
+    block = ConvBlock(config, kernel)
+    torch.nn.init.normal_(block.depthwise.weight)
+    torch.nn.init.normal_(block.depthwise.bias)
+    x = torch.randn(7, config.d_model, config.n_patches, requires_grad=True)
+    conv, band = block.depthwise(x), block.banded_depthwise(x)
+    torch.testing.assert_close(band, conv, atol=1e-5, rtol=1e-5)
+    (grad_conv,) = torch.autograd.grad(conv.square().sum(), block.depthwise.weight)
+    (grad_band,) = torch.autograd.grad(band.square().sum(), block.depthwise.weight)
+    torch.testing.assert_close(grad_band, grad_conv, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "config",
     [tiny_config(), ConvTimeNetConfig(window_length=100, n_features=38)],
@@ -231,12 +251,39 @@ def test_onnx_export_matches_torch_and_uses_gpu_friendly_ops(
     op_types = {node.op_type for node in nodes}
     assert not op_types & CPU_ONLY_OPS
     assert "GatherElements" in op_types
-    depthwise = [
+    grouped = [
         node
         for node in nodes
         if node.op_type == "Conv" and any(a.name == "group" and a.i == config.d_model for a in node.attribute)
     ]
-    assert len(depthwise) == len(config.kernel_sizes)
+    assert len(grouped) == len(config.kernel_sizes)
+
+
+@pytest.mark.parametrize("deformable", [True, False])
+def test_the_band_form_exports_with_parity_and_no_grouped_conv(deformable: bool, tmp_path: Path) -> None:
+    """``band_depthwise``: the exported graph runs every depthwise conv as a band-matrix product (no grouped
+    Conv node left), with the same parity bound, and equals the conv graph of the same weights."""
+    torch.manual_seed(0)
+    config = ConvTimeNetConfig(window_length=100, n_features=38, deformable=deformable)
+    model = train_briefly(ConvTimeNet(config), steps=2, batch=4)
+    banded = ConvTimeNet(dataclasses.replace(config, band_depthwise=True))
+    banded.load_state_dict(model.state_dict())
+    banded.eval()
+    conv_path = export_onnx(model, tmp_path / "conv.onnx", 100, 38)
+    band_path = export_onnx(banded, tmp_path / "band.onnx", 100, 38)
+    result = check_parity(banded, band_path, 100, 38)
+    assert result.passed, result.max_abs_diff
+    nodes = onnx.load(str(band_path)).graph.node
+    assert not [
+        n for n in nodes if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+    assert not {node.op_type for node in nodes} & CPU_ONLY_OPS
+    windows = np.random.default_rng(1).standard_normal((9, 100, 38)).astype(np.float32)
+    outputs = []
+    for path in (conv_path, band_path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: windows})[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-4)
 
 
 def test_regular_patching_variant_equals_unfolding_and_exports_with_parity(tmp_path: Path) -> None:
