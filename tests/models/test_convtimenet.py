@@ -256,34 +256,39 @@ def test_onnx_export_matches_torch_and_uses_gpu_friendly_ops(
         for node in nodes
         if node.op_type == "Conv" and any(a.name == "group" and a.i == config.d_model for a in node.attribute)
     ]
-    assert len(grouped) == len(config.kernel_sizes)
+    assert not grouped  # the depthwise convs run as band-matrix products (band_depthwise, the default)
+    assert sum(node.op_type == "MatMul" for node in nodes) >= len(config.kernel_sizes)
 
 
 @pytest.mark.parametrize("deformable", [True, False])
-def test_the_band_form_exports_with_parity_and_no_grouped_conv(deformable: bool, tmp_path: Path) -> None:
-    """``band_depthwise``: the exported graph runs every depthwise conv as a band-matrix product (no grouped
-    Conv node left), with the same parity bound, and equals the conv graph of the same weights."""
+def test_the_band_form_exports_with_parity_and_equals_the_grouped_conv_graph(
+    deformable: bool, tmp_path: Path
+) -> None:
+    """The default export (``band_depthwise``) against the grouped-conv export of the same weights: both
+    within the parity bound, the two graphs agree, and only the conv form has grouped Conv nodes."""
     torch.manual_seed(0)
     config = ConvTimeNetConfig(window_length=100, n_features=38, deformable=deformable)
     model = train_briefly(ConvTimeNet(config), steps=2, batch=4)
-    banded = ConvTimeNet(dataclasses.replace(config, band_depthwise=True))
-    banded.load_state_dict(model.state_dict())
-    banded.eval()
-    conv_path = export_onnx(model, tmp_path / "conv.onnx", 100, 38)
-    band_path = export_onnx(banded, tmp_path / "band.onnx", 100, 38)
-    result = check_parity(banded, band_path, 100, 38)
-    assert result.passed, result.max_abs_diff
-    nodes = onnx.load(str(band_path)).graph.node
-    assert not [
-        n for n in nodes if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
-    ]
-    assert not {node.op_type for node in nodes} & CPU_ONLY_OPS
+    conv = ConvTimeNet(dataclasses.replace(config, band_depthwise=False))
+    conv.load_state_dict(model.state_dict())
+    conv.eval()
+    band_path = export_onnx(model, tmp_path / "band.onnx", 100, 38)
+    conv_path = export_onnx(conv, tmp_path / "conv.onnx", 100, 38)
     windows = np.random.default_rng(1).standard_normal((9, 100, 38)).astype(np.float32)
-    outputs = []
-    for path in (conv_path, band_path):
+    outputs, grouped = [], []
+    for module, path in ((model, band_path), (conv, conv_path)):
+        result = check_parity(module, path, 100, 38)
+        assert result.passed, result.max_abs_diff
+        nodes = onnx.load(str(path)).graph.node
+        grouped.append(
+            sum(
+                n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in nodes
+            )
+        )
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {session.get_inputs()[0].name: windows})[0])
-    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-4)
+    assert grouped == [0, len(config.kernels)]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
 
 
 def test_regular_patching_variant_equals_unfolding_and_exports_with_parity(tmp_path: Path) -> None:
