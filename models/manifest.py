@@ -215,9 +215,8 @@ class TrainingInfo(_Frozen):
     best_validation_loss: float
     wall_time_s: float
     ensemble_size: int = Field(1, ge=1)  # members averaged in the graph (TrainConfig.ensemble)
-    mask_newest: int = Field(
-        0, ge=0
-    )  # newest points of a window hidden from the network (TrainConfig.mask_newest)
+    # The newest points of each window hidden from the network (TrainConfig.mask_newest); 0: none.
+    mask_newest: int = Field(0, ge=0)
     config: dict[str, Any]
     history: list[dict[str, float]] = Field(default_factory=list)
 
