@@ -283,9 +283,9 @@ class ConvBlock(nn.Module):
         """``self.depthwise(x)`` as one batched matrix product over the N tokens: ``out[b, d, t] = Σ_s
         M[d, t, s] · x[b, d, s] + bias[d]``, ``M[d, t, s]`` the kernel tap that links them (zero outside the
         kernel: the conv's zero padding). With N = 10 tokens and kernels of 5-19, ONNX Runtime's CPU grouped
-        convolution spent 25-43 ms per layer on a batch of 256 windows x 38 channels, the band product 8.5
-        (the kernels were 37 % of the graph's time); the band matrix depends only on the weights, so ONNX
-        Runtime folds it into a constant when the session loads."""
+        convolution spent 27-42 ms per layer on a batch of 256 windows x 38 channels, more than half of the
+        graph's time (``bench.onnx_profile``); the band matrix depends only on the weights, so ONNX Runtime
+        folds it into a constant when the session loads."""
         weight = self.depthwise.weight[:, 0, :]  # [D, K]
         band = weight[:, self.band_taps] * self.band_inside  # [D, N(t), N(s)]
         mixed = torch.matmul(x.transpose(0, 1), band.transpose(1, 2)).transpose(0, 1)  # [B', D, N]
