@@ -351,7 +351,7 @@ class ConvTimeNet(nn.Module):
     def prepare_for_export(self) -> None:
         """Fold every block's small depthwise kernel into its large one, so eval runs one conv, and with
         ``band_depthwise`` run that conv in its band-matrix form (``ConvBlock.banded_depthwise``: the same
-        function, 5x faster per layer in ONNX Runtime on CPU); idempotent. Afterwards training continues with
+        function, faster in ONNX Runtime on CPU: BENCHMARKS.md); idempotent. Afterwards training continues with
         the single merged kernel per block."""
         for block in self.blocks:
             if isinstance(block, ConvBlock):
