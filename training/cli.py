@@ -415,16 +415,19 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed training command; a query, preset, range or bundle that cannot be used, or settings that
-    do not go together (a stride longer than the window), exit 2 with the reason."""
+    """Run a parsed training command; a query, preset, range, bundle or data file that cannot be used, or
+    settings that do not go together (a stride longer than the window, hidden points for a closed-form
+    model), exit 2 with the reason."""
     from pydantic import ValidationError
 
     from models.manifest import BundleError
     from models.source import SourceError
+    from training.config import TrainingRefused
+    from training.data import DataError
 
     try:
         return int(args.func(args))
-    except (SourceError, BundleError) as exc:
+    except (SourceError, BundleError, DataError, TrainingRefused) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2
     except ValidationError as exc:

@@ -64,6 +64,11 @@ class PrometheusRange(BaseModel):
         return self
 
 
+class TrainingRefused(ValueError):
+    """Options this model cannot train with (an ensemble or hidden points for a closed-form model); nothing is
+    written."""
+
+
 class TrainConfig(BaseModel):
     """Everything ``vigil train`` needs; per-family defaults fill what the user leaves out."""
 

@@ -17,7 +17,7 @@ from models.runtime import open_session
 from models.scoring import F32, ModelOutput, Reconstruct, SeriesScores, normalise, score_series
 from models.source import format_time
 from training.calibrate import calibrate, calibrate_alerts
-from training.config import TrainConfig, resolve
+from training.config import TrainConfig, TrainingRefused, resolve
 from training.data import (
     arrays_sha256,
     fit_normalisation,
@@ -115,7 +115,7 @@ def train_members(
         seed_everything(seed, config.threads)
         built = build_model(config.model, config.window_length, n_features, **config.hyperparameters)
         if config.ensemble > 1 and not getattr(built.module, "trainable", True):
-            raise ValueError(
+            raise TrainingRefused(
                 f"{config.model} is fitted in closed form: every ensemble member would be the same"
             )
         fit = getattr(built.module, "fit_periods", None)
@@ -127,7 +127,10 @@ def train_members(
         if config.mask_newest:
             from models.masking import MaskNewest
 
-            module = MaskNewest(module, config.mask_newest, config.window_length)
+            try:
+                module = MaskNewest(module, config.mask_newest, config.window_length)
+            except ValueError as exc:
+                raise TrainingRefused(f"{config.model} with mask_newest: {exc}") from exc
         results.append(
             train_module(
                 module,

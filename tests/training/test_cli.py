@@ -115,3 +115,24 @@ def test_train_settings_that_do_not_go_together_exit_2_with_the_reason(
     err = capsys.readouterr().err
     assert reason in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        (
+            ["--model", "pca", "--mask-newest", "10"],
+            "pca with mask_newest: the model is fitted in closed form",
+        ),
+        (["--model", "pca", "--ensemble", "2"], "fitted in closed form"),
+        (["--model", "tvnet", "--train", "no-such-file.csv"], "no-such-file.csv: no such file"),
+    ],
+)
+def test_train_options_a_model_or_file_cannot_take_exit_2_with_the_reason(
+    option: list[str], reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--train", str(SAMPLE / "train.txt.gz"), "--out", str(tmp_path), "--max-rows", "2000"]
+    assert main([*args, *option]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and "Traceback" not in err
+    assert not list(tmp_path.glob("**/manifest.json"))
