@@ -136,7 +136,7 @@ def _validate(model: type[BaseModel], raw: Any, prefix: str = "") -> Any:
 
 def load_json(body: bytes) -> Any:
     """Parse JSON; NaN/Infinity tokens parse so that validation can name the field that holds them. orjson
-    parses first (1.7x faster than pydantic-core's parser on a 100x38 window); what it refuses (NaN and
+    parses first (1.7x faster than pydantic-core's parser on a 100x38 window: ``bench.parse_cost``); what it refuses (NaN and
     Infinity tokens, numbers that overflow a double, invalid UTF-8, bad JSON) goes to pydantic-core, which
     parses non-finite numbers for validation to name, and words the errors."""
     try:
@@ -159,9 +159,9 @@ def numeric_window(raw: dict[str, Any], body: bytes) -> WindowInput | None:
     write numbers and arrays is exactly the same body with an empty window (so the window holds nothing
     else: no string, ``true``, ``false``, ``null``, object, NaN or Infinity token), the rows forming a
     non-empty ``[L][C]`` array of finite values. Anything else returns None and takes the validated path,
-    which names the field and the reason: this skips work (pydantic's check of 3,800 floats cost half as
-    much as parsing them), never an answer. One C pass over the body (``bytes.translate``, ~10 µs for a
-    100x38 window) makes the check."""
+    which names the field and the reason: this skips work, never an answer. One C pass over the body
+    (``bytes.translate``) makes the check; with it a 100x38 window is read in 166 µs against the validated
+    path's 275 (``bench.parse_cost``)."""
     if not raw.keys() <= _WINDOW_KEYS:
         return None
     model = raw.get("model")
