@@ -1,6 +1,8 @@
 """What reading a request costs the event loop before any scoring: the JSON parse and check of one stateless
 window, through the fast path (``service.codec.numeric_window``) and through the validated path it skips, and
-the request head's budget (``service.http_limits.HeadBudget``) over a head followed by its body.
+the request head's budget (``service.http_limits.HeadBudget``) over a head followed by its body; and, on the
+answer's side, the top sensors of every scored point (``models.scoring.top_contributions_rows``) against the
+partition-and-sort it replaced and a plain stable sort.
 
     .venv/bin/python -m bench.parse_cost [--length 100] [--sensors 38] [--repeat 2000]
 
@@ -20,12 +22,26 @@ import orjson
 from pydantic_core import from_json
 
 from bench import report
+from models.scoring import top_contributions_rows
 from service.codec import numeric_window, parse_score_json, validated_window
 from service.http_limits import HeadBudget
 
 
 def per_call_us(call: Callable[[], object], repeat: int) -> float:
     return 1e6 * statistics.median(t / repeat for t in timeit.repeat(call, number=repeat, repeat=5))
+
+
+def partition_then_sort(shares: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k form used until 2026-12-06: a partition of every row, then a sort of the k taken."""
+    taken = np.argpartition(-shares, k - 1, axis=-1)[..., :k]
+    values = np.take_along_axis(shares, taken, axis=-1)
+    order = np.lexsort((taken, -values), axis=-1)
+    return np.take_along_axis(taken, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+
+
+def stable_sort(shares: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    taken = np.argsort(-shares, axis=-1, kind="stable")[..., :k]
+    return taken, np.take_along_axis(shares, taken, axis=-1)
 
 
 def main() -> None:
@@ -62,7 +78,16 @@ def main() -> None:
         ("  pydantic-core from_json", per_call_us(lambda: from_json(body, allow_inf_nan=True), args.repeat)),
         ("HeadBudget.take over head + body", per_call_us(take, args.repeat)),
     ]
-    print(f"body: {len(body):,} bytes ({args.length}x{args.sensors} window)\n")
+    shares = np.random.default_rng(1).dirichlet(np.ones(args.sensors), size=args.length).astype(np.float32)
+    for name, top in (
+        ("top 3 sensors of every point: top_contributions_rows", top_contributions_rows),
+        ("  partition then sort (until 2026-12-06)", partition_then_sort),
+        ("  stable sort of every row", stable_sort),
+    ):
+        rows.append((name, per_call_us(lambda top=top: top(shares, 3), args.repeat // 4)))
+    print(
+        f"body: {len(body):,} bytes ({args.length}x{args.sensors} window; top sensors of its {args.length} points)\n"
+    )
     report.print_table(["step", "µs per call"], [(name, f"{us:.1f}") for name, us in rows])
     results = report.Results("parse_cost", info)
     for name, us in rows:

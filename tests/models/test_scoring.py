@@ -12,7 +12,7 @@ from models.scoring import (
     pending_points,
     score_series,
     score_windows,
-    top_contributions,
+    top_contributions_rows,
     window_ends,
 )
 
@@ -70,28 +70,37 @@ def test_association_weighted_scores_need_the_association_output() -> None:
     np.testing.assert_allclose(result.scores, weights)
 
 
+def _ranked(row: np.ndarray, k: int) -> list[int]:
+    """The reference ranking: largest share first, ties in sensor order (a stable sort)."""
+    return np.argsort(-row, kind="stable")[:k].tolist()
+
+
 def test_levels_and_top_contributions() -> None:
     assert level_of(0.5, 1.0, 2.0) == "normal"
     assert level_of(1.0, 1.0, 2.0) == "warning"
     assert level_of(2.5, 1.0, 2.0) == "critical"
-    shares = np.array([0.1, 0.5, 0.15, 0.25], dtype=np.float32)
-    top = top_contributions(shares, ["a", "b", "c", "d"], 3)
-    assert [name for name, _ in top] == ["b", "d", "c"]
+    indices, values = top_contributions_rows(np.array([[0.1, 0.5, 0.15, 0.25]], dtype=np.float32), 3)
+    assert indices.tolist() == [[1, 3, 2]]
+    np.testing.assert_array_equal(values, np.array([[0.5, 0.25, 0.15]], dtype=np.float32))
 
 
-def test_top_contributions_rows_match_the_per_row_ranking() -> None:
-    from models.scoring import top_contributions_rows
-
-    rng = np.random.default_rng(0)
-    shares = rng.random((50, 38)).astype(np.float32)
-    shares[3, [4, 9]] = 0.99  # a tie: the lower index comes first
-    indices, values = top_contributions_rows(shares, 3)
-    names = [str(i) for i in range(38)]
-    for row in range(50):
-        expected = top_contributions(shares[row], names, 3)
-        assert [int(n) for n, _ in expected] == indices[row].tolist() or row == 3
-        np.testing.assert_allclose(values[row], [v for _, v in expected])
-    assert indices[3, :2].tolist() == [4, 9]
+@pytest.mark.parametrize("k", [1, 3, 38, 50])
+def test_top_contributions_rows_match_a_stable_sort(k: int) -> None:
+    rng = np.random.default_rng(k)
+    shares = rng.random((4, 50, 38)).astype(np.float32)
+    shares[0, 3, [4, 9, 30]] = 1.0  # tied above every other share: sensor order
+    shares[1, 7] = 1.0 / 38  # a row of equal shares (what an all-zero error row gets)
+    shares[2, :, ::2] = 0.5  # half of every row tied
+    before = shares.copy()
+    indices, values = top_contributions_rows(shares, k)
+    kept = min(k, 38)
+    assert indices.shape == values.shape == (4, 50, kept) and values.dtype == np.float32
+    for block, row in np.ndindex(4, 50):
+        expected = _ranked(shares[block, row], kept)
+        assert indices[block, row].tolist() == expected
+        np.testing.assert_array_equal(values[block, row], shares[block, row, expected])
+    assert indices[0, 3, :3].tolist() == [4, 9, 30][:kept] and indices[1, 7].tolist() == list(range(kept))
+    np.testing.assert_array_equal(shares, before)  # the caller's array is not masked
 
 
 def _random_windows(seed: int, b: int = 5, length: int = 30, c: int = 6) -> tuple[np.ndarray, np.ndarray]:
