@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from service.codec import (
     BINARY_CONTENT_TYPE,
@@ -21,10 +21,9 @@ from service.codec import (
     parse_binary_batch,
     parse_score_json,
 )
-from service.deps import ComponentsDep, ScoreKey
+from service.deps import SCORING_OPENAPI, scoring_call
 from service.errors import BadInput
 from service.responses import JSONBytesResponse
-from service.results import Shape
 from service.schemas import (
     BatchScoreColumnsResponse,
     BatchScoreResponse,
@@ -86,14 +85,6 @@ SCORE_BODY = {
 }
 
 
-FormatQuery = Annotated[
-    Shape,
-    Query(
-        description="`rows` (default): an object per scored point; `columns`: one array per field (`ts`, "
-        "`score`, `level`, `top_sensors`, `top_shares`) with the sensor names once, in `sensors`"
-    ),
-]
-
 OFF_LOOP_BYTES = 64 * 1024
 T = TypeVar("T")
 
@@ -130,21 +121,21 @@ def _parse_score(kind: str, body: bytes) -> PointBatch | WindowInput:
     | StreamScoreColumnsResponse
     | WindowScoreColumnsResponse,
     responses=ERRORS,
-    openapi_extra=SCORE_BODY,
+    openapi_extra={**SCORE_BODY, **SCORING_OPENAPI},
 )
-async def score(
-    request: Request, components: ComponentsDep, _: ScoreKey, format: FormatQuery = "rows"
-) -> JSONBytesResponse:
+async def score(request: Request) -> JSONBytesResponse:
     """**Stream mode** appends `points` to the stream's window in Redis (duplicate and stale `ts` are dropped and
     reported), scores every window now due, and returns one score per newly scored point with its level, top
     sensors and the alert events it caused. **Stateless mode** (`window`) scores each row of one window.
     The binary frame (`Content-Type: application/x-vigil-points`) carries stream-mode points compactly.
     Bodies may be gzip-compressed (`Content-Encoding: gzip`)."""
+    call = scoring_call(request)
+    components = call.components
     accepted = (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE)
     parsed = await parsed_body(request, components.settings.max_body_bytes, accepted, _parse_score)
     if isinstance(parsed, WindowInput):
-        return JSONBytesResponse((await components.scorer.score_window(parsed)).render(format))
-    return JSONBytesResponse((await components.scorer.score_points(parsed)).render(format))
+        return JSONBytesResponse((await components.scorer.score_window(parsed)).render(call.shape))
+    return JSONBytesResponse((await components.scorer.score_points(parsed)).render(call.shape))
 
 
 @router.post(
@@ -153,6 +144,7 @@ async def score(
     response_model=BatchScoreResponse | BatchScoreColumnsResponse,
     responses=ERRORS,
     openapi_extra={
+        **SCORING_OPENAPI,
         "requestBody": {
             "required": True,
             "content": {
@@ -165,16 +157,15 @@ async def score(
                     ),
                 },
             },
-        }
+        },
     },
 )
-async def score_batch(
-    request: Request, components: ComponentsDep, _: ScoreKey, format: FormatQuery = "rows"
-) -> JSONBytesResponse:
+async def score_batch(request: Request) -> JSONBytesResponse:
     """For gateways that aggregate sensors: `items` are stream-mode bodies; one result per item, in order.
     An item's bad input fails that item only (`error` with `code`, `detail`, `status`). The binary batch
     frame (`Content-Type: application/x-vigil-points`, magic `VGLB`) carries many streams' points compactly."""
-    settings = components.settings
+    call = scoring_call(request)
+    components, settings = call.components, call.components.settings
 
     def parse(kind: str, body: bytes) -> list[PointBatch | BadInput]:
         if kind == BINARY_CONTENT_TYPE:
@@ -185,4 +176,4 @@ async def score_batch(
         request, settings.max_body_bytes, (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE), parse
     )
     results = await components.scorer.score_many(items)
-    return JSONBytesResponse({"items": [item.render(format) for item in results]})
+    return JSONBytesResponse({"items": [item.render(call.shape) for item in results]})

@@ -71,6 +71,26 @@ def test_routes_refuse_keys_without_the_role_with_403(client: TestClient, method
             assert needed in response.json()["detail"]
 
 
+def test_every_keyed_route_declares_the_bearer_scheme_in_openapi(client: TestClient) -> None:
+    """The scoring routes check their key without FastAPI's dependencies (``service.deps.scoring_call``): their
+    OpenAPI entries must still say so, like every other keyed route's."""
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for method, path in ROLE_OF:
+        assert {"HTTPBearer": []} in spec["paths"][path][method.lower()]["security"], (method, path)
+
+
+def test_the_key_is_checked_before_the_format_and_the_body(client: TestClient) -> None:
+    for path in ("/score", "/score/batch"):
+        missing = client.post(f"{path}?format=xml", content=b"{not json", headers={"Authorization": ""})
+        assert missing.status_code == 401, path
+        reader = client.post(f"{path}?format=xml", content=b"{not json", headers=auth("reader"))
+        assert reader.status_code == 403, path
+        scorer = client.post(f"{path}?format=xml", content=b"{not json", headers=auth("scorer"))
+        assert scorer.status_code == 422, path
+        assert scorer.json()["detail"] == "query.format: must be one of 'rows', 'columns', not 'xml'"
+
+
 def test_health_and_metrics_stay_open(client: TestClient) -> None:
     for path in OPEN:
         assert client.get(path, headers={"Authorization": ""}).status_code == 200

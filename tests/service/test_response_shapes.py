@@ -98,3 +98,7 @@ def test_stateless_and_batch_responses_in_both_shapes_validate(
     batch_body = spec["paths"]["/score/batch"]["post"]["requestBody"]["content"]
     assert BINARY_CONTENT_TYPE in batch_body and "VGLB" in batch_body[BINARY_CONTENT_TYPE]["description"]
     assert client.post("/score?format=xml", json=window).status_code == 422
+    for path in ("/score", "/score/batch"):
+        (parameter,) = spec["paths"][path]["post"]["parameters"]
+        assert parameter["name"] == "format" and parameter["in"] == "query"
+        assert parameter["schema"]["enum"] == ["rows", "columns"]
