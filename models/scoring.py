@@ -200,6 +200,19 @@ def level_of(score: float, warning: float, critical: float) -> str:
     return "normal"
 
 
+LEVELS: tuple[str, str, str] = ("normal", "warning", "critical")
+_LEVEL_NAMES = np.array(LEVELS, dtype=object)
+
+
+def levels_of(scores: npt.ArrayLike, warning: float, critical: float) -> list[str]:
+    """:func:`level_of` of every score at once, compared in float64 as ``level_of`` compares Python floats (a
+    float32 comparison would round the thresholds); NaN is normal."""
+    values = np.asarray(scores, dtype=np.float64)
+    codes = np.where(values >= critical, 2, np.where(values >= warning, 1, 0))
+    names: list[str] = _LEVEL_NAMES[codes].tolist()
+    return names
+
+
 def top_contributions_rows(shares: F32, k: int) -> tuple[npt.NDArray[np.intp], F32]:
     """For every row of ``shares`` [..., C]: the ``k`` largest shares and their sensor indices, largest first,
     ties in sensor order (lower index first). ``k`` passes of ``argmax`` over all rows at once, each taking the

@@ -22,6 +22,7 @@ Each item is checked on its own, as in JSON batches: a bad frame fails that item
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import zlib
@@ -170,13 +171,27 @@ def numeric_window(raw: dict[str, Any], body: bytes) -> WindowInput | None:
     skeleton = orjson.dumps({key: [] if key == "window" else value for key, value in raw.items()})
     if body.translate(None, _NUMERIC_BYTES) != skeleton.translate(None, _NUMERIC_BYTES):
         return None
-    try:
-        window = np.asarray(raw["window"], dtype=np.float64)
-    except (ValueError, TypeError):
-        return None  # rows of different lengths: the validated path words it
-    if window.ndim != 2 or window.shape[0] == 0 or not np.isfinite(window).all():
+    window = _rows_array(raw["window"])
+    if window is None or window.shape[0] == 0 or not np.isfinite(window).all():
         return None
     return WindowInput(model, window)
+
+
+def _rows_array(rows: Any) -> npt.NDArray[np.float64] | None:
+    """``rows`` as a ``[L][C]`` float64 array, or None when they are not a list of equally long lists of numbers
+    (the validated path words why). One ``np.fromiter`` over the chained rows: 80 µs against 95 for ``np.asarray``
+    of the nested lists, which walks them once to find the shape before converting (100x38, ``bench.parse_cost``)."""
+    if not isinstance(rows, list):
+        return None
+    try:
+        widths = set(map(len, rows))
+        if len(widths) > 1:
+            return None
+        width = widths.pop() if widths else 0
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * width)
+    except (TypeError, ValueError, OverflowError):
+        return None  # a row that is a number, an element that is a list
+    return flat.reshape(len(rows), width)
 
 
 def stream_batch(request: StreamScoreRequest) -> PointBatch:

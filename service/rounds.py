@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from redis.exceptions import RedisError
 
-from models.scoring import F32, level_of, normalise, top_contributions_rows
+from models.scoring import F32, levels_of, normalise, top_contributions_rows
 from service.alerts import AlertTracker, AlertUpdate, Observed, ScoredPoint, alert_key
 from service.codec import PointBatch
 from service.errors import Overloaded, StoreUnavailable, VigilError
@@ -339,8 +339,8 @@ class ScoringRound:
 
 def count_levels(metrics: Metrics, model: str, points: ScoredPoints) -> None:
     metrics.points_scored.labels(model).inc(len(points))
-    warnings = sum(1 for level in points.levels if level != "normal")
-    criticals = sum(1 for level in points.levels if level == "critical")
+    warnings = len(points.levels) - points.levels.count("normal")
+    criticals = points.levels.count("critical")
     if warnings:
         metrics.scores_above.labels(model, "warning").inc(warnings)
     if criticals:
@@ -402,7 +402,7 @@ def join_points(parts: list[ScoredPoints], sensor_names: list[str], top_k: int) 
 
 def _fixed_levels(block: ScoredBlock, job: StreamJob) -> list[str]:
     levels = job.handle.levels
-    return [level_of(v, levels.warning, levels.critical) for v in block.scores]
+    return levels_of(block.scores, levels.warning, levels.critical)
 
 
 def _levels(block: ScoredBlock, job: StreamJob, update: AlertUpdate | None) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.manifest import Normalisation
-from models.scoring import F32, level_of, normalise
+from models.scoring import F32, levels_of, normalise
 from service.alerts import AlertTracker
 from service.codec import PointBatch, WindowInput
 from service.errors import BadInput, PayloadTooLarge, VigilError
@@ -53,16 +53,19 @@ def validate_values(values: npt.NDArray[np.float64] | list[list[float]], n_featu
     return values.astype(np.float32)
 
 
-def validate_range(values: F32, norm: Normalisation, field: str) -> None:
-    """Values ``[n, C]`` within ``Z_MAX`` training scales of each sensor's mean. Further out, finite float32
-    input overflows in normalised space: its score would be inf or NaN (served as ``null``, level normal)."""
+def validate_range(values: F32, norm: Normalisation, field: str) -> F32:
+    """Values ``[n, C]`` within ``Z_MAX`` training scales of each sensor's mean; returns them normalised. Further
+    out, finite float32 input overflows in normalised space: its score would be inf or NaN (served as ``null``,
+    level normal)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        far = ~(np.abs(normalise(values, norm)) <= Z_MAX)
+        normalised = normalise(values, norm)
+        far = ~(np.abs(normalised) <= Z_MAX)
     if far.any():
         raise BadInput(
             f"{field}.{int(np.argmax(far.any(axis=1)))}.values: a value lies more than {Z_MAX:g} training "
             "scales from its sensor's mean; the model cannot score it"
         )
+    return normalised
 
 
 MAX_ABS_TS = 1e19  # epoch nanoseconds reach 1e19 in the year 2286
@@ -134,13 +137,13 @@ class StreamScorer:
             if window.shape[0] != manifest.window_length:
                 raise BadInput(f"window: {window.shape[0]} rows, the model expects {manifest.window_length}")
             values = validate_values(window, manifest.n_features, "window")
-            validate_range(values, manifest.normalisation, "window")
-            result = await handle.batcher.submit(normalise(values[None], manifest.normalisation))
+            normalised = validate_range(values, manifest.normalisation, "window")
+            result = await handle.batcher.submit(normalised[None])
             ts = np.arange(manifest.window_length, dtype=np.float64)
             block = block_of(ts, result.scores[0], result.contributions[0], self._top_k)
             levels = handle.levels
             points = block.with_levels(
-                [level_of(v, levels.warning, levels.critical) for v in block.scores], manifest.feature_names
+                levels_of(result.scores[0], levels.warning, levels.critical), manifest.feature_names
             )
             count_levels(self._metrics, manifest.name, points)
             return WindowResult(manifest.name, manifest.version, points)

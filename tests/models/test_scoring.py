@@ -9,6 +9,7 @@ from models.manifest import ScoreDefinition
 from models.scoring import (
     ModelOutput,
     level_of,
+    levels_of,
     pending_points,
     score_series,
     score_windows,
@@ -82,6 +83,21 @@ def test_levels_and_top_contributions() -> None:
     indices, values = top_contributions_rows(np.array([[0.1, 0.5, 0.15, 0.25]], dtype=np.float32), 3)
     assert indices.tolist() == [[1, 3, 2]]
     np.testing.assert_array_equal(values, np.array([[0.5, 0.25, 0.15]], dtype=np.float32))
+
+
+def test_levels_of_every_score_match_level_of_in_float64() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.gamma(1.0, 1.0, 500).astype(np.float32)
+    warning, critical = 1.0, 2.5
+    a = np.float32(1.7)
+    just_above = float(a) + 1e-12  # rounds to ``a`` in float32: a float32 comparison would call ``a`` critical
+    scores[:4] = [np.nan, warning, critical, a]
+    for warn, crit in ((warning, critical), (warning, just_above), (critical, warning)):
+        expected = [level_of(float(v), warn, crit) for v in scores]
+        assert levels_of(scores, warn, crit) == expected
+        assert levels_of(scores.tolist(), warn, crit) == expected
+    assert levels_of(scores[:4], warning, just_above) == ["normal", "warning", "critical", "warning"]
+    assert levels_of(np.empty(0, dtype=np.float32), warning, critical) == []
 
 
 @pytest.mark.parametrize("k", [1, 3, 38, 50])
