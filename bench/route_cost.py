@@ -1,27 +1,31 @@
-"""What one stateless window costs the event loop's thread inside the app, without HTTP: the ASGI app is called
-in-process by ``--concurrency`` tasks that each send one 100x38 window after another, and the event loop's own
-thread CPU time (``time.thread_time``) is divided by the requests served. With no sockets, no uvicorn and no
-load generator on the cores, the figure moves by a few per cent between runs where wrk's peaks move by
-20-30 %, so it is the measure for changes to the route's own Python work (the loop's thread is what saturates
-first: inference runs on its own thread, mostly outside the interpreter lock).
+"""What one request costs the event loop's thread inside the app, without HTTP: the ASGI app is called
+in-process by ``--concurrency`` tasks that each send request after request, and the event loop's own thread
+CPU time (``time.thread_time``) is divided by the requests served. With no sockets, no uvicorn and no load
+generator on the cores, the figure moves by a few per cent between runs where wrk's peaks move by 20-30 %, so
+it is the measure for changes to the route's own Python work (the loop's thread is what saturates first:
+inference runs on its own thread, mostly outside the interpreter lock).
 
-    .venv/bin/python -m bench.route_cost [--requests 3000] [--concurrency 32] [--repeat 3]
+    .venv/bin/python -m bench.route_cost [--targets columns,rows,peer,stream,stream-columns] [--requests 3000]
+        [--concurrency 32] [--repeat 3] [--points 100]
 
-Rows: Vigil's ``POST /score`` with a stateless window (rows and columns answers, a bench API key, every
-middleware as served) and the micro-batcher peer of ``bench.peers`` (``bench/microbatch_server.py``) on the
-same bundle. Columns: loop-thread µs per request (median of the repeats, and their range), the process's CPU
-µs per request (every thread, inference included) and requests/s of the run.
+Targets: Vigil's ``POST /score`` with a stateless 100x38 window (rows and columns answers), the micro-batcher
+peer of ``bench.peers`` (``bench/microbatch_server.py``) on the same bundle and window, and Vigil's binary
+stream requests (``--points`` real rows of the bundled sample per request, each client its own stream, Redis
+with AOF as deployed; rows and columns answers). Every Vigil request carries a bench API key and passes every
+middleware as served. Columns: loop-thread µs per request (median of the repeats, and their range) and per
+point, the process's CPU µs per request (every thread, inference included) and requests/s of the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +33,14 @@ import orjson
 from fastapi import FastAPI
 from starlette.types import Message
 
-from bench import bundles, harness, report
+from bench import bundles, harness, report, workload
 from bench.microbatch_server import create_app as microbatch_app
 from models.manifest import Manifest
 from service.app import create_app
+from service.codec import BINARY_CONTENT_TYPE, encode_binary
 from service.settings import Settings
+
+Bodies = Callable[[int], Iterator[bytes]]  # client number -> that client's request bodies, in order
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class Target:
     path: str
     query: bytes
     headers: list[tuple[bytes, bytes]]
+    bodies: Bodies
+    points_per_request: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,23 @@ class Run:
     loop_us: float
     process_us: float
     per_s: float
+
+
+def same_body(body: bytes) -> Bodies:
+    return lambda client: itertools.repeat(body)
+
+
+def stream_bodies(prefix: str, values: np.ndarray, points: int) -> Bodies:
+    """Client ``c`` sends its own stream ``<prefix>-<c>``: each body the next ``points`` points (binary frame),
+    the rows of ``values`` taken in turn; the warm-up's client is ``-1``."""
+
+    def bodies(client: int) -> Iterator[bytes]:
+        stream = f"{prefix}-{client}"
+        for start in itertools.count(0, points):
+            index = np.arange(start, start + points)
+            yield encode_binary(stream, index.astype(np.float64), values[index % len(values)])
+
+    return bodies
 
 
 async def call(app: FastAPI, target: Target, body: bytes) -> int:
@@ -89,25 +115,27 @@ async def call(app: FastAPI, target: Target, body: bytes) -> int:
     return status
 
 
-async def measure(target: Target, body: bytes, requests: int, concurrency: int, repeat: int) -> list[Run]:
+async def measure(target: Target, requests: int, concurrency: int, repeat: int) -> list[Run]:
     runs: list[Run] = []
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(target.app.router.lifespan_context(target.app))
+        warm_up = target.bodies(-1)
         for _ in range(100):  # warm-up: first batches, first allocations
-            status = await call(target.app, target, body)
+            status = await call(target.app, target, next(warm_up))
             if status != 200:
                 raise RuntimeError(f"{target.name}: warm-up request answered {status}")
         each = max(1, requests // concurrency)
+        sources = [target.bodies(client) for client in range(concurrency)]
 
-        async def client() -> None:
+        async def client(bodies: Iterator[bytes]) -> None:
             for _ in range(each):
-                status = await call(target.app, target, body)
+                status = await call(target.app, target, next(bodies))
                 if status != 200:
                     raise RuntimeError(f"{target.name}: answered {status}")
 
         for _ in range(repeat):
             wall, process, loop = time.perf_counter(), time.process_time(), time.thread_time()
-            await asyncio.gather(*(client() for _ in range(concurrency)))
+            await asyncio.gather(*(client(bodies) for bodies in sources))
             served = each * concurrency
             wall, process, loop = (
                 time.perf_counter() - wall,
@@ -118,15 +146,14 @@ async def measure(target: Target, body: bytes, requests: int, concurrency: int, 
     return runs
 
 
-def vigil_target(name: str, models_dir: Path, redis_url: str, key: str, query: bytes) -> Target:
-    settings = Settings(
-        models_dir=models_dir,
-        redis_url=redis_url,
-        provider="cpu",
-        api_keys=[{"name": "bench", "key": key, "roles": ["score"]}],
-    )
-    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
-    return Target(name, create_app(settings), "/score", query, headers)
+def vigil_target(
+    name: str, settings: Settings, key: str, query: bytes, content_type: bytes, bodies: Bodies, points: int
+) -> Target:
+    headers = [(b"content-type", content_type), (b"authorization", f"Bearer {key}".encode())]
+    return Target(name, create_app(settings), "/score", query, headers, bodies, points)
+
+
+TARGETS = ("columns", "rows", "peer", "stream", "stream-columns")
 
 
 def main() -> None:
@@ -134,41 +161,68 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="tvnet", choices=bundles.FAMILIES)
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}"
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--points", type=int, default=100, help="points per stream request")
     args = parser.parse_args()
-    info = report.print_header("Event-loop CPU of one stateless window, in-process (no HTTP)")
+    chosen = [name for name in args.targets.split(",") if name]
+    unknown = sorted(set(chosen) - set(TARGETS))
+    if unknown:
+        parser.error(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
+    info = report.print_header("Event-loop CPU of one request, in-process (no HTTP)")
     bundle = bundles.family_bundle(args.model)
     manifest = Manifest.load(bundle)
     rng = np.random.default_rng(0)
-    window = rng.normal(size=(manifest.window_length, manifest.n_features))
-    window = window * np.asarray(manifest.normalisation.scale) + np.asarray(manifest.normalisation.mean)
+    scale, mean = np.asarray(manifest.normalisation.scale), np.asarray(manifest.normalisation.mean)
+    window = rng.normal(size=(manifest.window_length, manifest.n_features)) * scale + mean
     body = orjson.dumps({"window": window.round(4).tolist()})
+    series = workload.sample_rows(4000)  # the bundled sample's real rows: scores and alerts as in service
     models_dir = bundles.serve_dir([bundle])
     key = harness.bench_api_key()
     results = report.Results("route_cost", info)
     rows = []
-    with harness.redis_server(aof=False) as redis:
-        targets = [
-            vigil_target("Vigil stateless, columns", models_dir, redis.url, key, b"format=columns"),
-            vigil_target("Vigil stateless, rows", models_dir, redis.url, key, b""),
-            Target(
-                "micro-batcher peer",
-                microbatch_app(bundle),
-                "/score",
-                b"",
-                [(b"content-type", b"application/json")],
-            ),
-        ]
-        for target in targets:
-            runs = asyncio.run(measure(target, body, args.requests, args.concurrency, args.repeat))
+    with harness.redis_server() as redis:
+        settings = Settings(
+            models_dir=models_dir,
+            redis_url=redis.url,
+            provider="cpu",
+            api_keys=[{"name": "bench", "key": key, "roles": ["score"]}],
+        )
+        json_type = b"application/json"
+
+        def target(name: str) -> Target:
+            binary = BINARY_CONTENT_TYPE.encode()
+            stream = stream_bodies(name, series, args.points)
+            stream_label = f"Vigil binary stream request ({args.points} points)"
+            if name == "columns":
+                label = "Vigil stateless window, columns"
+                return vigil_target(label, settings, key, b"format=columns", json_type, same_body(body), 1)
+            if name == "rows":
+                label = "Vigil stateless window, rows"
+                return vigil_target(label, settings, key, b"", json_type, same_body(body), 1)
+            if name == "stream":
+                label = f"{stream_label}, rows"
+                return vigil_target(label, settings, key, b"", binary, stream, args.points)
+            if name == "stream-columns":
+                label = f"{stream_label}, columns"
+                return vigil_target(label, settings, key, b"format=columns", binary, stream, args.points)
+            label, app = "micro-batcher peer (stateless window)", microbatch_app(bundle)
+            return Target(label, app, "/score", b"", [(b"content-type", json_type)], same_body(body), 1)
+
+        for name in chosen:
+            measured = target(name)
+            runs = asyncio.run(measure(measured, args.requests, args.concurrency, args.repeat))
             loop_us = [r.loop_us for r in runs]
             row = {
-                "target": target.name,
+                "target": measured.name,
                 "loop_us": statistics.median(loop_us),
                 "loop_us_min": min(loop_us),
                 "loop_us_max": max(loop_us),
+                "loop_us_per_point": statistics.median(loop_us) / measured.points_per_request,
                 "process_us": statistics.median(r.process_us for r in runs),
                 "per_s": statistics.median(r.per_s for r in runs),
             }
@@ -177,17 +231,23 @@ def main() -> None:
                 (
                     row["target"],
                     f"{row['loop_us']:.0f} ({row['loop_us_min']:.0f}-{row['loop_us_max']:.0f})",
+                    f"{row['loop_us_per_point']:.1f}",
                     f"{row['process_us']:.0f}",
                     f"{row['per_s']:.0f}",
                 )
             )
     print(
-        f"bundle: {bundle.name} ({args.model}); {args.requests} requests x {args.repeat} repeats, "
-        f"{args.concurrency} at a time\n"
+        f"bundle: {bundle.name} ({args.model}, stride {manifest.stride}); {args.requests} requests x "
+        f"{args.repeat} repeats, {args.concurrency} at a time\n"
     )
-    report.print_table(
-        ["target", "loop-thread µs per request (range)", "process CPU µs per request", "requests/s"], rows
-    )
+    headers = [
+        "target",
+        "loop µs per request (range)",
+        "loop µs per point",
+        "process CPU µs per request",
+        "requests/s",
+    ]
+    report.print_table(headers, rows)
     results.save()
 
 
