@@ -35,6 +35,7 @@ from service.metrics import Metrics
 from service.notify import AlertDelivery, replica_name
 from service.peak import peak_context
 from service.poller import SourcePoller, poller_name
+from service.redis_wire import pack_directly
 from service.registry import ModelRegistry
 from service.responses import JSONBytesResponse
 from service.routes import feed, health, score, streams, ui
@@ -63,7 +64,7 @@ def redis_client(settings: Settings) -> Redis:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
-    return Redis(connection_pool=pool)
+    return Redis(connection_pool=pack_directly(pool))
 
 
 async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:
