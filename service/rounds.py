@@ -28,7 +28,7 @@ import numpy.typing as npt
 from redis.exceptions import RedisError
 
 from models.scoring import F32, levels_of, normalise, top_contributions_rows
-from service.alerts import AlertTracker, AlertUpdate, Observed, ScoredPoint, alert_key
+from service.alerts import AlertTracker, AlertUpdate, Observed, PointColumns, alert_key
 from service.codec import PointBatch
 from service.errors import Overloaded, StoreUnavailable, VigilError
 from service.history import ScoreHistory, pack_scores
@@ -239,11 +239,8 @@ class ScoringRound:
         trip = RoundTrip(self._windows.redis)
         pending: list[tuple[StreamJob, ScoredBlock, Any, Any, Any]] = []
         for job, block in scored:
-            handle, names = job.handle, job.handle.manifest.feature_names
-            points = [
-                ScoredPoint(t, v, [names[i] for i in idx])
-                for t, v, idx in zip(block.ts, block.scores, block.top_index.tolist(), strict=True)
-            ]
+            handle = job.handle
+            points = PointColumns(block.ts, block.scores, _sensor_lists(block, handle.manifest.feature_names))
             observe = self._alerts.queue_observe(trip, job.stream_id, handle.name, handle.levels, points)
             record = None
             if handle.levels.policy.thresholds == "fixed":
@@ -398,6 +395,12 @@ def join_points(parts: list[ScoredPoints], sensor_names: list[str], top_k: int) 
         np.concatenate([p.top_share for p in parts]),
         sensor_names,
     )
+
+
+def _sensor_lists(block: ScoredBlock, names: list[str]) -> list[str]:
+    """Each point's top sensors by name, joined by ``,`` (as the alert script keeps them)."""
+    named: list[list[str]] = np.array(names, dtype=object)[block.top_index].tolist()
+    return [",".join(row) for row in named]
 
 
 def _fixed_levels(block: ScoredBlock, job: StreamJob) -> list[str]:

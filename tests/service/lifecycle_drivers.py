@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from models.lifecycle import LevelThresholds, StreamAlertState, advance
-from service.alerts import ALERT_LUA, ScoredPoint, alert_key, lifecycle_args, outbox_key
+from service.alerts import ALERT_LUA, PointColumns, alert_key, lifecycle_args, outbox_key
 
 Point = tuple[float, float, str]  # ts, score, comma-joined sensors
 KEY_STREAM = "lifecycle-test"
@@ -38,11 +38,10 @@ def run_lua(
     for chunk in chunks:
         if not chunk:
             continue
-        points = [
-            ScoredPoint(ts, score, sensors.split(",") if sensors else []) for ts, score, sensors in chunk
-        ]
+        columns = PointColumns(*(list(field) for field in zip(*chunk, strict=True)))
         raw_events, raw_levels, _ = script(
-            keys=[alert_key(KEY_STREAM), outbox_key(KEY_STREAM)], args=lifecycle_args(levels, 3600, points)
+            keys=[alert_key(KEY_STREAM), outbox_key(KEY_STREAM)],
+            args=lifecycle_args(levels, 3600, columns),
         )
         for state, severity, started, ts, peak, sensors, escalated, threshold in raw_events:
             events.append(
