@@ -214,24 +214,26 @@ class ScoringRound:
                     job.fail(exc)
                     await self._give_back(job)
                 continue
-            row = 0
+            # Each window's newest ``span`` points, all windows of the group in one array per field: one top-k
+            # pass and one list conversion for the group, then each job takes its slice.
+            spans = [window.span for window in windows]
+            ts = np.concatenate([w.ts[-span:] for w, span in zip(windows, spans, strict=True)]).tolist()
+            rows = range(len(windows))
+            scores = np.concatenate([result.scores[r, -span:] for r, span in zip(rows, spans, strict=True)])
+            shares = np.concatenate(
+                [result.contributions[r, -span:] for r, span in zip(rows, spans, strict=True)]
+            )
+            top_index, top_share = top_contributions_rows(shares, self._top_k)
+            score_list = scores.tolist()
+            start = row = 0
             for job in group:
-                blocks = []
-                for window in _claimed(job):
-                    span = window.span
-                    top_index, top_share = top_contributions_rows(
-                        result.contributions[row, -span:], self._top_k
-                    )
-                    blocks.append(
-                        ScoredBlock(
-                            window.ts[-span:].tolist(),
-                            result.scores[row, -span:].tolist(),
-                            top_index,
-                            top_share,
-                        )
-                    )
-                    row += 1
-                out.append((job, ScoredBlock.join(blocks, self._top_k)))
+                claimed = len(_claimed(job))
+                end = start + sum(spans[row : row + claimed])
+                block = ScoredBlock(
+                    ts[start:end], score_list[start:end], top_index[start:end], top_share[start:end]
+                )
+                out.append((job, block))
+                start, row = end, row + claimed
         return out
 
     async def _settle(self, scored: list[tuple[StreamJob, ScoredBlock]]) -> None:
@@ -357,19 +359,6 @@ class ScoredBlock:
     scores: list[float]
     top_index: npt.NDArray[np.intp]
     top_share: F32
-
-    @classmethod
-    def join(cls, blocks: list[ScoredBlock], top_k: int) -> ScoredBlock:
-        if len(blocks) == 1:
-            return blocks[0]
-        if not blocks:
-            return cls([], [], np.empty((0, top_k), dtype=np.intp), np.empty((0, top_k), dtype=np.float32))
-        return cls(
-            [t for b in blocks for t in b.ts],
-            [v for b in blocks for v in b.scores],
-            np.concatenate([b.top_index for b in blocks]),
-            np.concatenate([b.top_share for b in blocks]),
-        )
 
     def with_levels(self, levels: list[str], sensor_names: list[str]) -> ScoredPoints:
         return ScoredPoints(self.ts, self.scores, levels, self.top_index, self.top_share, sensor_names)
