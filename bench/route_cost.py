@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ class Target:
     headers: list[tuple[bytes, bytes]]
     bodies: Bodies
     points_per_request: int
+    prime: Bodies | None = None  # client -> binary stream requests sent before the warm-up, not measured
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,16 @@ async def measure(target: Target, requests: int, concurrency: int, repeat: int) 
     runs: list[Run] = []
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(target.app.router.lifespan_context(target.app))
+        if target.prime is not None:
+            binary = [(b"content-type", BINARY_CONTENT_TYPE.encode())]
+            primer = replace(
+                target, path="/score", query=b"", headers=[*binary, *target.headers[1:]]
+            )  # the auth header kept
+            for owner in range(-1, concurrency):
+                for body in target.prime(owner):
+                    status = await call(target.app, primer, body)
+                    if status != 200:
+                        raise RuntimeError(f"{target.name}: priming request answered {status}")
         warm_up = target.bodies(-1)
         for _ in range(100):  # warm-up: first batches, first allocations
             status = await call(target.app, target, next(warm_up))
@@ -146,6 +157,33 @@ async def measure(target: Target, requests: int, concurrency: int, repeat: int) 
     return runs
 
 
+def batch_bodies(prefix: str, values: np.ndarray, items: int, primed: int) -> tuple[Bodies, Bodies]:
+    """``/score/batch`` JSON bodies: client ``c`` owns ``items`` streams ``<prefix>-<c>-<i>`` and each body
+    carries the next point of every one of them; the streams are primed with ``primed`` points first (binary
+    requests), so that every later point completes a window as in steady state."""
+
+    def stream(client: int, item: int) -> str:
+        return f"{prefix}-{client}-{item}"
+
+    def prime(client: int) -> Iterator[bytes]:
+        for item in range(items):
+            index = np.arange(primed)
+            yield encode_binary(
+                stream(client, item), index.astype(np.float64), values[(index + item) % len(values)]
+            )
+
+    def bodies(client: int) -> Iterator[bytes]:
+        for ts in itertools.count(primed):
+            rows = values[(ts + np.arange(items)) % len(values)].tolist()
+            batch = [
+                {"stream_id": stream(client, item), "points": [{"ts": ts, "values": rows[item]}]}
+                for item in range(items)
+            ]
+            yield orjson.dumps({"items": batch})
+
+    return bodies, prime
+
+
 def vigil_target(
     name: str, settings: Settings, key: str, query: bytes, content_type: bytes, bodies: Bodies, points: int
 ) -> Target:
@@ -153,7 +191,7 @@ def vigil_target(
     return Target(name, create_app(settings), "/score", query, headers, bodies, points)
 
 
-TARGETS = ("columns", "rows", "peer", "stream", "stream-columns")
+TARGETS = ("columns", "rows", "peer", "stream", "stream-columns", "batch")
 
 
 def main() -> None:
@@ -168,6 +206,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--points", type=int, default=100, help="points per stream request")
+    parser.add_argument("--batch-items", type=int, default=100, help="streams per /score/batch request")
     args = parser.parse_args()
     chosen = [name for name in args.targets.split(",") if name]
     unknown = sorted(set(chosen) - set(TARGETS))
@@ -210,6 +249,12 @@ def main() -> None:
             if name == "stream-columns":
                 label = f"{stream_label}, columns"
                 return vigil_target(label, settings, key, b"format=columns", binary, stream, args.points)
+            if name == "batch":
+                items = args.batch_items
+                bodies, prime = batch_bodies(name, series, items, manifest.window_length - 1)
+                label = f"Vigil /score/batch, {items} streams x 1 point (JSON)"
+                measured = vigil_target(label, settings, key, b"", json_type, bodies, items)
+                return replace(measured, path="/score/batch", prime=prime)
             label, app = "micro-batcher peer (stateless window)", microbatch_app(bundle)
             return Target(label, app, "/score", b"", [(b"content-type", json_type)], same_body(body), 1)
 
