@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from contextlib import ExitStack
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -71,7 +72,9 @@ def validate_range(values: F32, norm: Normalisation, field: str) -> F32:
 MAX_ABS_TS = 1e19  # epoch nanoseconds reach 1e19 in the year 2286
 
 
-def validate_ts(ts: npt.NDArray[np.float64]) -> None:
+def validate_ts(ts: npt.NDArray[np.float64], starts: npt.NDArray[np.intp] | None = None) -> None:
+    """Finite, within ``MAX_ABS_TS`` and strictly increasing; ``starts`` (the first index of every request after
+    the first, when ``ts`` joins several) exempts the steps between requests."""
     if not np.isfinite(ts).all():
         raise BadInput(f"points.{int(np.argmin(np.isfinite(ts)))}.ts: must be a finite number")
     far = np.abs(ts) > MAX_ABS_TS
@@ -80,6 +83,8 @@ def validate_ts(ts: npt.NDArray[np.float64]) -> None:
             f"points.{int(np.argmax(far))}.ts: beyond ±{MAX_ABS_TS:g} (epoch ns reach 1e19 in 2286)"
         )
     steps = np.diff(ts)
+    if starts is not None:
+        steps[starts - 1] = 1.0  # another request's first point: no order against the one before
     if (steps <= 0).any():
         raise BadInput(
             f"points.{int(np.argmax(steps <= 0)) + 1}.ts: timestamps must strictly increase within a request"
@@ -114,6 +119,27 @@ class StreamScorer:
         validate_range(values, manifest.normalisation, "points")
         validate_ts(batch.ts)
         return StreamJob(batch, handle, values)
+
+    def _jobs_checked_together(
+        self, batches: list[PointBatch], handle: ModelHandle
+    ) -> list[StreamJob] | None:
+        """The checks of :meth:`_job` run once over the points of every batch (same model) joined: one numpy
+        pass instead of a dozen small calls per item (a 100-item ``/score/batch`` ran 1,200). None when any
+        check fails, or the rows are ragged: then each batch is checked alone and only the bad ones fail, with
+        their own message."""
+        manifest = handle.manifest
+        arrays = [batch.values for batch in batches]
+        if not all(isinstance(values, np.ndarray) and len(values) for values in arrays):
+            return None
+        starts = np.cumsum([len(batch.ts) for batch in batches])[:-1]
+        try:
+            values = validate_values(np.concatenate(arrays), manifest.n_features, "points")
+            validate_range(values, manifest.normalisation, "points")
+            validate_ts(np.concatenate([batch.ts for batch in batches]), starts)
+        except (BadInput, ValueError):  # ValueError: widths differ, np.concatenate refuses
+            return None
+        parts = np.split(values, starts)
+        return [StreamJob(batch, handle, part) for batch, part in zip(batches, parts, strict=True)]
 
     async def score_points(self, batch: PointBatch) -> StreamResult:
         """Append a stream's points and score every window now due: the new ones and any that an earlier
@@ -164,7 +190,7 @@ class StreamScorer:
         with ExitStack() as leases:
             handles: dict[str | None, ModelHandle] = {}
             for position in range(max((len(q) for q in queues.values()), default=0)):
-                jobs: list[tuple[int, StreamJob]] = []
+                by_model: dict[str | None, list[int]] = defaultdict(list)
                 for queue in queues.values():
                     if position >= len(queue):
                         continue
@@ -174,9 +200,23 @@ class StreamScorer:
                     try:
                         if item.model not in handles:
                             handles[item.model] = leases.enter_context(self._models.lease(item.model))
-                        jobs.append((index, self._job(item, handles[item.model])))
                     except VigilError as exc:
                         results[index] = _item_error(item.stream_id, exc)
+                    else:
+                        by_model[item.model].append(index)
+                jobs: list[tuple[int, StreamJob]] = []
+                for model, indices in by_model.items():
+                    batches = [cast(PointBatch, items[index]) for index in indices]
+                    together = self._jobs_checked_together(batches, handles[model])
+                    if together is not None:
+                        jobs.extend(zip(indices, together, strict=True))
+                        continue
+                    for index, batch in zip(indices, batches, strict=True):
+                        try:
+                            jobs.append((index, self._job(batch, handles[model])))
+                        except VigilError as exc:
+                            results[index] = _item_error(batch.stream_id, exc)
+                jobs.sort(key=lambda pair: pair[0])  # the items' order, as when each was checked alone
                 await self._round.run([job for _, job in jobs])
                 for index, job in jobs:
                     results[index] = (
