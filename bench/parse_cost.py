@@ -2,7 +2,8 @@
 window, through the fast path (``service.codec.numeric_window``) and through the validated path it skips, and
 the request head's budget (``service.http_limits.HeadBudget``) over a head followed by its body; and, on the
 answer's side, the top sensors of every scored point (``models.scoring.top_contributions_rows``) against the
-partition-and-sort it replaced and a plain stable sort.
+partition-and-sort it replaced and a plain stable sort, and the rows answer's objects (``ScoredPoints.rows``)
+against a comprehension per point.
 
     .venv/bin/python -m bench.parse_cost [--length 100] [--sensors 38] [--repeat 2000]
 
@@ -16,6 +17,7 @@ import argparse
 import statistics
 import timeit
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import orjson
@@ -25,6 +27,7 @@ from bench import report
 from models.scoring import top_contributions_rows
 from service.codec import _rows_array, numeric_window, parse_score_json, validated_window
 from service.http_limits import HeadBudget
+from service.results import ScoredPoints
 
 
 def per_call_us(call: Callable[[], object], repeat: int) -> float:
@@ -37,6 +40,27 @@ def partition_then_sort(shares: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     values = np.take_along_axis(shares, taken, axis=-1)
     order = np.lexsort((taken, -values), axis=-1)
     return np.take_along_axis(taken, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+
+
+def rows_per_point(points: ScoredPoints) -> list[dict[str, object]]:
+    """The rows answer as built until 2026-12-06: a comprehension of contribution objects per point."""
+    names = points.sensor_names
+    return [
+        {
+            "ts": ts,
+            "score": score,
+            "level": level,
+            "contributions": [{"sensor": names[i], "share": v} for i, v in zip(idx, share, strict=True)],
+        }
+        for ts, score, level, idx, share in zip(
+            points.ts,
+            points.scores,
+            points.levels,
+            points.top_index.tolist(),
+            points.top_share.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def stable_sort(shares: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +116,25 @@ def main() -> None:
         ("  partition then sort (until 2026-12-06)", partition_then_sort),
         ("  stable sort of every row", stable_sort),
     ):
-        rows.append((name, per_call_us(lambda top=top: top(shares, 3), args.repeat // 4)))
+        rows.append((name, per_call_us(partial(top, shares, 3), args.repeat // 4)))
+    index, share = top_contributions_rows(shares, 3)
+    sensors = [f"sensor-{i}" for i in range(args.sensors)]
+    scored = ScoredPoints(
+        list(map(float, range(args.length))),
+        shares.sum(axis=1).tolist(),
+        ["normal"] * args.length,
+        index,
+        share,
+        sensors,
+    )
+    assert scored.rows() == rows_per_point(scored)
+    rows.append(("rows answer of every point: ScoredPoints.rows", per_call_us(scored.rows, args.repeat // 4)))
+    rows.append(
+        (
+            "  a comprehension per point (until 2026-12-06)",
+            per_call_us(lambda: rows_per_point(scored), args.repeat // 4),
+        )
+    )
     print(
         f"body: {len(body):,} bytes ({args.length}x{args.sensors} window; top sensors of its {args.length} points)\n"
     )

@@ -50,21 +50,20 @@ class ScoredPoints:
         return len(self.ts)
 
     def rows(self) -> list[dict[str, Any]]:
-        names = self.sensor_names
+        """An object per point, its top sensors as objects: every point's contribution objects are made in one
+        comprehension over all points, then each point takes its slice (half the cost of a comprehension per
+        point for 100 points of 3 sensors: ``bench.parse_cost``)."""
+        k = self.top_index.shape[1] if self.top_index.ndim == 2 else 0
+        step = k or 1  # no sensors: every point's slice is empty
+        names = np.array(self.sensor_names, dtype=object)[self.top_index.reshape(-1)].tolist()
+        flat = [
+            {"sensor": name, "share": share}
+            for name, share in zip(names, self.top_share.reshape(-1).tolist(), strict=True)
+        ]
         return [
-            {
-                "ts": ts,
-                "score": score,
-                "level": level,
-                "contributions": [{"sensor": names[i], "share": v} for i, v in zip(idx, share, strict=True)],
-            }
-            for ts, score, level, idx, share in zip(
-                self.ts,
-                self.scores,
-                self.levels,
-                self.top_index.tolist(),
-                self.top_share.tolist(),
-                strict=True,
+            {"ts": ts, "score": score, "level": level, "contributions": flat[start : start + k]}
+            for start, ts, score, level in zip(
+                range(0, step * len(self.ts), step), self.ts, self.scores, self.levels, strict=True
             )
         ]
 
