@@ -41,6 +41,18 @@ def test_direct_packing_is_byte_for_byte_redis_pys(args: tuple[Any, ...]) -> Non
     assert b"".join(Direct().pack_command(*args)) == b"".join(Connection().pack_command(*args))
 
 
+def test_floats_are_written_as_their_repr_as_redis_pys_encoder_writes_them() -> None:
+    """The alert script's points travel as floats (``service.alerts.lifecycle_args``): hiredis must write every
+    double as ``repr`` does, or the events' timestamps and peaks would change text."""
+    rng = np.random.default_rng(7)
+    doubles = rng.integers(0, 2**64, 20_000, dtype=np.uint64).view(np.float64)
+    singles = rng.random(20_000).astype(np.float32).astype(np.float64)
+    edges = np.array([0.0, -0.0, 1e16, 1e-5, 5e-324, 1.7976931348623157e308, np.inf, -np.inf, np.nan])
+    values = np.concatenate([doubles, singles, edges]).tolist()
+    packed = b"".join(Direct().pack_command("RPUSH", "k", *values))
+    assert packed == b"".join(Connection().pack_command("RPUSH", "k", *[repr(v) for v in values]))
+
+
 def test_what_redis_py_refuses_is_still_refused() -> None:
     for value in (True, None, [1], object()):
         with pytest.raises(DataError):
