@@ -70,9 +70,9 @@ class ScoringCall:
 def scoring_call(request: Request) -> ScoringCall:
     """The scoring routes' three parameters read in one plain call instead of three FastAPI dependencies:
     without them the event loop's time per stateless window fell from 920 to 809 µs (``bench.route_cost``),
-    on the routes that carry the traffic. The same answers, in the same
-    order: 401/403 for the key before the ``format`` is checked (422), all before the body is read. The
-    OpenAPI document still declares both (``SCORING_OPENAPI``)."""
+    on the routes that carry the traffic. The same answers in the same order: 401/403 for the key before the
+    ``format`` is checked (422), all before the body is read. The OpenAPI document still declares both
+    (``SCORING_OPENAPI``)."""
     keyring: KeyRing = request.app.state.keyring
     token = bearer_token(request.scope)
     principal = keyring.authorise(token.decode("latin-1") if token is not None else None, "score")

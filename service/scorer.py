@@ -124,7 +124,7 @@ class StreamScorer:
         self, batches: list[PointBatch], handle: ModelHandle
     ) -> list[StreamJob] | None:
         """The checks of :meth:`_job` run once over the points of every batch (same model) joined: one numpy
-        pass instead of a dozen small calls per item (a 100-item ``/score/batch`` ran 1,200). None when any
+        pass instead of a dozen small calls per item (over a thousand for a 100-item ``/score/batch``). None when any
         check fails, or the rows are ragged: then each batch is checked alone and only the bad ones fail, with
         their own message."""
         manifest = handle.manifest
