@@ -57,8 +57,14 @@ class MicroBatcher:
         observe: BatchObserver | None = None,
         on_restart: RestartObserver | None = None,
         max_queue_wait_ms: float | None = None,
+        max_queue_delay_ms: float | None = None,
     ) -> None:
         self.name = name
+        # While the last batch's oldest window had waited longer than this, new work is refused at once (503)
+        # unless the queue is empty: the queue's own sojourn time (as CoDel uses it) says the worker is past its
+        # capacity, and admitting more would only make every admitted request wait longer.
+        self._max_delay_s = None if max_queue_delay_ms is None else max_queue_delay_ms / 1000.0
+        self._last_wait_s = 0.0
         # A job that waited longer than this when the worker takes it fails with Overloaded instead of being
         # run: its client has waited long enough, and running it would make every later job later still.
         self._max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
@@ -88,7 +94,17 @@ class MicroBatcher:
 
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more windows would be admitted now (the test ``submit`` applies)."""
-        return self._pending == 0 or self._pending + count <= self._capacity
+        return self._refusal(count) is None
+
+    def _refusal(self, count: int) -> str | None:
+        """Why ``count`` more windows would be refused now, or None. An empty queue admits anything."""
+        if self._pending == 0:
+            return None
+        if self._pending + count > self._capacity:
+            return f"inference queue full ({self._pending} windows waiting)"
+        if self._max_delay_s is not None and self._last_wait_s > self._max_delay_s:
+            return f"inference queue delay {self._last_wait_s * 1000:.0f} ms, over {self._max_delay_s * 1000:g} ms"
+        return None
 
     def start(self) -> None:
         if not self._started:
@@ -100,10 +116,9 @@ class MicroBatcher:
         """Score windows ``[k, L, C]``; raises :class:`Overloaded` at once when the queue is full."""
         count = len(windows)
         with self._lock:
-            if self._pending + count > self._capacity and self._pending > 0:
-                raise Overloaded(
-                    f"model {self.name!r}: inference queue full ({self._pending} windows waiting)"
-                )
+            refusal = self._refusal(count)
+            if refusal is not None:
+                raise Overloaded(f"model {self.name!r}: {refusal}")
             self._pending += count
         loop = asyncio.get_running_loop()
         job = WindowJob(windows=windows, future=loop.create_future(), loop=loop)
@@ -220,6 +235,7 @@ class MicroBatcher:
     def _run(self, jobs: list[WindowJob]) -> None:
         started = time.perf_counter()
         wait_s = started - min(job.enqueued_at for job in jobs)
+        self._last_wait_s = wait_s
         jobs = self._expire(jobs, started)
         self._held = jobs
         if not jobs:

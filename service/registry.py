@@ -134,6 +134,7 @@ class ModelRegistry:
             observe,
             count_restart,
             max_queue_wait_ms=batching.max_queue_wait_ms or None,
+            max_queue_delay_ms=batching.max_queue_delay_ms or None,
         )
         batcher.start()
         m.initialise_model(name, provider)

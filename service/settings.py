@@ -33,6 +33,8 @@ class BatchingSettings(BaseModel):
     queue_capacity: int = Field(8192, ge=1)  # windows waiting per model; beyond it requests get 503
     # Windows that waited longer than this for the worker fail with 503 instead of running (0: never).
     max_queue_wait_ms: float = Field(1000.0, ge=0)
+    # While the last batch's oldest window had waited longer than this, new requests get 503 at once (0: never).
+    max_queue_delay_ms: float = Field(250.0, ge=0)
 
 
 class AlertSettings(AlertPolicy):

@@ -258,3 +258,60 @@ def test_jobs_that_waited_past_the_queue_bound_fail_with_overloaded_and_the_rest
     assert isinstance(first, WindowScores) and isinstance(fresh, WindowScores)
     assert isinstance(queued, Overloaded) and "queued longer than 100 ms" in queued.detail
     assert batcher.depth == 0
+
+
+def test_new_work_is_refused_at_once_while_the_queue_delay_is_over_its_bound(
+    engine: ONNXEngine, windows: tuple[F32, F32]
+) -> None:
+    """The queue's sojourn time: while the last batch's oldest window had waited longer than
+    ``max_queue_delay_ms``, a new submission is refused at once (503) unless the queue is empty; once batches
+    start without such a wait, work is admitted again."""
+    from service.errors import Overloaded
+
+    z, _ = windows
+    gates = [threading.Event(), threading.Event()]  # the first two batches are held until released
+    calls: list[int] = []
+    score = scoring_function(engine)
+
+    def held(batch: F32) -> WindowScores:
+        calls.append(len(calls))
+        if len(calls) <= len(gates):
+            gates[len(calls) - 1].wait(10)
+        return score(batch)
+
+    batcher = MicroBatcher("delay", held, 1, 0, 100, max_queue_delay_ms=100)
+    batcher.start()
+
+    async def scenario() -> tuple[list[object], bool, bool, WindowScores, bool]:
+        first = asyncio.ensure_future(batcher.submit(z))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(z))  # waits behind the held first batch
+        third = asyncio.ensure_future(batcher.submit(z))
+        await asyncio.sleep(0.25)
+        room_before = batcher.has_room(1)  # no batch has started late yet
+        gates[0].set()
+        await asyncio.sleep(0.05)  # the second batch has started (its window waited ~0.25 s) and is held
+        room_over = batcher.has_room(1)
+        try:
+            refused: object = await batcher.submit(z)
+        except Overloaded as exc:
+            refused = exc
+        gates[1].set()
+        outcomes = await asyncio.gather(first, second, third, return_exceptions=True)
+        while batcher.depth:  # the worker counts its batch done just after resolving it
+            await asyncio.sleep(0.01)
+        again = await batcher.submit(z)  # the queue is empty: admitted whatever the last wait
+        fresh = await batcher.submit(z)  # a batch without waiting: below the bound again
+        return [*outcomes, again, refused], room_before, room_over, fresh, batcher.has_room(1)
+
+    try:
+        outcomes, room_before, room_over, fresh, room_after = asyncio.run(scenario())
+    finally:
+        for gate in gates:
+            gate.set()
+        batcher.stop()
+    *served, refused = outcomes
+    assert all(isinstance(o, WindowScores) for o in served)  # admitted work always runs
+    assert room_before and not room_over and room_after
+    assert isinstance(refused, Overloaded) and "over 100 ms" in refused.detail
+    assert isinstance(fresh, WindowScores) and batcher.depth == 0
