@@ -63,6 +63,16 @@ SCORINGS: dict[str, dict[str, Any]] = {
     # The level term balanced against the reconstruction term on validation (ScoreOptions.balance_level).
     "blevel": {"level_alpha": 0.1, "balance_level": True},
     "smooth_blevel": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
+    # Two-speed smoothing (ScoreOptions.fast_smoothing_alpha): each sensor's term the larger of the slow average
+    # (alpha 0.1) and a fast one (alpha 0.3, a memory of about 3 points, the shortest incident the alert
+    # calibration must page), balanced on validation; alone and with the balanced level term.
+    "smooth2": {"smoothing_alpha": 0.1, "fast_smoothing_alpha": 0.3},
+    "smooth2_blevel": {
+        "smoothing_alpha": 0.1,
+        "fast_smoothing_alpha": 0.3,
+        "level_alpha": 0.1,
+        "balance_level": True,
+    },
     "q99_smooth": {"standardise": "q99", "smoothing_alpha": 0.1},
     "median_smooth": {"standardise": "median", "smoothing_alpha": 0.1},
     "top5_smooth": {"aggregation": "top_k", "top_k": 5, "smoothing_alpha": 0.1},
@@ -106,14 +116,14 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # Vigil is built around.
     **{
         f"{family}+{name}": (family, {}, SCORINGS[name])
-        for name in ("smooth_level", "smooth_blevel")
+        for name in ("smooth_level", "smooth_blevel", "smooth2_blevel")
         for family in SCORED_FAMILIES
     },
     **{
         f"{family}+{name}": (family, {}, options)
         for family in ("tvnet", "convtimenet")
         for name, options in SCORINGS.items()
-        if name not in ("smooth_level", "smooth_blevel")
+        if name not in ("smooth_level", "smooth_blevel", "smooth2_blevel")
     },
     **{
         f"{fleet}+{name}": (fleet, {}, SCORINGS[name])

@@ -70,13 +70,31 @@ class LevelTerm(_Frozen):
         return self
 
 
+class FastSmoothing(_Frozen):
+    """A second, faster causal average of each sensor's term beside the score's smoothing: the term scored is the
+    larger of the slow average and ``weight`` times the fast one (``alpha``, larger than the slow one's). The slow
+    average ranks sustained anomalies above noise; alone it lets an incident of a few points through at a tenth of
+    its height. ``weight`` is fitted on validation so that both averages have the same 99th percentile there (as
+    the level term's balance): on normal data neither dominates."""
+
+    alpha: float = Field(gt=0, le=1)
+    weight: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FastSmoothing:
+        if not math.isfinite(self.weight):
+            raise ValueError("fast smoothing weight must be finite")
+        return self
+
+
 class ScoreDefinition(_Frozen):
     """How a window and its reconstruction become per-point scores (see ``models.scoring``).
 
     Per sensor and point: the squared reconstruction error in normalised space (its absolute value with
     ``error`` "absolute"), divided by ``sensor_scale`` when given (statistics of the validation errors), plus
     the level term when given (squared or absolute likewise), then smoothed causally
-    over the window (exponential, ``smoothing_alpha``; only earlier points of the same window), then aggregated
+    over the window (exponential, ``smoothing_alpha``; only earlier points of the same window; with
+    ``fast_smoothing``, the larger of that and a weighted faster average), then aggregated
     over sensors (mean, mean of the ``top_k`` largest, or max). A sensor's contribution is its share of the
     per-sensor terms. Everything comes from the window alone, so streaming equals offline scoring.
     """
@@ -90,12 +108,17 @@ class ScoreDefinition(_Frozen):
     sensor_scale: list[float] | None = None
     level: LevelTerm | None = None
     smoothing_alpha: float | None = Field(None, gt=0, le=1)
+    fast_smoothing: FastSmoothing | None = None
     aggregation: Literal["mean", "top_k", "max"] = "mean"
     top_k: int | None = Field(None, ge=1)
     error: Literal["squared", "absolute"] = "squared"
 
     @model_validator(mode="after")
     def _check(self) -> ScoreDefinition:
+        if self.fast_smoothing is not None and (
+            self.smoothing_alpha is None or self.fast_smoothing.alpha <= self.smoothing_alpha
+        ):
+            raise ValueError("fast_smoothing needs smoothing_alpha, and its alpha must be larger")
         if self.sensor_scale is not None and any(not math.isfinite(v) or v <= 0 for v in self.sensor_scale):
             raise ValueError("sensor_scale must be finite and > 0")
         if (self.aggregation == "top_k") != (self.top_k is not None):

@@ -3,9 +3,9 @@
 The parity rule: windows end at stream indices L-1, L-1+s, L-1+2s, ...; the first window scores all its
 L points, each later window scores its s newest points. A point's score comes from per-sensor terms (the
 squared reconstruction error in normalised space, optionally standardised, with a level term, smoothed
-causally within the window) aggregated over sensors (``models.manifest.ScoreDefinition``); a sensor's
-contribution is its share of those terms. Every step is per window and per sample, so a window scores the
-same alone, in any batch, streamed in any chunking, or offline.
+causally within the window, optionally at two speeds) aggregated over sensors
+(``models.manifest.ScoreDefinition``); a sensor's contribution is its share of those terms. Every step is per
+window and per sample, so a window scores the same alone, in any batch, streamed in any chunking, or offline.
 """
 
 from __future__ import annotations
@@ -108,7 +108,12 @@ def sensor_terms(windows: F32, output: ModelOutput, definition: ScoreDefinition)
         )
         terms = terms + np.float32(level.weight) * error_terms(deviation, definition.error)
     if definition.smoothing_alpha is not None:
-        terms = causal_average(terms, definition.smoothing_alpha)
+        smoothed = causal_average(terms, definition.smoothing_alpha)
+        fast = definition.fast_smoothing
+        if fast is not None:
+            quick = causal_average(terms, fast.alpha)
+            smoothed = np.maximum(smoothed, np.multiply(quick, np.float32(fast.weight), out=quick))
+        terms = smoothed
     out: F32 = terms.astype(np.float32, copy=False)
     return out
 

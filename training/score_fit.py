@@ -10,9 +10,9 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.manifest import LevelTerm, ScoreDefinition
+from models.manifest import FastSmoothing, LevelTerm, ScoreDefinition
 from models.scoring import (
     F32,
     ModelOutput,
@@ -20,6 +20,7 @@ from models.scoring import (
     error_terms,
     recent_level,
     reconstruct_all,
+    score_windows,
     window_ends,
 )
 
@@ -34,6 +35,9 @@ class ScoreOptions(BaseModel):
     standardise: Literal["none", "median", "q99"] = "none"  # divide each sensor's error by this statistic
     scale_floor: float = Field(0.1, gt=0)  # of the median over sensors of that statistic
     smoothing_alpha: float | None = Field(None, gt=0, le=1)
+    # A second, faster causal average beside ``smoothing_alpha`` (larger alpha): each sensor's term is the larger
+    # of the two, the fast one weighted so that both have the same 99th percentile of the score on validation.
+    fast_smoothing_alpha: float | None = Field(None, gt=0, le=1)
     aggregation: Literal["mean", "top_k", "max"] = "mean"
     top_k: int | None = Field(None, ge=1)
     # "absolute": each sensor's term is the absolute error (and level deviation) instead of its square, so one
@@ -51,6 +55,14 @@ class ScoreOptions(BaseModel):
     # Unbalanced, a near-constant sensor's level term (scale at the floor) is thousands of times a typical
     # reconstruction error, and every family's score becomes the same level detector.
     balance_level: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreOptions:
+        if self.fast_smoothing_alpha is not None and (
+            self.smoothing_alpha is None or self.fast_smoothing_alpha <= self.smoothing_alpha
+        ):
+            raise ValueError("fast_smoothing_alpha needs smoothing_alpha, and must be larger than it")
+        return self
 
 
 # What `vigil train` fits unless told otherwise (`--score '{}'` gives the plain mean squared error): a causal
@@ -127,7 +139,26 @@ def fit_score_definition(
             scale=[float(v) for v in scale],
             weight=weight,
         )
-    return ScoreDefinition.model_validate({**base.model_dump(), **update})
+    fitted = ScoreDefinition.model_validate({**base.model_dump(), **update})
+    if options.fast_smoothing_alpha is None:
+        return fitted
+    return fitted.model_copy(
+        update={
+            "fast_smoothing": _fast_smoothing(windows, spans, outputs, fitted, options.fast_smoothing_alpha)
+        }
+    )
+
+
+def _fast_smoothing(
+    windows: F32, spans: npt.NDArray[np.intp], outputs: ModelOutput, fitted: ScoreDefinition, alpha: float
+) -> FastSmoothing:
+    """The fast average's weight: the 99th percentile of the validation points' score with the slow average
+    alone over that with the fast one alone (``fitted`` is the definition with every other option)."""
+    tails = [
+        float(np.quantile(_scored_points(score_windows(windows, outputs, d).scores[..., None], spans), 0.99))
+        for d in (fitted, fitted.model_copy(update={"smoothing_alpha": alpha}))
+    ]
+    return FastSmoothing(alpha=alpha, weight=max(tails[0], 1e-12) / max(tails[1], 1e-12))
 
 
 def fit_for_series(

@@ -90,7 +90,9 @@ def test_levels_of_every_score_match_level_of_in_float64() -> None:
     scores = rng.gamma(1.0, 1.0, 500).astype(np.float32)
     warning, critical = 1.0, 2.5
     a = np.float32(1.7)
-    just_above = float(a) + 1e-12  # rounds to ``a`` in float32: a float32 comparison would call ``a`` critical
+    just_above = (
+        float(a) + 1e-12
+    )  # rounds to ``a`` in float32: a float32 comparison would call ``a`` critical
     scores[:4] = [np.nan, warning, critical, a]
     for warn, crit in ((warning, critical), (warning, just_above), (critical, warning)):
         expected = [level_of(float(v), warn, crit) for v in scores]
@@ -156,8 +158,9 @@ def test_causal_average_uses_only_earlier_points_of_the_window() -> None:
             "top_k": 3,
             "level": {"alpha": 0.2, "center": [0.1] * 6, "scale": [2.0] * 6},
         },
+        {"smoothing_alpha": 0.1, "fast_smoothing": {"alpha": 0.3, "weight": 0.4}},
     ],
-    ids=["scale", "smooth", "max", "top_k", "level", "all"],
+    ids=["scale", "smooth", "max", "top_k", "level", "all", "two_speeds"],
 )
 def test_scoring_options_score_a_window_the_same_alone_and_in_any_batch(options: dict) -> None:
     windows, recon = _random_windows(2)
@@ -190,6 +193,41 @@ def test_scoring_options_compute_what_the_definition_says() -> None:
     np.testing.assert_allclose(got.scores, (squared + level_terms).mean(axis=-1), rtol=1e-5)
     got = score_windows(windows, ModelOutput(recon), ScoreDefinition(smoothing_alpha=0.4))
     np.testing.assert_allclose(got.scores, causal_average(squared, 0.4).mean(axis=-1), rtol=1e-5)
+    two = ScoreDefinition(smoothing_alpha=0.1, fast_smoothing={"alpha": 0.5, "weight": 0.3})
+    got = score_windows(windows, ModelOutput(recon), two)
+    terms = np.maximum(causal_average(squared, 0.1), 0.3 * causal_average(squared, 0.5))
+    np.testing.assert_allclose(got.scores, terms.mean(axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(got.contributions, terms / terms.sum(axis=-1, keepdims=True), rtol=1e-5)
+
+
+def test_two_speed_smoothing_lets_a_short_incident_through_and_keeps_the_slow_average_elsewhere() -> None:
+    """A 3-point burst of error reaches about a quarter of its height under the slow average (alpha 0.1) and
+    most of it under the fast one; between bursts the larger term is the slow one's, so a steady error is
+    scored as before."""
+    error = np.zeros((1, 60, 1), dtype=np.float32)
+    error[0, 40:43, 0] = 10.0
+    recon = np.zeros_like(error)
+    slow = score_windows(error, ModelOutput(recon), ScoreDefinition(smoothing_alpha=0.1)).scores[0]
+    both = score_windows(
+        error,
+        ModelOutput(recon),
+        ScoreDefinition(smoothing_alpha=0.1, fast_smoothing={"alpha": 0.3, "weight": 1.0}),
+    ).scores[0]
+    # A squared error of 100 for 3 points: 1 - 0.9**3 of it under the slow average, 1 - 0.7**3 under the fast.
+    assert slow[42] == pytest.approx(27.1, rel=1e-5) and both[42] == pytest.approx(65.7, rel=1e-5)
+    steady = np.full((1, 60, 1), 2.0, dtype=np.float32)
+    weighted = ScoreDefinition(smoothing_alpha=0.1, fast_smoothing={"alpha": 0.3, "weight": 0.5})
+    np.testing.assert_allclose(
+        score_windows(steady, ModelOutput(recon), weighted).scores,
+        score_windows(steady, ModelOutput(recon), ScoreDefinition(smoothing_alpha=0.1)).scores,
+    )
+
+
+def test_a_fast_average_needs_a_slower_one_beside_it() -> None:
+    with pytest.raises(ValueError, match="fast_smoothing"):
+        ScoreDefinition(fast_smoothing={"alpha": 0.3, "weight": 1.0})
+    with pytest.raises(ValueError, match="larger"):
+        ScoreDefinition(smoothing_alpha=0.3, fast_smoothing={"alpha": 0.1, "weight": 1.0})
 
 
 def test_a_level_shift_filling_the_window_raises_the_level_term_only() -> None:

@@ -28,6 +28,12 @@ OPTIONS = {
     "balanced_level": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
     "absolute": {"error": "absolute", "smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
     "change_level": {"level_alpha": 0.1, "level_baseline_alpha": 0.02, "balance_level": True},
+    "two_speeds": {
+        "smoothing_alpha": 0.1,
+        "fast_smoothing_alpha": 0.3,
+        "level_alpha": 0.1,
+        "balance_level": True,
+    },
     "all": {
         "standardise": "median",
         "smoothing_alpha": 0.2,
@@ -52,6 +58,8 @@ def option_bundle(
         threads=2,
     )
     shutil.rmtree(models / "tvnet" / "base")
+    if "fast_smoothing_alpha" in OPTIONS[request.param]:
+        assert Manifest.load(out).score.fast_smoothing is not None  # fitted and recorded in the manifest
     return out
 
 

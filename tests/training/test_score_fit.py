@@ -137,6 +137,31 @@ def test_a_level_change_term_sees_a_step_inside_the_window_and_forgets_a_level_t
     assert scores["filled"] == pytest.approx(scores["quiet"], rel=1e-3)
 
 
+def test_the_fast_average_is_weighted_to_the_slow_averages_tail_on_validation() -> None:
+    """With ``fast_smoothing_alpha`` the fast average's weight makes the 99th percentile of the validation points'
+    score with the fast average alone equal that with the slow one alone (level term included, as fitted)."""
+    rng = np.random.default_rng(5)
+    windows = (rng.normal(size=(30, 40, 3)) * np.array([1.0, 0.1, 3.0])).astype(np.float32)
+    noise = (0.05 * rng.standard_t(3, size=windows.shape)).astype(np.float32)
+    spans = np.full(30, 10)
+    options = ScoreOptions(smoothing_alpha=0.1, fast_smoothing_alpha=0.3, level_alpha=0.1, balance_level=True)
+    outputs = ModelOutput(windows + noise)
+    definition = fit_score_definition(windows, spans, outputs, ScoreDefinition(), options)
+    fast = definition.fast_smoothing
+    assert fast is not None and fast.alpha == 0.3 and definition.level is not None
+
+    def tail(d: ScoreDefinition) -> float:
+        scores = score_windows(windows, outputs, d).scores
+        return float(np.quantile(np.concatenate([scores[i, -10:] for i in range(30)]), 0.99))
+
+    alone = definition.model_copy(update={"fast_smoothing": None})
+    quick = alone.model_copy(update={"smoothing_alpha": 0.3})
+    assert fast.weight * tail(quick) == pytest.approx(tail(alone), rel=1e-4)
+    assert fast.weight != pytest.approx(1.0, rel=0.01)  # fitted, not left at 1
+    with pytest.raises(ValueError, match="fast_smoothing_alpha"):
+        ScoreOptions(fast_smoothing_alpha=0.3)
+
+
 def test_default_options_leave_the_models_definition_alone() -> None:
     base = ScoreDefinition(kind="association_weighted_mse", temperature=50.0)
     windows = np.zeros((2, 10, 2), dtype=np.float32)
