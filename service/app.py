@@ -221,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
                 claim_s=settings.scoring_claim_s,
                 max_backlog=settings.max_points_per_request,
                 max_ts_jump=settings.max_ts_jump,
+                cluster=settings.redis_cluster,
             )
             alerts = AlertTracker(
                 redis, settings.window_ttl_s, settings.alerts.stream_maxlen, cluster=settings.redis_cluster

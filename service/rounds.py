@@ -2,7 +2,8 @@
 taken through the stream path together, so that many streams cost about what one does.
 
     validate (by the caller) → admission (queue room, before storing anything)
-    → one round trip: every stream's append (each claims the windows now due, see ``service.windows``)
+    → one round trip: every stream's append (one script call for all streams on one Redis, one per stream on a
+      cluster; each claims the windows now due, see ``service.windows``)
     → one inference submission per model for every claimed window
     → one round trip: every stream's alert update, score history and commit (the commit happens only if the
       alert state saw the points, so a failed update leaves the windows for the stream's next request)
@@ -36,7 +37,15 @@ from service.metrics import Metrics
 from service.registry import ModelHandle
 from service.results import AlertEventData, DroppedPoint, ScoredPoints, StreamResult
 from service.roundtrip import RoundTrip
-from service.windows import ALERTS_PENDING, AppendResult, Claim, DueWindow, StreamGeometry, WindowStore
+from service.windows import (
+    ALERTS_PENDING,
+    Append,
+    AppendResult,
+    Claim,
+    DueWindow,
+    StreamGeometry,
+    WindowStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +173,9 @@ class ScoringRound:
         if not jobs:
             return
         trip = RoundTrip(self._windows.redis)
-        decoders = [
-            self._windows.queue_append(trip, j.stream_id, j.geometry, j.batch.ts, j.values, j.token)
-            for j in jobs
-        ]
+        decoders = self._windows.queue_appends(
+            trip, [Append(j.stream_id, j.geometry, j.batch.ts, j.values, j.token) for j in jobs]
+        )
         started = time.perf_counter()
         try:
             replies = await trip.execute()

@@ -53,67 +53,96 @@ local function trim(list, next_end, count, L)
 end
 """
 
+# One stream's append: its points are ARGV[first], ARGV[first + 1], ... ARGV[last] as (ts, record) pairs. Returns
+# {count_before, status per point (0 accepted, 1 duplicate, 2 stale), first and last claimed window end (-1:
+# none), their records, next_end, windows abandoned}, or {-1, bound model}, or {-2, index of the point, previous
+# ts} when a point jumps further ahead than max_jump (nothing is written).
+_LUA_APPEND_STREAM = """
+local function append_stream(wkey, mkey, model, L, stride, ttl, token, claim_ms, max_backlog, max_jump, first, last)
+  local meta = redis.call('HMGET', mkey, 'model', 'last_ts', 'count', 'next_end', 'claim', 'claim_until')
+  if meta[1] and meta[1] ~= model then return {-1, meta[1]} end
+  local last_ts = meta[2] and tonumber(meta[2]) or nil
+  local last_text = meta[2]
+  local count = tonumber(meta[3] or '0')
+  local status, held = {}, nil
+  for i = first, last, 2 do
+    local t = tonumber(ARGV[i])
+    if last_ts == nil or t > last_ts then
+      if last_ts ~= nil and max_jump > 0 and t - last_ts > max_jump then
+        return {-2, (i - first) / 2, string.format('%.17g', last_ts)}
+      end
+      last_ts = t
+      status[#status + 1] = 0
+    else
+      if held == nil then  -- the ts still in the list, once: a retry of many points stays linear
+        held = {}
+        for _, r in ipairs(redis.call('LRANGE', wkey, 0, -1)) do held[struct.unpack('<d', r)] = true end
+      end
+      if held[t] then status[#status + 1] = 1 else status[#status + 1] = 2 end
+    end
+  end
+  local pushed = 0
+  for i = first, last, 2 do
+    if status[(i - first) / 2 + 1] == 0 then
+      redis.call('RPUSH', wkey, ARGV[i + 1])
+      last_text, pushed = ARGV[i], pushed + 1
+    end
+  end
+  local count_after = count + pushed
+  local next_end = tonumber(meta[4] or '-1')
+  if next_end < 0 then next_end = first_end_from(count, L, stride) end  -- kept since before the frontier
+  local abandoned = 0
+  local backlog = count_after - (next_end - L + 1)
+  if backlog > max_backlog and next_end <= count_after - 1 then
+    abandoned = math.min(math.ceil((backlog - max_backlog) / stride),
+                         math.floor((count_after - 1 - next_end) / stride) + 1)
+    next_end = next_end + abandoned * stride
+  end
+  local first_end, last_end, window = -1, -1, {}
+  local claim, until_ms = meta[5], tonumber(meta[6] or '0')
+  if not claim or claim == token or until_ms <= now_ms() then
+    first_end, last_end, window = claim_due(wkey, mkey, token, claim_ms, next_end, count_after, L, stride)
+  end
+  if pushed > 0 or abandoned > 0 or meta[4] == false then
+    trim(wkey, next_end, count_after, L)
+    redis.call('HSET', mkey, 'model', model, 'count', count_after, 'next_end', next_end)
+    if last_text then redis.call('HSET', mkey, 'last_ts', last_text) end
+  end
+  redis.call('EXPIRE', wkey, ttl)
+  redis.call('EXPIRE', mkey, ttl)
+  return {count, status, first_end, last_end, window, next_end, abandoned}
+end
+"""
+
 # KEYS: window list, meta hash. ARGV: model, L, stride, ttl_s, token, claim_ms, max_backlog, max_jump, then per
-# point: ts, record. Returns {count_before, status per point (0 accepted, 1 duplicate, 2 stale), first and last
-# claimed window end (-1: none), their records, next_end, windows abandoned}, or {-1, bound model}, or
-# {-2, index of the point, previous ts} when a point jumps further ahead than max_jump (nothing is written).
+# point: ts, record. Returns one stream's reply (above).
 APPEND_LUA = (
     _LUA_HELPERS
+    + _LUA_APPEND_STREAM
     + """
-local model, L, stride, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local token, claim_ms, max_backlog, max_jump = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local meta = redis.call('HMGET', KEYS[2], 'model', 'last_ts', 'count', 'next_end', 'claim', 'claim_until')
-if meta[1] and meta[1] ~= model then return {-1, meta[1]} end
-local last = meta[2] and tonumber(meta[2]) or nil
-local last_text = meta[2]
-local count = tonumber(meta[3] or '0')
-local status, held = {}, nil
-for i = 9, #ARGV, 2 do
-  local t = tonumber(ARGV[i])
-  if last == nil or t > last then
-    if last ~= nil and max_jump > 0 and t - last > max_jump then
-      return {-2, (i - 9) / 2, string.format('%.17g', last)}
-    end
-    last = t
-    status[#status + 1] = 0
-  else
-    if held == nil then  -- the ts still in the list, once: a retry of many points stays linear
-      held = {}
-      for _, r in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do held[struct.unpack('<d', r)] = true end
-    end
-    if held[t] then status[#status + 1] = 1 else status[#status + 1] = 2 end
-  end
+return append_stream(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5],
+                     tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), 9, #ARGV)
+"""
+)
+
+# Many streams' appends in one call (a round of a batch request on one Redis; not on a Redis Cluster, whose
+# streams live in different slots). KEYS: window list and meta hash of each stream. ARGV: ttl_s, claim_ms,
+# max_jump, then per stream: model, L, stride, token, max_backlog, point count, then its points as ts, record.
+# Returns each stream's reply, in order: the same as an APPEND_LUA call per stream in that order.
+APPEND_MANY_LUA = (
+    _LUA_HELPERS
+    + _LUA_APPEND_STREAM
+    + """
+local ttl, claim_ms, max_jump = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, i = {}, 4
+for s = 1, #KEYS, 2 do
+  local first = i + 6
+  local last = first + 2 * tonumber(ARGV[i + 5]) - 1
+  out[#out + 1] = append_stream(KEYS[s], KEYS[s + 1], ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ttl,
+                                ARGV[i + 3], claim_ms, tonumber(ARGV[i + 4]), max_jump, first, last)
+  i = last + 1
 end
-local pushed = 0
-for i = 9, #ARGV, 2 do
-  if status[(i - 7) / 2] == 0 then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
-    last_text, pushed = ARGV[i], pushed + 1
-  end
-end
-local count_after = count + pushed
-local next_end = tonumber(meta[4] or '-1')
-if next_end < 0 then next_end = first_end_from(count, L, stride) end  -- kept since before the frontier
-local abandoned = 0
-local backlog = count_after - (next_end - L + 1)
-if backlog > max_backlog and next_end <= count_after - 1 then
-  abandoned = math.min(math.ceil((backlog - max_backlog) / stride),
-                       math.floor((count_after - 1 - next_end) / stride) + 1)
-  next_end = next_end + abandoned * stride
-end
-local first, last_end, window = -1, -1, {}
-local claim, until_ms = meta[5], tonumber(meta[6] or '0')
-if not claim or claim == token or until_ms <= now_ms() then
-  first, last_end, window = claim_due(KEYS[1], KEYS[2], token, claim_ms, next_end, count_after, L, stride)
-end
-if pushed > 0 or abandoned > 0 or meta[4] == false then
-  trim(KEYS[1], next_end, count_after, L)
-  redis.call('HSET', KEYS[2], 'model', model, 'count', count_after, 'next_end', next_end)
-  if last_text then redis.call('HSET', KEYS[2], 'last_ts', last_text) end
-end
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-return {count, status, first, last_end, window, next_end, abandoned}
+return out
 """
 )
 
@@ -228,6 +257,17 @@ class StreamGeometry:
     n_features: int
 
 
+@dataclass(frozen=True)
+class Append:
+    """One stream's points to append, for :meth:`WindowStore.queue_appends`."""
+
+    stream_id: str
+    geometry: StreamGeometry
+    ts: npt.NDArray[np.float64]
+    values: F32
+    token: str
+
+
 class WindowStore:
     """Appends points to a stream's window and claims the windows that are now due (parity rule)."""
 
@@ -238,9 +278,11 @@ class WindowStore:
         claim_s: float = 10.0,
         max_backlog: int = 10_000,
         max_ts_jump: float = 0.0,
+        cluster: bool = False,
     ) -> None:
         """``max_backlog``: unscored points kept beyond a window (then the oldest windows are given up);
-        ``max_ts_jump``: how far a point may be ahead of its stream's last ts (0: no bound)."""
+        ``max_ts_jump``: how far a point may be ahead of its stream's last ts (0: no bound); ``cluster``: the
+        client is a Redis Cluster's (one script call per stream: streams live in different slots)."""
         self._redis = redis
         self._ttl_s = ttl_s
         self._claim_ms = int(claim_s * 1000)
@@ -248,6 +290,13 @@ class WindowStore:
         self._max_ts_jump = max_ts_jump
         self.redis = redis  # round trips that span stores start from it (service.rounds)
         self._append = LuaScript(APPEND_LUA)
+        self._append_many = LuaScript(APPEND_MANY_LUA)
+        self._one_call_for_many = not cluster
+        self._many_head = [
+            str(self._ttl_s).encode(),
+            str(self._claim_ms).encode(),
+            repr(max_ts_jump).encode(),
+        ]
         self._commit = LuaScript(COMMIT_LUA)
         self._release = LuaScript(RELEASE_LUA)
         self._heads: dict[StreamGeometry, list[bytes]] = {}  # encoded constant arguments of an append
@@ -263,8 +312,42 @@ class WindowStore:
     ) -> Callable[[list[Any]], AppendResult]:
         """Queue an append (see :meth:`append`) on ``trip``; the returned function decodes its reply."""
         g = geometry
-        records = pack_records(ts, values)
         # Arguments as bytes: the Redis client passes bytes through, and encodes anything else one by one.
+        head = self._head(g)
+        args: list[bytes | str] = [*head[:4], token, *head[4:]]
+        _add_points(args, ts, values)
+        index = trip.eval(self._append, [window_key(stream_id), meta_key(stream_id)], args)
+        return lambda replies: self._decode_append(stream_id, g, _store_reply(replies[index]))
+
+    def queue_appends(
+        self, trip: RoundTrip, appends: list[Append]
+    ) -> list[Callable[[list[Any]], AppendResult]]:
+        """Queue many streams' appends on ``trip``: one script call for all of them where the store may (one
+        Redis, not a cluster), else one each. Returns each append's decoder, in order: the same results as
+        :meth:`queue_append` for each in that order (distinct streams)."""
+        if not self._one_call_for_many or len(appends) < 2:
+            return [
+                self.queue_append(trip, a.stream_id, a.geometry, a.ts, a.values, a.token) for a in appends
+            ]
+        keys: list[str] = []
+        args: list[bytes | str] = [*self._many_head]
+        for a in appends:
+            keys += (window_key(a.stream_id), meta_key(a.stream_id))
+            head = self._head(a.geometry)
+            args += (*head[:3], a.token, head[5], str(len(a.ts)).encode())
+            _add_points(args, a.ts, a.values)
+        index = trip.eval(self._append_many, keys, args)
+
+        def decoder(k: int, a: Append) -> Callable[[list[Any]], AppendResult]:
+            return lambda replies: self._decode_append(
+                a.stream_id, a.geometry, _store_reply(replies[index])[k]
+            )
+
+        return [decoder(k, a) for k, a in enumerate(appends)]
+
+    def _head(self, g: StreamGeometry) -> list[bytes]:
+        """The encoded constant arguments of a stream's append: model, L, stride, ttl, claim_ms, max_backlog,
+        max_jump."""
         head = self._heads.get(g)
         if head is None:
             head = self._heads[g] = [
@@ -279,27 +362,20 @@ class WindowStore:
                     repr(self._max_ts_jump),
                 )
             ]
-        args: list[bytes | str] = [*head[:4], token, *head[4:]]
-        for t, record in zip(ts.tolist(), records, strict=True):
-            args.append(repr(float(t)).encode())
-            args.append(record)
-        index = trip.eval(self._append, [window_key(stream_id), meta_key(stream_id)], args)
+        return head
 
-        def decode(replies: list[Any]) -> AppendResult:
-            reply = _store_reply(replies[index])
-            if reply[0] == -1:
-                bound = text(reply[1])
-                raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)
-            if reply[0] == -2:
-                raise BadInput(
-                    f"points.{int(reply[1])}.ts: more than {self._max_ts_jump:g} after the stream's last ts "
-                    f"({text(reply[2])}); the bound is VIGIL_MAX_TS_JUMP"
-                )
-            count_before, status = int(reply[0]), [int(s) for s in reply[1]]
-            claim = _claim(g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
-            return AppendResult(count_before, count_before + status.count(0), status, claim, int(reply[6]))
-
-        return decode
+    def _decode_append(self, stream_id: str, g: StreamGeometry, reply: Any) -> AppendResult:
+        if reply[0] == -1:
+            bound = text(reply[1])
+            raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)
+        if reply[0] == -2:
+            raise BadInput(
+                f"points.{int(reply[1])}.ts: more than {self._max_ts_jump:g} after the stream's last ts "
+                f"({text(reply[2])}); the bound is VIGIL_MAX_TS_JUMP"
+            )
+        count_before, status = int(reply[0]), [int(s) for s in reply[1]]
+        claim = _claim(g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
+        return AppendResult(count_before, count_before + status.count(0), status, claim, int(reply[6]))
 
     async def append(
         self,
@@ -395,6 +471,13 @@ async def _execute(trip: RoundTrip) -> list[Any]:
         return await trip.execute()
     except RedisError as exc:
         raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+
+
+def _add_points(args: list[bytes | str], ts: npt.NDArray[np.float64], values: F32) -> None:
+    """Each point's ts text and packed record, in order."""
+    for t, record in zip(ts.tolist(), pack_records(ts, values), strict=True):
+        args.append(repr(float(t)).encode())
+        args.append(record)
 
 
 def _store_reply(reply: Any) -> Any:

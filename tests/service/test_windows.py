@@ -10,7 +10,16 @@ import redis
 from redis.asyncio import Redis
 
 from service.errors import BadInput, ModelMismatch
-from service.windows import AppendResult, Claim, StreamGeometry, WindowStore, meta_key, window_key
+from service.roundtrip import RoundTrip
+from service.windows import (
+    Append,
+    AppendResult,
+    Claim,
+    StreamGeometry,
+    WindowStore,
+    meta_key,
+    window_key,
+)
 
 L, S, C = 10, 3, 4
 
@@ -180,3 +189,85 @@ def test_claim_tokens_are_unique_within_a_process_and_across_a_fork() -> None:
     theirs = os.read(read, 100).decode()
     os.close(read)
     assert theirs and theirs not in ours and theirs[:32] != next(iter(ours))[:32]
+
+
+def _summary(outcome: object) -> object:
+    """An append's result (or its error) as comparable plain values."""
+    if isinstance(outcome, Exception):
+        return type(outcome).__name__, str(outcome).replace("one-", "").replace("each-", "")
+    assert isinstance(outcome, AppendResult)
+    windows = [(w.end_index, w.span, w.ts.tolist(), w.values.tolist()) for w in outcome.windows]
+    return outcome.count_before, outcome.count_after, outcome.status, windows, outcome.claim.next_end
+
+
+async def _round_of_appends(url: str, prefix: str, one_call: bool) -> tuple[list[object], dict[str, object]]:
+    """Streams in six states (fresh, retried points, bound to another model, a ts jumping too far, a claim held
+    by another request, stale points), then one round appending to all of them; the round's results and the
+    Redis state after it."""
+    client = Redis.from_url(url)
+    try:
+        store = WindowStore(client, 60, max_ts_jump=100.0, cluster=not one_call)  # type: ignore[arg-type]
+        stream = [f"{prefix}{name}" for name in ("fresh", "retry", "bound", "jump", "held", "stale")]
+
+        def points(ts: list[float]) -> tuple[np.ndarray, np.ndarray]:
+            return np.asarray(ts, dtype=np.float64), np.tile(
+                np.asarray(ts, dtype=np.float32)[:, None], (1, C)
+            )
+
+        before = [
+            (stream[1], "m", [float(t) for t in range(8)], "t0"),
+            (stream[2], "other", [1.0, 2.0], "t0"),
+            (stream[3], "m", [1.0, 2.0], "t0"),
+            (stream[4], "m", [float(t) for t in range(12)], "holder"),  # claims windows, never commits
+            (stream[5], "m", [float(t) for t in range(20, 30)], "t0"),
+        ]
+        for name, model, ts, token in before:
+            await store.append(name, geometry(model), *points(ts), token)
+        batch = [
+            (stream[0], [float(t) for t in range(12)]),
+            (stream[1], [6.0, 7.0, 8.0, 9.0, 10.0]),
+            (stream[2], [3.0]),
+            (stream[3], [3.0, 500.0]),
+            (stream[4], [12.0, 13.0, 14.0]),
+            (stream[5], [5.0, 31.0, 32.0]),
+        ]
+        appends = [Append(name, geometry(), *points(ts), f"r{i}") for i, (name, ts) in enumerate(batch)]
+        trip = RoundTrip(client)  # type: ignore[arg-type]
+        decoders = store.queue_appends(trip, appends)
+        assert len(trip) == (1 if one_call else len(appends))
+        replies = await trip.execute()
+        outcomes: list[object] = []
+        for decode in decoders:
+            try:
+                outcomes.append(_summary(decode(replies)))
+            except (ModelMismatch, BadInput) as exc:
+                outcomes.append(_summary(exc))
+        state: dict[str, object] = {}
+        for name in stream:
+            meta = {k: v for k, v in (await client.hgetall(meta_key(name))).items() if k != b"claim_until"}
+            state[name.removeprefix(prefix)] = (await client.lrange(window_key(name), 0, -1), meta)
+        return outcomes, state
+    finally:
+        await client.aclose()
+
+
+def test_a_round_of_appends_in_one_script_call_equals_one_call_per_stream(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """The batch path's one script call for every stream of a round gives each stream the result, the error
+    and the stored state that a call of its own gives (per-item errors stay per item)."""
+    one, one_state = run(_round_of_appends(redis_url, "one-", one_call=True))
+    each, each_state = run(_round_of_appends(redis_url, "each-", one_call=False))
+    assert one == each and one_state == each_state
+    assert [o[0] if isinstance(o[0], str) else "ok" for o in one] == [
+        "ok",
+        "ok",
+        "ModelMismatch",
+        "BadInput",
+        "ok",
+        "ok",
+    ]
+    assert one[1][2] == [1, 1, 0, 0, 0] and one[5][2] == [2, 0, 0]  # retried and stale points dropped
+    assert (
+        one[0][3] and not one[4][3]
+    )  # the fresh stream's windows claimed; the held stream's left to its holder
