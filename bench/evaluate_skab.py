@@ -35,6 +35,13 @@ FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet"]
 SCORINGS: dict[str, dict[str, Any]] = {
     "": {},
     "+smooth_blevel": {"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": True},
+    # Two-speed smoothing with the balanced level term (ScoreOptions.fast_smoothing_alpha).
+    "+smooth2_blevel": {
+        "smoothing_alpha": 0.1,
+        "fast_smoothing_alpha": 0.3,
+        "level_alpha": 0.1,
+        "balance_level": True,
+    },
 }
 ROWS = [f"{family}{suffix}" for family in FAMILIES for suffix in SCORINGS]
 SAMPLING_INTERVAL_S = 1.0

@@ -53,6 +53,8 @@ class ScoredPoints:
         """An object per point, its top sensors as objects: every point's contribution objects are made in one
         comprehension over all points, then each point takes its slice (half the cost of a comprehension per
         point for 100 points of 3 sensors: ``bench.parse_cost``)."""
+        if not self.ts:  # most items of a batch request score nothing (a window is due every stride points)
+            return []
         k = self.top_index.shape[1] if self.top_index.ndim == 2 else 0
         step = k or 1  # no sensors: every point's slice is empty
         names = np.array(self.sensor_names, dtype=object)[self.top_index.reshape(-1)].tolist()
