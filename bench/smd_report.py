@@ -16,6 +16,7 @@ from typing import Any
 from bench.smd_rows import (
     ALERT_METRICS,
     CALIBRATIONS,
+    DEFAULT_SCORING,
     FAMILIES,
     FLEETS,
     METRICS,
@@ -181,7 +182,7 @@ def timing_table(results: dict[str, dict[str, dict[str, Any]]], families: list[s
 def headline_rows(rows: list[str]) -> list[str]:
     """The rows the per-machine tables show (one column each): every family with its plain and its default
     scoring, the fleet, and the training variants; the ablation rows are in the summary tables only."""
-    shown = {*FAMILIES, *VARIANTS, *FLEETS, *(f"{row}+smooth_blevel" for row in [*FAMILIES, *FLEETS])}
+    shown = {*FAMILIES, *VARIANTS, *FLEETS, *(f"{row}+{DEFAULT_SCORING}" for row in [*FAMILIES, *FLEETS])}
     return [row for row in rows if row in shown]
 
 

@@ -104,6 +104,8 @@ SCORINGS: dict[str, dict[str, Any]] = {
         "balance_level": True,
     },
 }
+# What `vigil train` fits by default (training.score_fit.DEFAULT_SCORE): the per-machine tables show it.
+DEFAULT_SCORING = "smooth2_blevel"
 SCORED_FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet"]
 CALIBRATION_CONTROLS: dict[str, dict[str, Any]] = {
     "_cal1204": {"max_alert_share": 0.01, "min_incident_points": 5},
@@ -136,7 +138,7 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     **{
         f"{fleet}+{name}": (fleet, {}, SCORINGS[name])
         for fleet in FLEETS
-        for name in ("smooth_level", "smooth_blevel")
+        for name in ("smooth_level", "smooth_blevel", "smooth2_blevel")
     },
     # Controls for the two changes to the alert calibration of 2026-12-05 (training/config.py): the calibration
     # before them (time in alert capped at 1 % of the validation part, lifecycles up to 5 of 8: `_cal1204`),

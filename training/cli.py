@@ -172,9 +172,9 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         "--score",
         default=None,
         help="scoring options as JSON, fitted on the validation part (keys of training.score_fit.ScoreOptions); "
-        "train's default is smoothing 0.1 with a balanced level term, "
-        '\'{"smoothing_alpha": 0.1, "level_alpha": 0.1, "balance_level": true}\'; \'{}\' is the plain mean '
-        "squared error; calibrate keeps the bundle's own unless given",
+        "train's default is smoothing at two speeds (0.1 and 0.3) with a balanced level term, "
+        '\'{"smoothing_alpha": 0.1, "fast_smoothing_alpha": 0.3, "level_alpha": 0.1, "balance_level": true}\'; '
+        "'{}' is the plain mean squared error; calibrate keeps the bundle's own unless given",
     )
     parser.add_argument(
         "--calibration", choices=["pot", "quantile"], default="pot", help="point-level threshold method"
