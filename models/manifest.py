@@ -14,7 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from models.source import PrometheusSource
 
@@ -124,6 +132,15 @@ class ScoreDefinition(_Frozen):
         if (self.aggregation == "top_k") != (self.top_k is not None):
             raise ValueError("top_k is set exactly when aggregation is 'top_k'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_newer_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An option added after a release is written only when used, so that a bundle which does not use it
+        still loads in a service of that release (manifests refuse unknown keys): rolling upgrades."""
+        data: dict[str, Any] = handler(self)
+        if self.fast_smoothing is None:
+            data.pop("fast_smoothing", None)
+        return data
 
 
 class ThresholdLevel(_Frozen):

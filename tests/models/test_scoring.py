@@ -262,3 +262,15 @@ def test_causal_average_is_the_step_by_step_recursion_bit_for_bit(
     got = causal_average(values, alpha)
     assert got.dtype == np.float32 and got.shape == values.shape
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_a_definition_writes_the_fast_average_only_when_it_uses_one() -> None:
+    """A bundle that does not use two-speed smoothing is written without the key, so that a service released
+    before the option (whose manifests refuse unknown keys) still loads it; one that uses it round-trips."""
+    plain = ScoreDefinition(smoothing_alpha=0.1)
+    assert "fast_smoothing" not in plain.model_dump(mode="json")
+    assert ScoreDefinition.model_validate(plain.model_dump(mode="json")) == plain
+    two = ScoreDefinition(smoothing_alpha=0.1, fast_smoothing={"alpha": 0.3, "weight": 0.7})
+    written = two.model_dump(mode="json")
+    assert written["fast_smoothing"] == {"alpha": 0.3, "weight": 0.7}
+    assert ScoreDefinition.model_validate(written) == two
