@@ -58,6 +58,39 @@ def test_cluster_parity_with_offline_scoring(
     assert len(nodes) > 1  # the test really spread streams over nodes
 
 
+def test_cluster_batch_requests_score_each_stream_as_offline(
+    cluster_client: TestClient, bundle_dir: Path, test_series: np.ndarray, tmp_path: Path
+) -> None:
+    """On a cluster a batch round appends stream by stream (the streams live in different slots, so not in one
+    script call as on one Redis); every stream still gets the offline scores, one item per stream a request."""
+    np.save(tmp_path / "s.npy", test_series)
+    offline = score_test_series(load_bundle(bundle_dir), tmp_path / "s.npy").scores
+    expected = {float(i): float(s) for i, s in enumerate(offline) if np.isfinite(s)}
+    ids = [unique("clb") for _ in range(5)]
+    got: dict[str, dict[float, float]] = {i: {} for i in ids}
+    for offset in range(0, len(test_series), 40):
+        rows = test_series[offset : offset + 40]
+        items = [points_body(i, rows, offset) for i in ids]
+        response = cluster_client.post("/score/batch", json={"items": items})
+        assert response.status_code == 200, response.text
+        for stream_id, item in zip(ids, response.json()["items"], strict=True):
+            assert item["stream_id"] == stream_id and "result" in item, item
+            for point in item["result"]["scores"]:
+                got[stream_id][point["ts"]] = point["score"]
+    for stream_id in ids:
+        assert sorted(got[stream_id]) == sorted(expected)
+        np.testing.assert_allclose(
+            [got[stream_id][t] for t in sorted(expected)],
+            [expected[t] for t in sorted(expected)],
+            rtol=1e-5,
+            atol=1e-7,
+        )
+    cluster = RedisCluster.from_url(cluster_client.app.state.components.settings.redis_url)
+    nodes = {cluster.get_node_from_key(window_key(i)).name for i in ids}
+    cluster.close()
+    assert len(nodes) > 1
+
+
 def test_cluster_retries_append_nothing_twice(cluster_client: TestClient, test_series: np.ndarray) -> None:
     stream_id = unique("retry")
     first = cluster_client.post("/score", json=points_body(stream_id, test_series[:120], 0)).json()
