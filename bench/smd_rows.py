@@ -172,9 +172,10 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for name in ("smooth", "smooth_blevel")
     },
     **{
-        f"{family}_seed{seed}+smooth_blevel": (f"{family}_seed{seed}", {}, SCORINGS["smooth_blevel"])
+        f"{family}_seed{seed}+{name}": (f"{family}_seed{seed}", {}, SCORINGS[name])
         for family in ("tvnet", "convtimenet")
         for seed in (1, 2)
+        for name in ("smooth_blevel", "smooth2_blevel")
     },
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{
