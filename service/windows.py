@@ -128,18 +128,27 @@ return append_stream(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV
 # Many streams' appends in one call (a round of a batch request on one Redis; not on a Redis Cluster, whose
 # streams live in different slots). KEYS: window list and meta hash of each stream. ARGV: ttl_s, claim_ms,
 # max_jump, then per stream: model, L, stride, token, max_backlog, point count, then its points as ts, record.
-# Returns each stream's reply, in order: the same as an APPEND_LUA call per stream in that order.
+# Returns each stream's reply, in order: the same as an APPEND_LUA call per stream in that order, or {-3} for a
+# stream whose keys hold another kind of value (where its own call would fail with WRONGTYPE), nothing written.
 APPEND_MANY_LUA = (
     _LUA_HELPERS
     + _LUA_APPEND_STREAM
     + """
 local ttl, claim_ms, max_jump = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function holds(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  return t == 'none' or t == kind
+end
 local out, i = {}, 4
 for s = 1, #KEYS, 2 do
   local first = i + 6
   local last = first + 2 * tonumber(ARGV[i + 5]) - 1
-  out[#out + 1] = append_stream(KEYS[s], KEYS[s + 1], ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ttl,
-                                ARGV[i + 3], claim_ms, tonumber(ARGV[i + 4]), max_jump, first, last)
+  if holds(KEYS[s], 'list') and holds(KEYS[s + 1], 'hash') then
+    out[#out + 1] = append_stream(KEYS[s], KEYS[s + 1], ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+                                  ttl, ARGV[i + 3], claim_ms, tonumber(ARGV[i + 4]), max_jump, first, last)
+  else  -- a key holding another kind of value would abort the script halfway: this stream fails alone
+    out[#out + 1] = {-3}
+  end
   i = last + 1
 end
 return out
@@ -365,6 +374,10 @@ class WindowStore:
         return head
 
     def _decode_append(self, stream_id: str, g: StreamGeometry, reply: Any) -> AppendResult:
+        if reply[0] == -3:
+            raise StoreUnavailable(
+                f"window store unavailable: a key of stream {stream_id!r} holds the wrong type"
+            )
         if reply[0] == -1:
             bound = text(reply[1])
             raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)

@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from service.errors import BadInput, ModelMismatch
+from service.errors import BadInput, ModelMismatch, StoreUnavailable
 from service.roundtrip import RoundTrip
 from service.windows import (
     Append,
@@ -193,6 +193,8 @@ def test_claim_tokens_are_unique_within_a_process_and_across_a_fork() -> None:
 
 def _summary(outcome: object) -> object:
     """An append's result (or its error) as comparable plain values."""
+    if isinstance(outcome, StoreUnavailable):  # Redis's own WRONGTYPE error, or the script's check for it
+        return (type(outcome).__name__,)
     if isinstance(outcome, Exception):
         return type(outcome).__name__, str(outcome).replace("one-", "").replace("each-", "")
     assert isinstance(outcome, AppendResult)
@@ -201,13 +203,13 @@ def _summary(outcome: object) -> object:
 
 
 async def _round_of_appends(url: str, prefix: str, one_call: bool) -> tuple[list[object], dict[str, object]]:
-    """Streams in six states (fresh, retried points, bound to another model, a ts jumping too far, a claim held
-    by another request, stale points), then one round appending to all of them; the round's results and the
-    Redis state after it."""
+    """Streams in seven states (fresh, retried points, bound to another model, a ts jumping too far, a claim held
+    by another request, stale points, a key holding another kind of value), then one round appending to all of
+    them; the round's results and the Redis state after it."""
     client = Redis.from_url(url)
     try:
         store = WindowStore(client, 60, max_ts_jump=100.0, cluster=not one_call)  # type: ignore[arg-type]
-        stream = [f"{prefix}{name}" for name in ("fresh", "retry", "bound", "jump", "held", "stale")]
+        stream = [f"{prefix}{name}" for name in ("fresh", "retry", "bound", "jump", "held", "stale", "wrong")]
 
         def points(ts: list[float]) -> tuple[np.ndarray, np.ndarray]:
             return np.asarray(ts, dtype=np.float64), np.tile(
@@ -223,6 +225,7 @@ async def _round_of_appends(url: str, prefix: str, one_call: bool) -> tuple[list
         ]
         for name, model, ts, token in before:
             await store.append(name, geometry(model), *points(ts), token)
+        await client.set(meta_key(stream[6]), "not a hash")
         batch = [
             (stream[0], [float(t) for t in range(12)]),
             (stream[1], [6.0, 7.0, 8.0, 9.0, 10.0]),
@@ -230,6 +233,7 @@ async def _round_of_appends(url: str, prefix: str, one_call: bool) -> tuple[list
             (stream[3], [3.0, 500.0]),
             (stream[4], [12.0, 13.0, 14.0]),
             (stream[5], [5.0, 31.0, 32.0]),
+            (stream[6], [1.0, 2.0]),
         ]
         appends = [Append(name, geometry(), *points(ts), f"r{i}") for i, (name, ts) in enumerate(batch)]
         trip = RoundTrip(client)  # type: ignore[arg-type]
@@ -240,12 +244,13 @@ async def _round_of_appends(url: str, prefix: str, one_call: bool) -> tuple[list
         for decode in decoders:
             try:
                 outcomes.append(_summary(decode(replies)))
-            except (ModelMismatch, BadInput) as exc:
+            except (ModelMismatch, BadInput, StoreUnavailable) as exc:
                 outcomes.append(_summary(exc))
         state: dict[str, object] = {}
-        for name in stream:
+        for name in stream[:6]:
             meta = {k: v for k, v in (await client.hgetall(meta_key(name))).items() if k != b"claim_until"}
             state[name.removeprefix(prefix)] = (await client.lrange(window_key(name), 0, -1), meta)
+        state["wrong"] = (await client.exists(window_key(stream[6])), await client.get(meta_key(stream[6])))
         return outcomes, state
     finally:
         await client.aclose()
@@ -255,7 +260,8 @@ def test_a_round_of_appends_in_one_script_call_equals_one_call_per_stream(
     redis_url: str, clean_redis: redis.Redis
 ) -> None:
     """The batch path's one script call for every stream of a round gives each stream the result, the error
-    and the stored state that a call of its own gives (per-item errors stay per item)."""
+    and the stored state that a call of its own gives (per-item errors stay per item, a key of the wrong type
+    included: it fails its stream alone, where an error inside the script would abort it for every stream)."""
     one, one_state = run(_round_of_appends(redis_url, "one-", one_call=True))
     each, each_state = run(_round_of_appends(redis_url, "each-", one_call=False))
     assert one == each and one_state == each_state
@@ -266,6 +272,7 @@ def test_a_round_of_appends_in_one_script_call_equals_one_call_per_stream(
         "BadInput",
         "ok",
         "ok",
+        "StoreUnavailable",
     ]
     assert one[1][2] == [1, 1, 0, 0, 0] and one[5][2] == [2, 0, 0]  # retried and stale points dropped
     assert (
