@@ -34,6 +34,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def assert_scores_equal(got: dict[float, float], expected: dict[float, float]) -> None:
+    """The same points scored as offline, with the same scores (to float32 rounding across the cluster path)."""
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose(
+        [got[t] for t in sorted(expected)], [expected[t] for t in sorted(expected)], rtol=1e-5, atol=1e-7
+    )
+
+
+def nodes_holding(client: TestClient, stream_ids: list[str]) -> int:
+    """How many cluster nodes hold these streams' windows."""
+    cluster = RedisCluster.from_url(client.app.state.components.settings.redis_url)
+    try:
+        return len({cluster.get_node_from_key(window_key(i)).name for i in stream_ids})
+    finally:
+        cluster.close()
+
+
 def test_cluster_parity_with_offline_scoring(
     cluster_client: TestClient, bundle_dir: Path, test_series: np.ndarray, tmp_path: Path
 ) -> None:
@@ -45,17 +62,8 @@ def test_cluster_parity_with_offline_scoring(
         streamed = scores_by_ts(
             stream(cluster_client, stream_id, test_series, 7 if stream_id == ids[0] else 61)
         )
-        assert sorted(streamed) == sorted(expected)
-        np.testing.assert_allclose(
-            [streamed[t] for t in sorted(expected)],
-            [expected[t] for t in sorted(expected)],
-            rtol=1e-5,
-            atol=1e-7,
-        )
-    cluster = RedisCluster.from_url(cluster_client.app.state.components.settings.redis_url)
-    nodes = {cluster.get_node_from_key(window_key(i)).name for i in ids}
-    cluster.close()
-    assert len(nodes) > 1  # the test really spread streams over nodes
+        assert_scores_equal(streamed, expected)
+    assert nodes_holding(cluster_client, ids) > 1  # the test really spread streams over nodes
 
 
 def test_cluster_batch_requests_score_each_stream_as_offline(
@@ -78,17 +86,8 @@ def test_cluster_batch_requests_score_each_stream_as_offline(
             for point in item["result"]["scores"]:
                 got[stream_id][point["ts"]] = point["score"]
     for stream_id in ids:
-        assert sorted(got[stream_id]) == sorted(expected)
-        np.testing.assert_allclose(
-            [got[stream_id][t] for t in sorted(expected)],
-            [expected[t] for t in sorted(expected)],
-            rtol=1e-5,
-            atol=1e-7,
-        )
-    cluster = RedisCluster.from_url(cluster_client.app.state.components.settings.redis_url)
-    nodes = {cluster.get_node_from_key(window_key(i)).name for i in ids}
-    cluster.close()
-    assert len(nodes) > 1
+        assert_scores_equal(got[stream_id], expected)
+    assert nodes_holding(cluster_client, ids) > 1
 
 
 def test_cluster_retries_append_nothing_twice(cluster_client: TestClient, test_series: np.ndarray) -> None:
