@@ -178,7 +178,7 @@ def test_scripts_missing_from_redis_in_part_score_each_window_once(
     """After a Redis restart that another replica already used, some scripts are loaded and some not: the
     alert update misses its script while the commit after it (which checks that update) runs. The commit
     must be sent again with the update, or the windows would be scored twice."""
-    from service.windows import COMMIT_LUA
+    from service.window_scripts import COMMIT_LUA
 
     clean_redis.script_flush()
     clean_redis.script_load(COMMIT_LUA)
