@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.manifest import FastSmoothing, LevelTerm, ScoreDefinition
+from models.manifest import FastSmoothing, LevelTerm, ScoreDefinition, check_two_speeds
 from models.scoring import (
     F32,
     ModelOutput,
@@ -58,10 +58,8 @@ class ScoreOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ScoreOptions:
-        if self.fast_smoothing_alpha is not None and (
-            self.smoothing_alpha is None or self.fast_smoothing_alpha <= self.smoothing_alpha
-        ):
-            raise ValueError("fast_smoothing_alpha needs smoothing_alpha, and must be larger than it")
+        if self.fast_smoothing_alpha is not None:
+            check_two_speeds(self.smoothing_alpha, self.fast_smoothing_alpha, "fast_smoothing_alpha")
         return self
 
 
