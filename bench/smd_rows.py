@@ -49,6 +49,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for family in ("tvnet", "convtimenet")
         for seed in (1, 2)
     },
+    # Thresholds calibrated on cross-fitted scores of the whole training file (training/crossfit.py): the
+    # training part cut into 4 blocks, each scored by a model trained without it, beside the validation part.
+    **{
+        f"{family}_cf4": (family, {}, {"calibration": {"cross_fit_folds": 4}})
+        for family in ("tvnet", "convtimenet")
+    },
     "convtimenet_p8_budget2x": (
         "convtimenet",
         {"patch_length": 8, "patch_stride": 4},
@@ -176,6 +182,10 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for family in ("tvnet", "convtimenet")
         for seed in (1, 2)
         for name in ("smooth_blevel", "smooth2_blevel")
+    },
+    **{
+        f"{family}_cf4+smooth2_blevel": (f"{family}_cf4", {"cross_fit_folds": 4}, SCORINGS["smooth2_blevel"])
+        for family in ("tvnet", "convtimenet")
     },
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{

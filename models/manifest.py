@@ -203,7 +203,9 @@ class ScoreBaseline(_Frozen):
 
 
 class AlertCalibration(_Frozen):
-    """What ``--false-alerts-per-day`` chose on the validation part, through the reference lifecycle."""
+    """What ``--false-alerts-per-day`` chose on the held-out scores, through the reference lifecycle: the
+    validation part, and with cross-fitting (``cross_fit_folds``) the training part scored by models that never
+    trained on it; ``validation_alerts`` and ``validation_days`` count all of them."""
 
     target_per_day: float
     achieved_per_day: float

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.manifest import BundleError, Manifest, sha256_file
-from models.scoring import F32, ModelOutput
+from models.scoring import F32, ModelOutput, Reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,19 @@ def open_session(
 
 def provider_in_use(session: ort.InferenceSession) -> str:
     return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+
+
+def graph_reconstruct(onnx_path: Path, threads: int) -> Reconstruct:
+    """A graph file alone (no manifest) as a ``windows → ModelOutput`` function on the CPU: what training
+    checks, calibrates and cross-fits with."""
+    session = open_session(onnx_path, "cpu", threads)
+    input_name = session.get_inputs()[0].name
+
+    def reconstruct(windows: F32) -> ModelOutput:
+        outputs = session.run(None, {input_name: windows})
+        return ModelOutput(np.asarray(outputs[0], dtype=np.float32), outputs[1] if len(outputs) > 1 else None)
+
+    return reconstruct
 
 
 @dataclass

@@ -168,6 +168,8 @@ def _source_arguments(train: argparse.ArgumentParser) -> None:
 
 
 def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.config import CalibrationConfig
+
     parser.add_argument(
         "--score",
         default=None,
@@ -191,6 +193,14 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="seconds between points of the data (default 60; with --prometheus, the step)",
+    )
+    parser.add_argument(
+        "--cross-fit-folds",
+        type=int,
+        default=None,
+        help="also calibrate on the training part, cut into this many blocks, each scored by a model trained "
+        "the same way without it (that many more trainings; 0: the validation part alone); train's default: "
+        f"{CalibrationConfig().cross_fit_folds}; calibrate keeps the bundle's own (its fold graphs)",
     )
     parser.add_argument(
         "--min-incident-points",

@@ -108,14 +108,18 @@ def _reload(url: str, name: str, api_key: str | None) -> None:
     print(f"reloaded at {url}: {response.json()['models']}")
 
 
-def _calibration(args: argparse.Namespace) -> CalibrationConfig:
+def _calibration(args: argparse.Namespace, bundle_folds: int | None = None) -> CalibrationConfig:
+    """The calibration the command line asks for; ``bundle_folds``: the cross-fitting folds a recalibrated
+    bundle was trained with, kept unless ``--cross-fit-folds`` says otherwise."""
     from training.config import CalibrationConfig
 
+    folds = args.cross_fit_folds if args.cross_fit_folds is not None else bundle_folds
     return CalibrationConfig(
         method=args.calibration,
         false_alerts_per_day=args.false_alerts_per_day or None,
         sampling_interval_s=args.sampling_interval_s or 60.0,
         min_incident_points=args.min_incident_points,
+        **({} if folds is None else {"cross_fit_folds": folds}),
     )
 
 
@@ -126,11 +130,13 @@ def _score_options(text: str | None) -> ScoreOptions | None:
 
 
 def calibrate(args: argparse.Namespace) -> int:
+    from models.manifest import Manifest
     from training.recalibrate import recalibrate_bundle
 
+    trained = Manifest.load(args.bundle).training.config.get("calibration", {})
     bundle_dir = recalibrate_bundle(
         args.bundle,
-        _calibration(args),
+        _calibration(args, trained.get("cross_fit_folds", 0)),
         version=args.version,
         score=_score_options(args.score),
         train_path=args.train,
@@ -232,11 +238,12 @@ def run(args: argparse.Namespace) -> int:
     from models.manifest import BundleError
     from models.source import SourceError
     from training.config import TrainingRefused
+    from training.crossfit import CrossFitError
     from training.data import DataError
 
     try:
         return int(args.func(args))
-    except (SourceError, BundleError, DataError, TrainingRefused) as exc:
+    except (SourceError, BundleError, DataError, TrainingRefused, CrossFitError) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2
     except ValidationError as exc:

@@ -13,11 +13,12 @@ import numpy as np
 from models.manifest import ONNX_FILE, Manifest, ONNXInfo, Parity, ScoreDefinition, TrainingInfo, sha256_file
 from models.prometheus import redact
 from models.registry import build_model
-from models.runtime import open_session
-from models.scoring import F32, ModelOutput, Reconstruct, SeriesScores, normalise, score_series
+from models.runtime import graph_reconstruct
+from models.scoring import F32, SeriesScores, normalise, score_series
 from models.source import format_time
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import TrainConfig, TrainingRefused, resolve
+from training.crossfit import check_folds, fold_file, held_out_scores, outside_fold
 from training.data import (
     arrays_sha256,
     fit_normalisation,
@@ -35,23 +36,11 @@ from training.score_fit import fit_for_series
 log = logging.getLogger(__name__)
 
 
-def onnx_reconstruct(onnx_path: Path, threads: int) -> Reconstruct:
-    """The exported graph as a ``windows → ModelOutput`` function (CPU)."""
-    session = open_session(onnx_path, "cpu", threads)
-    input_name = session.get_inputs()[0].name
-
-    def reconstruct(windows: F32) -> ModelOutput:
-        outputs = session.run(None, {input_name: windows})
-        return ModelOutput(np.asarray(outputs[0], dtype=np.float32), outputs[1] if len(outputs) > 1 else None)
-
-    return reconstruct
-
-
 def score_with_onnx(
     onnx_path: Path, series: F32, window_length: int, stride: int, threads: int, definition: ScoreDefinition
 ) -> SeriesScores:
     """Score a normalised series through the exported graph with the service's windowing."""
-    return score_series(series, window_length, stride, onnx_reconstruct(onnx_path, threads), definition)
+    return score_series(series, window_length, stride, graph_reconstruct(onnx_path, threads), definition)
 
 
 @dataclass(frozen=True)
@@ -162,6 +151,37 @@ def train_members(
     return ensemble, hyperparameters, record
 
 
+def train_fold_graphs(
+    config: TrainConfig, train_z: list[F32], validation_windows: F32, n_features: int, bundle_dir: Path
+) -> list[Path]:
+    """One model per cross-fitting fold (``training.crossfit``), trained as the shipped one on the training rows
+    outside its block, exported next to the bundle's graph; returns the graphs in fold order."""
+    folds = config.calibration.cross_fit_folds
+    assert config.train_stride
+    graphs = []
+    for fold in range(folds):
+        windows = np.concatenate(
+            [
+                make_windows(piece, config.window_length, config.train_stride)
+                for train in train_z
+                for piece in outside_fold(train, folds, fold, config.window_length)
+            ]
+        )
+        log.info("cross-fitting: fold %d of %d, %d training windows", fold + 1, folds, len(windows))
+        module, _, _ = train_members(config, windows, validation_windows, n_features)
+        graphs.append(
+            export_onnx(
+                module,
+                fold_file(bundle_dir, fold),
+                config.window_length,
+                n_features,
+                exporter=config.exporter,
+                output_names=getattr(module, "output_names", None),
+            )
+        )
+    return graphs
+
+
 def train_bundle(config: TrainConfig) -> Path:
     """Train, export, verify and calibrate one model; returns the bundle directory."""
     config = resolve(config)
@@ -174,11 +194,12 @@ def train_bundle(config: TrainConfig) -> Path:
     splits = [split_chronological(s, config.validation_fraction, config.window_length) for s in parts]
     norm = fit_normalisation(np.concatenate([split.train for split in splits]), config.min_scale)
     validation_z = [normalise(split.validation, norm) for split in splits]
+    train_z = [normalise(split.train, norm) for split in splits]
+    folds = config.calibration.cross_fit_folds
+    if folds:
+        check_folds(train_z, folds, config.window_length)  # before the long part, not after it
     train_windows = np.concatenate(
-        [
-            make_windows(normalise(split.train, norm), config.window_length, config.train_stride)
-            for split in splits
-        ]
+        [make_windows(t, config.window_length, config.train_stride) for t in train_z]
     )
     validation_windows = np.concatenate(
         [make_windows(v, config.window_length, config.train_stride) for v in validation_z]
@@ -210,7 +231,7 @@ def train_bundle(config: TrainConfig) -> Path:
         raise ExportError(f"ONNX Runtime differs from PyTorch: {parity.max_abs_diff} > {parity.tolerance}")
 
     define = getattr(module, "score_definition", None)
-    reconstruct = onnx_reconstruct(onnx_path, config.threads)
+    reconstruct = graph_reconstruct(onnx_path, config.threads)
     definition = fit_for_series(
         validation_z,
         config.window_length,
@@ -223,10 +244,21 @@ def train_bundle(config: TrainConfig) -> Path:
         score_series(v, config.window_length, config.stride, reconstruct, definition).scores
         for v in validation_z
     ]
-    thresholds = calibrate(np.concatenate(validation_scores), config.calibration)
+    calibration_scores = validation_scores
+    if folds:
+        graphs = train_fold_graphs(config, train_z, validation_windows, n_features, bundle_dir)
+        calibration_scores = validation_scores + held_out_scores(
+            train_z,
+            folds,
+            [graph_reconstruct(path, config.threads) for path in graphs],
+            config.window_length,
+            config.stride,
+            definition,
+        )
+    thresholds = calibrate(np.concatenate(calibration_scores), config.calibration)
     policy = None
     if config.calibration.false_alerts_per_day is not None:
-        thresholds, policy = calibrate_alerts(validation_scores, thresholds, config.calibration)
+        thresholds, policy = calibrate_alerts(calibration_scores, thresholds, config.calibration)
 
     source = config.prometheus.source if config.prometheus else None
     names = (source.feature_names if source else None) or config.feature_names

@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 
 from models.manifest import ONNX_FILE, Manifest, ScoreDefinition
-from models.runtime import load_bundle
-from models.scoring import F32, normalise, score_series
+from models.runtime import graph_reconstruct, load_bundle
+from models.scoring import F32, Reconstruct, normalise, score_series
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import CalibrationConfig, PrometheusRange
-from training.data import DataError, load_parts, prometheus_parts, split_chronological, training_parts
+from training.crossfit import FOLDS_DIR, CrossFitError, fold_file, held_out_scores
+from training.data import (
+    DataError,
+    Split,
+    load_parts,
+    prometheus_parts,
+    split_chronological,
+    training_parts,
+)
 from training.score_fit import ScoreOptions, fit_for_series
 
 
@@ -32,6 +40,13 @@ def validation_parts(
     """The bundle's validation rows, normalised, one array per training part: each file's held-out tail, as
     training split it (for a bundle trained from Prometheus: its range read again, from ``prometheus_url`` or
     the recorded URL)."""
+    return [split.validation for split in normalised_splits(manifest, train_path, prometheus_url)]
+
+
+def normalised_splits(
+    manifest: Manifest, train_path: Path | list[Path] | None = None, prometheus_url: str | None = None
+) -> list[Split]:
+    """Each training part's training and validation rows, normalised, as training split them."""
     config = manifest.training.config
     recorded = config.get("train_path")
     if recorded is None and train_path is None and config.get("prometheus") is not None:
@@ -65,8 +80,24 @@ def validation_parts(
                 f"{series.shape[1]} sensors in the training data, the bundle has {manifest.n_features}"
             )
         split = split_chronological(series, config.get("validation_fraction", 0.2), manifest.window_length)
-        out.append(normalise(split.validation, manifest.normalisation))
+        out.append(
+            Split(
+                train=normalise(split.train, manifest.normalisation),
+                validation=normalise(split.validation, manifest.normalisation),
+            )
+        )
     return out
+
+
+def fold_graphs(bundle_dir: Path, manifest: Manifest, folds: int, threads: int) -> list[Reconstruct]:
+    """The bundle's cross-fitting graphs for ``folds`` folds: they must have been trained with that many."""
+    trained = manifest.training.config.get("calibration", {}).get("cross_fit_folds", 0)
+    if trained != folds:
+        raise CrossFitError(
+            f"the bundle was trained with {trained} cross-fitting folds, not {folds}: calibrating on {folds} "
+            "folds needs `vigil train` with them"
+        )
+    return [graph_reconstruct(fold_file(bundle_dir, fold), threads) for fold in range(folds)]
 
 
 def recalibrate_bundle(
@@ -83,7 +114,8 @@ def recalibrate_bundle(
     definition as it is); returns the new bundle directory."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
     manifest = bundle.manifest
-    validation = validation_parts(manifest, train_path, prometheus_url)
+    splits = normalised_splits(manifest, train_path, prometheus_url)
+    validation = [split.validation for split in splits]
     definition = manifest.score
     if score is not None:
         definition = fit_for_series(
@@ -98,6 +130,16 @@ def recalibrate_bundle(
         score_series(v, manifest.window_length, manifest.stride, bundle.run, definition).scores
         for v in validation
     ]
+    folds = calibration.cross_fit_folds
+    if folds:
+        scores += held_out_scores(
+            [split.train for split in splits],
+            folds,
+            fold_graphs(bundle_dir, manifest, folds, threads),
+            manifest.window_length,
+            manifest.stride,
+            definition,
+        )
     thresholds = calibrate(np.concatenate(scores), calibration)
     policy = None
     if calibration.false_alerts_per_day is not None:
@@ -108,6 +150,8 @@ def recalibrate_bundle(
         raise ValueError(f"{out}: the new version must differ from the bundle's own")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle_dir / manifest.onnx.file, out / ONNX_FILE)
+    if (bundle_dir / FOLDS_DIR).is_dir():  # the new version can be calibrated again with the same folds
+        shutil.copytree(bundle_dir / FOLDS_DIR, out / FOLDS_DIR, dirs_exist_ok=True)
     config = {**manifest.training.config, "calibration": calibration.model_dump(mode="json")}
     if score is not None:
         config["score"] = score.model_dump(mode="json")

@@ -113,6 +113,9 @@ def test_train_refuses_an_ensemble_size_outside_1_to_16(
         ),
         (["--model", "pca", "--ensemble", "2"], "fitted in closed form"),
         (["--train", "no-such-file.csv"], "no-such-file.csv: no such file"),
+        # cross-fitting: one fold trains on nothing; ten blocks of 1,600 training rows are shorter than a window
+        (["--cross-fit-folds", "1"], "cross_fit_folds must be 0 (validation only) or at least 2"),
+        (["--cross-fit-folds", "10", "--window", "200"], "leave blocks of 160 rows"),
     ],
 )
 def test_train_input_a_user_can_get_wrong_exits_2_with_the_reason(

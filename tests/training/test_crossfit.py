@@ -1,0 +1,146 @@
+"""Cross-fitted calibration: every score the thresholds see comes from a model that never trained on it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from models.manifest import Manifest
+from models.runtime import graph_reconstruct
+from models.scoring import normalise, score_series
+from tests.conftest import SAMPLE
+from tests.training.test_pipeline import tiny_config
+from training.calibrate import calibrate, calibrate_alerts
+from training.cli import main
+from training.config import CalibrationConfig
+from training.crossfit import (
+    CrossFitError,
+    check_folds,
+    fold_bounds,
+    fold_file,
+    inside_fold,
+    outside_fold,
+)
+from training.data import load_series, split_chronological
+from training.pipeline import train_bundle
+from training.recalibrate import recalibrate_bundle
+
+
+@pytest.mark.parametrize(("rows", "folds"), [(1000, 4), (1003, 4), (250, 2), (7, 7)])
+def test_the_blocks_cover_the_training_rows_once_in_order(rows: int, folds: int) -> None:
+    bounds = fold_bounds(rows, folds)
+    assert bounds[0][0] == 0 and bounds[-1][1] == rows and len(bounds) == folds
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    sizes = [end - start for start, end in bounds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("fold", [0, 1, 2, 3])
+def test_a_fold_model_trains_on_every_training_row_but_its_block(fold: int) -> None:
+    rows = np.arange(1000, dtype=np.float32)[:, None]  # each row's value is its index
+    block = inside_fold(rows, 4, fold)[:, 0]
+    outside = np.concatenate([p[:, 0] for p in outside_fold(rows, 4, fold, window_length=10)])
+    assert not set(block.tolist()) & set(outside.tolist())
+    assert sorted([*block.tolist(), *outside.tolist()]) == rows[:, 0].tolist()
+
+
+def test_a_piece_too_short_for_a_window_is_left_out_and_a_block_too_short_is_refused() -> None:
+    rows = np.zeros((400, 2), dtype=np.float32)
+    assert [p.shape[0] for p in outside_fold(rows, 4, 0, window_length=100)] == [300]
+    assert [p.shape[0] for p in outside_fold(rows, 4, 1, window_length=150)] == [
+        200
+    ]  # 100 rows before: too few
+    check_folds([rows], 4, 100)
+    with pytest.raises(CrossFitError, match="blocks of 80 rows"):
+        check_folds([rows], 5, 100)
+
+
+def test_one_fold_is_refused() -> None:
+    with pytest.raises(ValidationError, match="cross_fit_folds"):
+        CalibrationConfig(cross_fit_folds=1)
+
+
+@pytest.fixture(scope="module")
+def cross_fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("crossfit")
+    return train_bundle(
+        tiny_config(out, max_rows=3000, calibration=CalibrationConfig(cross_fit_folds=2), threads=2)
+    )
+
+
+def test_the_thresholds_come_from_validation_and_each_block_scored_by_the_model_that_never_saw_it(
+    cross_fitted: Path,
+) -> None:
+    manifest = Manifest.load(cross_fitted)
+    series = normalise(load_series(SAMPLE / "train.txt.gz", max_rows=3000), manifest.normalisation)
+    split = split_chronological(series, 0.2, 100)
+    shipped = graph_reconstruct(cross_fitted / "model.onnx", 2)
+
+    def scores(values: np.ndarray, graph: Path | None = None) -> np.ndarray:
+        run = shipped if graph is None else graph_reconstruct(graph, 2)
+        return score_series(values, 100, 10, run, manifest.score).scores
+
+    held_out = [scores(split.validation)] + [
+        scores(inside_fold(split.train, 2, fold), fold_file(cross_fitted, fold)) for fold in (0, 1)
+    ]
+    config = CalibrationConfig(**manifest.training.config["calibration"])
+    again, policy = calibrate_alerts(held_out, calibrate(np.concatenate(held_out), config), config)
+    assert (again.warning, again.critical, policy) == (
+        manifest.thresholds.warning,
+        manifest.thresholds.critical,
+        manifest.alerts,
+    )
+    assert manifest.thresholds.alert_calibration is not None
+    held_out_rows = sum(int(np.isfinite(s).sum()) for s in held_out)
+    assert manifest.thresholds.alert_calibration.validation_days == pytest.approx(held_out_rows / 1440)
+    assert held_out_rows > 3 * int(np.isfinite(held_out[0]).sum())  # the training part counts too
+    # the fold models are models of their own: the shipped graph scores a block differently (it trained on it)
+    block = inside_fold(split.train, 2, 0)
+    assert not np.allclose(scores(block), scores(block, fold_file(cross_fitted, 0)), equal_nan=True)
+
+
+def test_recalibrating_a_cross_fitted_bundle_reproduces_it_and_needs_its_folds(
+    cross_fitted: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(cross_fitted, models / "tvnet" / "v")
+    manifest = Manifest.load(cross_fitted)
+    config = CalibrationConfig(**manifest.training.config["calibration"])
+    again = recalibrate_bundle(models / "tvnet" / "v", config, version="again", threads=2)
+    assert Manifest.load(again).thresholds == manifest.thresholds
+    assert fold_file(again, 1).read_bytes() == fold_file(cross_fitted, 1).read_bytes()  # kept for next time
+    validation_only = Manifest.load(
+        recalibrate_bundle(
+            models / "tvnet" / "v", config.model_copy(update={"cross_fit_folds": 0}), "plain", threads=2
+        )
+    )
+    assert validation_only.thresholds.alert_calibration is not None
+    assert validation_only.thresholds.alert_calibration.validation_days < (
+        manifest.thresholds.alert_calibration.validation_days / 3  # type: ignore[union-attr]
+    )
+    with pytest.raises(CrossFitError, match="trained with 2 cross-fitting folds, not 3"):
+        recalibrate_bundle(
+            models / "tvnet" / "v", config.model_copy(update={"cross_fit_folds": 3}), "three", threads=2
+        )
+
+
+def test_vigil_calibrate_keeps_the_bundles_folds_unless_told(
+    cross_fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(cross_fitted, models / "tvnet" / "v")
+    bundle = str(models / "tvnet" / "v")
+    assert main(["calibrate", "--bundle", bundle, "--version", "same"]) == 0
+    assert main(["calibrate", "--bundle", bundle, "--version", "plain", "--cross-fit-folds", "0"]) == 0
+    same, plain = (Manifest.load(models / "tvnet" / v) for v in ("same", "plain"))
+    assert same.thresholds == Manifest.load(cross_fitted).thresholds
+    assert main(["calibrate", "--bundle", bundle, "--version", "three", "--cross-fit-folds", "3"]) == 2
+    assert "trained with 2 cross-fitting folds, not 3" in capsys.readouterr().err
+    assert plain.training.config["calibration"]["cross_fit_folds"] == 0
+    assert plain.thresholds.alert_calibration.validation_days < (  # type: ignore[union-attr]
+        same.thresholds.alert_calibration.validation_days / 3  # type: ignore[union-attr]
+    )
