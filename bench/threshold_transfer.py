@@ -3,6 +3,13 @@ by side on the bundles `bench/evaluate_smd.py` trained, each choosing thresholds
 validation part only, each measured on the untouched test part through the reference lifecycle.
 
     .venv/bin/python -m bench.threshold_transfer --row tvnet+smooth2_blevel [--machines ...] [--rules ...]
+    .venv/bin/python -m bench.threshold_transfer --compare-rows tvnet+smooth2_blevel,tvnet_cf4+smooth2_blevel
+
+Rules: ``current`` (what the bundle's calibration does: the validation part alone) and ``train+validation``
+(the training part scored by the shipped model itself, which trained on it: in-sample scores, so a diagnostic
+of how much more normal time helps, never a calibration to ship; the cross-fitted calibration,
+``training/crossfit.py``, gets that time from models that did not train on it: rows ``*_cf4`` of
+`bench/evaluate_smd.py`).
 
 Scores are cached under ``artifacts/eval/transfer/<row>/<machine>.npz`` (validation, the training part before
 it, test, labels). Prints one line per machine and rule and the means over machines.
@@ -11,6 +18,7 @@ it, test, labels). Prints one line per machine and rule and the means over machi
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from collections.abc import Callable
@@ -86,6 +94,36 @@ def measure(s: Scores, warning: float, critical: float, policy: AlertPolicy) -> 
     return evaluate_alerts(s["test"], s["labels"], levels, SAMPLING_INTERVAL_S)
 
 
+def compare_rows(rows: list[str]) -> None:
+    """Per machine and mean: the alert figures `bench/evaluate_smd.py` saved for each row (fixed thresholds),
+    and the means with per-stream thresholds."""
+    import json
+
+    results = {
+        row: {p.stem: json.loads(p.read_text()) for p in (EVAL / "results" / row).glob("*.json")}
+        for row in rows
+    }
+    machines = sorted(set.intersection(*(set(r) for r in results.values())))
+    print("recall, false alerts a day, time in alert (fixed thresholds)")
+    print(f"{'machine':12} " + " ".join(f"{row[:28]:>28}" for row in rows))
+    for machine in machines:
+        cells = []
+        for row in rows:
+            a = results[row][machine]["alerts"]["fixed"]
+            cells.append(f"{a['event_recall']:.3f} {a['false_alerts_per_day']:5.2f} {a['time_in_alert']:.3f}")
+        print(f"{machine:12} " + " ".join(f"{c:>28}" for c in cells))
+    for mode in ("fixed", "adaptive"):
+        for row in rows:
+            a = [results[row][m]["alerts"][mode] for m in machines]
+            delays = [x["median_delay_points"] for x in a if not math.isnan(x["median_delay_points"])]
+            print(
+                f"mean {mode:8} {row:32} recall {statistics.mean(x['event_recall'] for x in a):.3f} "
+                f"false/day {statistics.mean(x['false_alerts_per_day'] for x in a):.2f} "
+                f"in alert {statistics.mean(x['time_in_alert'] for x in a):.3f} "
+                f"median delay {statistics.median(delays):.1f} ({len(machines)} machines)"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +131,13 @@ def main() -> int:
     parser.add_argument("--row", default="tvnet+smooth2_blevel")
     parser.add_argument("--machines", default="")
     parser.add_argument("--rules", default=",".join(RULES))
+    parser.add_argument(
+        "--compare-rows", default="", help="instead: the saved evaluation results of rows side by side"
+    )
     args = parser.parse_args()
+    if args.compare_rows:
+        compare_rows(args.compare_rows.split(","))
+        return 0
     machines = (
         args.machines.split(",")
         if args.machines

@@ -42,9 +42,9 @@ class CalibrationConfig(BaseModel):
     max_alert_share: float = Field(0.1, gt=0, le=1)
     exit_ratio: float = Field(0.8, gt=0, le=1)
     # 0: thresholds from the validation part alone. F >= 2: cross-fitted (training/crossfit.py): the training part
-    # is also scored, cut into F blocks, each by a model trained the same way without it (F more trainings), and
-    # the thresholds are calibrated on every held-out score: about (1 + 4) times the normal time at the default
-    # 20 % validation fraction, none of it scored by a model that saw it.
+    # is also scored, cut into F blocks, each by a model trained on every other row (F more trainings), and the
+    # thresholds are calibrated on every held-out score: 5 times the normal time at F = 4 and the default 20 %
+    # validation fraction, none of it scored by a model that trained on it.
     cross_fit_folds: int = Field(0, ge=0, le=10)
     # How per-stream thresholds adapt, when a deployment switches them on (recorded in the bundle's policy).
     adaptive: AdaptivePolicy = AdaptivePolicy()

@@ -5,11 +5,13 @@ A false-alert rate of one a day estimated from a validation tail of a few days r
 and one drifting or unlabelled stretch in that tail decides the threshold (EVALUATION.md, "Cross-fitted
 calibration"). Scoring the training part with the shipped model would give more time but biased scores (the
 model has seen those rows). Instead the training part is cut into ``folds`` contiguous blocks; for each block a
-model is trained exactly as the shipped one (same family, options, seed, normalisation and early stopping on
-the same validation part) on the training rows outside that block, and scores the block it never saw. Every
-score the calibration then uses comes from a model that neither trained nor stopped on it. Each fold model
-sees ``1 - 1/folds`` of the training rows, a little less than the shipped model: if anything its scores are a
-little higher, and the thresholds a little cautious.
+model of the same family, options, seed and normalisation is trained on every row outside that block (the
+rest of the training part and the validation part: as much data as the shipped model) for the epochs the
+shipped model kept, and scores the block it never saw. No held-out row chooses a fold model's weights (there is
+no early stopping to do: the epoch count is the shipped model's). With the default 20 % validation fraction
+and 4 folds every block is a fifth of the data, and every model, shipped or fold, trains on four fifths: the
+thresholds then see every normal row of the training data, each scored by a model as strong as the shipped one
+that never trained on it (K-fold cross-fitting, as in cross-conformal prediction).
 
 The fold graphs are kept in the bundle (``calibration/fold-<j>.onnx``) so that ``vigil calibrate`` can
 calibrate again with other options; the service never loads them.
@@ -47,6 +49,15 @@ def outside_fold(train: F32, folds: int, fold: int, window_length: int) -> list[
     window: windows never span the held-out block."""
     start, end = fold_bounds(train.shape[0], folds)[fold]
     return [piece for piece in (train[:start], train[end:]) if piece.shape[0] >= window_length]
+
+
+def fold_training_rows(
+    train_parts: list[F32], validation_parts: list[F32], folds: int, fold: int, window_length: int
+) -> list[F32]:
+    """What fold ``fold``'s model trains on: every part's training rows outside the block, and every part's
+    validation rows, as contiguous pieces (windows never span a held-out block or join two parts)."""
+    pieces = [piece for train in train_parts for piece in outside_fold(train, folds, fold, window_length)]
+    return [*pieces, *(v for v in validation_parts if v.shape[0] >= window_length)]
 
 
 def inside_fold(train: F32, folds: int, fold: int) -> F32:

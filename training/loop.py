@@ -65,7 +65,7 @@ def validation_loss(module: nn.Module, windows: F32, batch_size: int) -> float:
 def train_module(
     module: nn.Module,
     train_windows: F32,
-    validation_windows: F32,
+    validation_windows: F32 | None,
     *,
     epochs: int,
     batch_size: int,
@@ -74,11 +74,19 @@ def train_module(
     patience: int,
     seed: int,
     progress: bool,
+    stop_after: int | None = None,
 ) -> TrainResult:
-    """Fit ``module`` to reconstruct ``train_windows``; keep the weights with the best validation loss."""
+    """Fit ``module`` to reconstruct ``train_windows``; keep the weights with the best validation loss.
+
+    Without validation windows (a cross-fitting fold model, ``training.crossfit``, whose held-out rows must not
+    choose its weights): the weights after ``stop_after`` epochs of the same ``epochs``-long schedule."""
     started = time.perf_counter()
+    if validation_windows is None and stop_after is None:
+        raise ValueError("without validation windows, say after how many epochs to stop")
     if not getattr(module, "trainable", True):
         module.fit_closed_form(torch.from_numpy(train_windows))  # type: ignore[operator]
+        if validation_windows is None:
+            return TrainResult(1, math.nan, time.perf_counter() - started, [])
         fitted_loss = validation_loss(module, validation_windows, batch_size)
         history = [{"epoch": 1.0, "train_loss": math.nan, "validation_loss": fitted_loss}]
         return TrainResult(1, fitted_loss, time.perf_counter() - started, history)
@@ -89,7 +97,7 @@ def train_module(
     data = torch.from_numpy(train_windows)
     best_loss, best_state, stale, history = math.inf, copy.deepcopy(module.state_dict()), 0, []
     epoch = 0
-    for epoch in range(1, epochs + 1):  # noqa: B007 (epoch is reported after the loop)
+    for epoch in range(1, min(epochs, stop_after or epochs) + 1):  # noqa: B007 (reported after the loop)
         module.train()
         order = torch.randperm(len(data), generator=generator)
         running, seen = 0.0, 0
@@ -113,6 +121,12 @@ def train_module(
             seen += len(x)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         scheduler.step()
+        if validation_windows is None:
+            if not math.isfinite(running):
+                raise TrainingDiverged(f"epoch {epoch}: loss is not finite; no bundle written")
+            history.append({"epoch": float(epoch), "train_loss": running / seen, "validation_loss": math.nan})
+            best_state = copy.deepcopy(module.state_dict())
+            continue
         val = validation_loss(module, validation_windows, batch_size)
         if not (math.isfinite(val) and math.isfinite(running)):
             if math.isfinite(best_loss):
@@ -132,4 +146,5 @@ def train_module(
                 break
     module.load_state_dict(best_state)
     module.eval()
-    return TrainResult(epoch, best_loss, time.perf_counter() - started, history)
+    kept = best_loss if validation_windows is not None else math.nan
+    return TrainResult(epoch, kept, time.perf_counter() - started, history)

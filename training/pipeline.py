@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from models.scoring import F32, SeriesScores, normalise, score_series
 from models.source import format_time
 from training.calibrate import calibrate, calibrate_alerts
 from training.config import TrainConfig, TrainingRefused, resolve
-from training.crossfit import check_folds, fold_file, held_out_scores, outside_fold
+from training.crossfit import check_folds, fold_file, fold_training_rows, held_out_scores
 from training.data import (
     arrays_sha256,
     fit_normalisation,
@@ -92,7 +93,11 @@ def recorded_config(config: TrainConfig) -> dict[str, object]:
 
 
 def train_members(
-    config: TrainConfig, train_windows: F32, validation_windows: F32, n_features: int
+    config: TrainConfig,
+    train_windows: F32,
+    validation_windows: F32 | None,
+    n_features: int,
+    stop_after: int | None = None,
 ) -> tuple[Any, dict[str, Any], TrainResult]:
     """Build and train the model; with ``config.ensemble`` K > 1, K members from seeds ``seed … seed+K-1``,
     averaged into one graph (``models.ensemble``). Returns the module, its architecture's hyper-parameters
@@ -132,6 +137,7 @@ def train_members(
                 patience=config.patience,
                 seed=seed,
                 progress=config.progress,
+                stop_after=stop_after,
             )
         )
         members.append(module)
@@ -144,31 +150,42 @@ def train_members(
     history = [{**row, "member": float(i)} for i, r in enumerate(results) for row in r.history]
     record = TrainResult(
         epochs_run=max(r.epochs_run for r in results),
-        best_validation_loss=validation_loss(ensemble, validation_windows, config.batch_size),
+        best_validation_loss=(
+            validation_loss(ensemble, validation_windows, config.batch_size)
+            if validation_windows is not None
+            else math.nan
+        ),
         wall_time_s=sum(r.wall_time_s for r in results),
         history=history,
     )
     return ensemble, hyperparameters, record
 
 
+def best_epoch(result: TrainResult) -> int:
+    """The epoch whose weights training kept (lowest validation loss; with an ensemble, over its members)."""
+    scored = [row for row in result.history if math.isfinite(row["validation_loss"])]
+    return int(min(scored, key=lambda row: row["validation_loss"])["epoch"]) if scored else result.epochs_run
+
+
 def train_fold_graphs(
-    config: TrainConfig, train_z: list[F32], validation_windows: F32, n_features: int, bundle_dir: Path
+    config: TrainConfig,
+    train_z: list[F32],
+    validation_z: list[F32],
+    epochs: int,
+    n_features: int,
+    bundle_dir: Path,
 ) -> list[Path]:
-    """One model per cross-fitting fold (``training.crossfit``), trained as the shipped one on the training rows
-    outside its block, exported next to the bundle's graph; returns the graphs in fold order."""
+    """One model per cross-fitting fold (``training.crossfit``), trained as the shipped one on every row outside
+    its block (the rest of the training part and the validation part: as much data as the shipped model) for
+    the shipped model's ``epochs``, exported next to the bundle's graph; returns the graphs in fold order."""
     folds = config.calibration.cross_fit_folds
     assert config.train_stride
     graphs = []
     for fold in range(folds):
-        windows = np.concatenate(
-            [
-                make_windows(piece, config.window_length, config.train_stride)
-                for train in train_z
-                for piece in outside_fold(train, folds, fold, config.window_length)
-            ]
-        )
+        pieces = fold_training_rows(train_z, validation_z, folds, fold, config.window_length)
+        windows = np.concatenate([make_windows(p, config.window_length, config.train_stride) for p in pieces])
         log.info("cross-fitting: fold %d of %d, %d training windows", fold + 1, folds, len(windows))
-        module, _, _ = train_members(config, windows, validation_windows, n_features)
+        module, _, _ = train_members(config, windows, None, n_features, stop_after=epochs)
         graphs.append(
             export_onnx(
                 module,
@@ -246,7 +263,7 @@ def train_bundle(config: TrainConfig) -> Path:
     ]
     calibration_scores = validation_scores
     if folds:
-        graphs = train_fold_graphs(config, train_z, validation_windows, n_features, bundle_dir)
+        graphs = train_fold_graphs(config, train_z, validation_z, best_epoch(result), n_features, bundle_dir)
         calibration_scores = validation_scores + held_out_scores(
             train_z,
             folds,

@@ -22,6 +22,7 @@ from training.crossfit import (
     check_folds,
     fold_bounds,
     fold_file,
+    fold_training_rows,
     inside_fold,
     outside_fold,
 )
@@ -46,6 +47,53 @@ def test_a_fold_model_trains_on_every_training_row_but_its_block(fold: int) -> N
     outside = np.concatenate([p[:, 0] for p in outside_fold(rows, 4, fold, window_length=10)])
     assert not set(block.tolist()) & set(outside.tolist())
     assert sorted([*block.tolist(), *outside.tolist()]) == rows[:, 0].tolist()
+
+
+@pytest.mark.parametrize("fold", [0, 3])
+def test_a_fold_model_trains_on_as_many_rows_as_the_shipped_one(fold: int) -> None:
+    """Every row but its block: the rest of the training part and the validation part (4 blocks of 200 training
+    rows beside 200 validation rows: 800 rows, like the shipped model's 800 training rows)."""
+    rows = np.arange(1000, dtype=np.float32)[:, None]
+    train, validation = rows[:800], rows[800:]
+    pieces = fold_training_rows([train], [validation], 4, fold, window_length=10)
+    seen = np.concatenate([p[:, 0] for p in pieces])
+    block = inside_fold(train, 4, fold)[:, 0]
+    assert sorted(seen.tolist()) == sorted(set(rows[:, 0].tolist()) - set(block.tolist()))
+    assert seen.size == 800
+
+
+def test_without_validation_a_model_stops_after_the_epochs_it_is_told_on_the_same_schedule() -> None:
+    """A fold model has no held-out rows to stop on: it runs the shipped model's epoch count of the same
+    learning-rate schedule, so its first epochs are those of a run with validation, loss for loss."""
+    import torch
+
+    from models.registry import build_model
+    from training.loop import train_module
+
+    windows = np.random.default_rng(0).normal(size=(64, 20, 3)).astype(np.float32)
+
+    def run(validation: np.ndarray | None, stop_after: int | None) -> list[float]:
+        torch.manual_seed(0)
+        module = build_model("dense_ae", 20, 3).module
+        result = train_module(
+            module,
+            windows,
+            validation,
+            epochs=4,
+            batch_size=16,
+            learning_rate=1e-2,
+            weight_decay=0.0,
+            patience=10,
+            seed=0,
+            progress=False,
+            stop_after=stop_after,
+        )
+        return [row["train_loss"] for row in result.history]
+
+    full = run(windows[:16], None)
+    assert len(full) == 4 and run(None, 2) == full[:2]
+    with pytest.raises(ValueError, match="after how many epochs"):
+        run(None, None)
 
 
 def test_a_piece_too_short_for_a_window_is_left_out_and_a_block_too_short_is_refused() -> None:
