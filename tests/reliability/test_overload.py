@@ -263,7 +263,7 @@ def test_the_inflight_limit_follows_what_the_server_completes_within_its_target(
         limiter._refused = refused
         limiter._completed = int(completions_per_s * limiter.STEP_S) - 1
         limiter._step_started = time.monotonic() - limiter.STEP_S
-        limiter._adapt()
+        limiter._adapt(None)
         return limiter.limit
 
     target = InflightLimitMiddleware.TARGET_S
@@ -273,7 +273,39 @@ def test_the_inflight_limit_follows_what_the_server_completes_within_its_target(
     assert step(4.0, 50) == int(target * (40 + 4) / 2)  # the rate is averaged with the step before
     assert min(step(4.0, 50) for _ in range(10)) == InflightLimitMiddleware.MIN_LIMIT  # never below
     assert step(400.0, 50) == int(target * (4 + 400) / 2)
+    assert step(4000.0, 50) == 100  # never above the configured limit
     assert step(400.0, 0) == 100  # the flood is over: the whole limit at once
+
+
+def test_a_refused_tokens_bound_follows_what_its_own_requests_complete_and_no_one_elses() -> None:
+    """A token refused in a step gets KEY_TARGET_S times its own completion rate as its bound (within MIN_LIMIT
+    and per_key), unless its refusals outnumber its completions (a tight retry loop, slow bodies: fewer slots
+    would only multiply the refusals); a token that was not refused keeps per_key, and the global limit is not
+    touched by any of them."""
+    limiter = InflightLimitMiddleware(lambda *_: None, max_inflight=400, metrics=Metrics(), per_key=100)  # type: ignore[arg-type]
+    flood, slow, calm = b"flood", b"slow", b"calm"
+
+    def step(completed: dict[bytes, int], refused: dict[bytes, int]) -> dict[bytes, int]:
+        limiter._key_completed.update(completed)
+        limiter._key_refused.update(refused)
+        limiter._completed = sum(completed.values()) - 1  # _adapt counts the one completing now
+        limiter._step_started = time.monotonic() - limiter.STEP_S
+        limiter._adapt(None)
+        return {t: limiter.key_limits.get(t, 100) for t in (flood, slow, calm)}
+
+    per_step = InflightLimitMiddleware.STEP_S
+    rate = 300 * per_step  # the flooding token completes 300 requests a second
+    target = InflightLimitMiddleware.KEY_TARGET_S
+    bounds = step({flood: int(rate), slow: 0, calm: 10}, {flood: 40, slow: 5})
+    assert bounds[flood] == pytest.approx(target * 300, abs=1)
+    assert bounds[slow] == 100  # more refused than completed: its share stays whole
+    assert bounds[calm] == 100 and limiter.limit == 400  # not refused: untouched; no 503 was given
+    bounds = step({flood: int(rate / 3)}, {flood: 10})  # its rate falls to 100/s: averaged with 300
+    assert bounds[flood] == pytest.approx(target * (300 + 100) / 2, abs=1)
+    assert step({flood: 2}, {flood: 3})[flood] == 100  # now it retries in a tight loop: whole again
+    assert step({flood: 1}, {flood: 1})[flood] == InflightLimitMiddleware.MIN_LIMIT  # never below
+    assert step({flood: int(rate)}, {}) == {flood: 100, slow: 100, calm: 100}  # no refusal: per_key again
+    assert limiter._key_rates == {}  # nothing kept for tokens that are not being refused
 
 
 def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_slots() -> None:
