@@ -97,6 +97,9 @@ def fold_graphs(bundle_dir: Path, manifest: Manifest, folds: int, threads: int) 
             f"the bundle was trained with {trained} cross-fitting folds, not {folds}: calibrating on {folds} "
             "folds needs `vigil train` with them"
         )
+    missing = [str(fold_file(bundle_dir, f)) for f in range(folds) if not fold_file(bundle_dir, f).is_file()]
+    if missing:
+        raise CrossFitError(f"the bundle's cross-fitting graphs are missing: {', '.join(missing)}")
     return [graph_reconstruct(fold_file(bundle_dir, fold), threads) for fold in range(folds)]
 
 

@@ -170,6 +170,9 @@ def test_recalibrating_a_cross_fitted_bundle_reproduces_it_and_needs_its_folds(
     assert validation_only.thresholds.alert_calibration.validation_days < (
         manifest.thresholds.alert_calibration.validation_days / 3  # type: ignore[union-attr]
     )
+    (models / "tvnet" / "v" / "calibration" / "fold-1.onnx").unlink()  # a bundle copied without them
+    with pytest.raises(CrossFitError, match="cross-fitting graphs are missing: .*fold-1.onnx"):
+        recalibrate_bundle(models / "tvnet" / "v", config, "lost", threads=2)
     with pytest.raises(CrossFitError, match="trained with 2 cross-fitting folds, not 3"):
         recalibrate_bundle(
             models / "tvnet" / "v", config.model_copy(update={"cross_fit_folds": 3}), "three", threads=2
