@@ -29,20 +29,21 @@ class InflightLimitMiddleware:
 
     ``per_key`` (None: no bound) is the most requests one bearer token may have in progress; beyond it that
     token is answered 429 ``too_many_requests`` (Retry-After) at once. The same law bounds each token's own
-    wait: while a token is being refused, its bound is set each step to ``KEY_TARGET_S`` times the rate at
-    which its requests complete (never under ``MIN_LIMIT``, never over ``per_key``), so one client that offers
-    more than the server completes (the only client of a deployment, at 120 % of its peak) waits about that
-    long per request instead of its whole share's worth (64 binary requests of 10 windows: about 0.23 s). Not
-    while the token's refusals outnumber its completions (a client retrying a 429 in a tight loop, or slow
-    bodies): then its refusals, not its admitted work, load the event loop, and fewer slots would only multiply
-    them until the completion rate and the bound fall to the minimum (measured: wrk with 100 connections on
-    one key served 30 requests/s with the bound, 72-81 with the fixed share); it keeps ``per_key``. The token is read from the raw
-    ``Authorization`` header, not authenticated here: an unknown token gets its 401 from the route, before its
-    body is read. A token's refusals do not lower the global limit: they are that client's excess, not the
-    server's overload. The global limit alone let one key's slow bodies fill every slot (260 connections that
-    sent 13 bytes of a 100 000-byte body made every other client's POST /score a 503 while they were held);
-    refused in a route dependency instead of here, one key's flood at three times capacity cost the event loop
-    so much that the requests it admitted waited seconds."""
+    wait: from a token's second refused step in a row (a flood; a burst of one step at 70 % of capacity is left
+    alone), its bound is set each step to ``KEY_TARGET_S`` times the rate at which its requests complete (never
+    under ``MIN_LIMIT``, never over ``per_key``), so one client that offers more than the server completes (the
+    only client of a deployment, at 120 % of its peak) waits about that long per request instead of its whole
+    share's worth (64 binary requests of 10 windows: about 0.23 s). Not while the token's refusals outnumber its
+    completions (a client retrying a 429 in a tight loop, or slow bodies): then its refusals, not its admitted
+    work, load the event loop, and fewer slots would only multiply them until the completion rate and the bound
+    fall to the minimum (measured: wrk with 100 connections on one key served 30 requests/s with the bound,
+    72-81 with the fixed share); it keeps ``per_key``.
+    The token is read from the raw ``Authorization`` header, not authenticated here: an unknown token gets its
+    401 from the route, before its body is read. A token's refusals do not lower the global limit: they are that
+    client's excess, not the server's overload. The global limit alone let one key's slow bodies fill every slot
+    (260 connections that sent 13 bytes of a 100 000-byte body made every other client's POST /score a 503 while
+    they were held); refused in a route dependency instead of here, one key's flood at three times capacity cost
+    the event loop so much that the requests it admitted waited seconds."""
 
     EXEMPT = frozenset(("/healthz", "/readyz", "/metrics"))
     TARGET_S = 0.25
@@ -94,8 +95,8 @@ class InflightLimitMiddleware:
             self._adapt_keys(elapsed, self.per_key)
 
     def _adapt_keys(self, elapsed: float, per_key: int) -> None:
-        """Each token refused in the step just ended gets the bound its own completion rate allows (averaged
-        with its rate of the step before, when it was refused then too); the others are back at ``per_key``."""
+        """Each token refused in the step just ended and in the one before gets the bound its own completion
+        rate allows (averaged over the two steps); the others are back at ``per_key``."""
         rates = {}
         for token, refused in self._key_refused.items():
             if refused > self._key_completed[token]:
@@ -103,10 +104,12 @@ class InflightLimitMiddleware:
             rate = self._key_completed[token] / elapsed
             before = self._key_rates.get(token)
             rates[token] = rate if before is None else 0.5 * before + 0.5 * rate
-        self._key_rates = rates
-        self.key_limits = {
-            token: self._bound(self.KEY_TARGET_S, rate, per_key) for token, rate in rates.items()
+        self.key_limits = {  # from its second refused step in a row: a flood, not a burst
+            token: self._bound(self.KEY_TARGET_S, rate, per_key)
+            for token, rate in rates.items()
+            if token in self._key_rates
         }
+        self._key_rates = rates
         self._key_completed.clear()
         self._key_refused.clear()
 

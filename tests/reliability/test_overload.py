@@ -278,10 +278,10 @@ def test_the_inflight_limit_follows_what_the_server_completes_within_its_target(
 
 
 def test_a_refused_tokens_bound_follows_what_its_own_requests_complete_and_no_one_elses() -> None:
-    """A token refused in a step gets KEY_TARGET_S times its own completion rate as its bound (within MIN_LIMIT
-    and per_key), unless its refusals outnumber its completions (a tight retry loop, slow bodies: fewer slots
-    would only multiply the refusals); a token that was not refused keeps per_key, and the global limit is not
-    touched by any of them."""
+    """A token refused in two steps in a row (a flood, not a burst) gets KEY_TARGET_S times its own completion
+    rate as its bound (within MIN_LIMIT and per_key), unless its refusals outnumber its completions (a tight
+    retry loop, slow bodies: fewer slots would only multiply the refusals); a token that was not refused
+    keeps per_key, and the global limit is not touched by any of them."""
     limiter = InflightLimitMiddleware(lambda *_: None, max_inflight=400, metrics=Metrics(), per_key=100)  # type: ignore[arg-type]
     flood, slow, calm = b"flood", b"slow", b"calm"
 
@@ -296,6 +296,8 @@ def test_a_refused_tokens_bound_follows_what_its_own_requests_complete_and_no_on
     per_step = InflightLimitMiddleware.STEP_S
     rate = 300 * per_step  # the flooding token completes 300 requests a second
     target = InflightLimitMiddleware.KEY_TARGET_S
+    whole = {flood: 100, slow: 100, calm: 100}
+    assert step({flood: int(rate), slow: 0, calm: 10}, {flood: 40, slow: 5}) == whole  # one step: a burst
     bounds = step({flood: int(rate), slow: 0, calm: 10}, {flood: 40, slow: 5})
     assert bounds[flood] == pytest.approx(target * 300, abs=1)
     assert bounds[slow] == 100  # more refused than completed: its share stays whole
@@ -303,8 +305,9 @@ def test_a_refused_tokens_bound_follows_what_its_own_requests_complete_and_no_on
     bounds = step({flood: int(rate / 3)}, {flood: 10})  # its rate falls to 100/s: averaged with 300
     assert bounds[flood] == pytest.approx(target * (300 + 100) / 2, abs=1)
     assert step({flood: 2}, {flood: 3})[flood] == 100  # now it retries in a tight loop: whole again
+    assert step({flood: 1}, {flood: 1})[flood] == 100  # refused again: a first step after the break
     assert step({flood: 1}, {flood: 1})[flood] == InflightLimitMiddleware.MIN_LIMIT  # never below
-    assert step({flood: int(rate)}, {}) == {flood: 100, slow: 100, calm: 100}  # no refusal: per_key again
+    assert step({flood: int(rate)}, {}) == whole  # no refusal: per_key again
     assert limiter._key_rates == {}  # nothing kept for tokens that are not being refused
 
 
