@@ -35,7 +35,7 @@ from models.manifest import AlertPolicy, Manifest  # noqa: E402
 from models.runtime import load_bundle  # noqa: E402
 from models.scoring import normalise, score_series  # noqa: E402
 from training.alert_metrics import AlertReport, evaluate_alerts  # noqa: E402
-from training.calibrate import calibrate, calibrate_alerts  # noqa: E402
+from training.calibrate import calibrate_held_out  # noqa: E402
 from training.config import CalibrationConfig  # noqa: E402
 from training.data import load_labels, load_series, split_chronological  # noqa: E402
 
@@ -78,8 +78,8 @@ def current(
 ) -> tuple[float, float, AlertPolicy]:
     config = CalibrationConfig.model_validate(m.training.config["calibration"])
     series = [s[p] for p in parts]
-    point = calibrate(np.concatenate(series), config)
-    thresholds, policy = calibrate_alerts(series, point, config)
+    thresholds, policy = calibrate_held_out(series, config)
+    assert policy is not None, "the rules compare alert-level calibrations"
     return thresholds.warning, thresholds.critical, policy
 
 

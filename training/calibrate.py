@@ -226,3 +226,15 @@ def calibrate_alerts(
         ),
     )
     return thresholds, best.policy
+
+
+def calibrate_held_out(
+    series: list[npt.NDArray[np.floating]], config: CalibrationConfig
+) -> tuple[Thresholds, AlertPolicy | None]:
+    """Point-level thresholds over every held-out series, then (with a false-alert target) the alert-level
+    warning threshold and lifecycle replaying each series as a stream of its own: what `vigil train` and `vigil
+    calibrate` write into a bundle."""
+    thresholds = calibrate(np.concatenate(series), config)
+    if config.false_alerts_per_day is None:
+        return thresholds, None
+    return calibrate_alerts(series, thresholds, config)

@@ -125,8 +125,7 @@ def train_module(
             if not math.isfinite(running):
                 raise TrainingDiverged(f"epoch {epoch}: loss is not finite; no bundle written")
             history.append({"epoch": float(epoch), "train_loss": running / seen, "validation_loss": math.nan})
-            best_state = copy.deepcopy(module.state_dict())
-            continue
+            continue  # no validation to choose by: the weights it ends with are kept
         val = validation_loss(module, validation_windows, batch_size)
         if not (math.isfinite(val) and math.isfinite(running)):
             if math.isfinite(best_loss):
@@ -144,7 +143,9 @@ def train_module(
             stale += 1
             if stale >= patience:
                 break
+    if validation_windows is None:
+        module.eval()
+        return TrainResult(epoch, math.nan, time.perf_counter() - started, history)
     module.load_state_dict(best_state)
     module.eval()
-    kept = best_loss if validation_windows is not None else math.nan
-    return TrainResult(epoch, kept, time.perf_counter() - started, history)
+    return TrainResult(epoch, best_loss, time.perf_counter() - started, history)

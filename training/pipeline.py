@@ -17,7 +17,7 @@ from models.registry import build_model
 from models.runtime import graph_reconstruct
 from models.scoring import F32, SeriesScores, normalise, score_series
 from models.source import format_time
-from training.calibrate import calibrate, calibrate_alerts
+from training.calibrate import calibrate_held_out
 from training.config import TrainConfig, TrainingRefused, resolve
 from training.crossfit import check_folds, fold_file, fold_training_rows, held_out_scores
 from training.data import (
@@ -272,10 +272,7 @@ def train_bundle(config: TrainConfig) -> Path:
             config.stride,
             definition,
         )
-    thresholds = calibrate(np.concatenate(calibration_scores), config.calibration)
-    policy = None
-    if config.calibration.false_alerts_per_day is not None:
-        thresholds, policy = calibrate_alerts(calibration_scores, thresholds, config.calibration)
+    thresholds, policy = calibrate_held_out(calibration_scores, config.calibration)
 
     source = config.prometheus.source if config.prometheus else None
     names = (source.feature_names if source else None) or config.feature_names

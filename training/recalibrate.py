@@ -10,12 +10,10 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from models.manifest import ONNX_FILE, Manifest, ScoreDefinition
 from models.runtime import graph_reconstruct, load_bundle
 from models.scoring import F32, Reconstruct, normalise, score_series
-from training.calibrate import calibrate, calibrate_alerts
+from training.calibrate import calibrate_held_out
 from training.config import CalibrationConfig, PrometheusRange
 from training.crossfit import FOLDS_DIR, CrossFitError, fold_file, held_out_scores
 from training.data import (
@@ -143,10 +141,7 @@ def recalibrate_bundle(
             manifest.stride,
             definition,
         )
-    thresholds = calibrate(np.concatenate(scores), calibration)
-    policy = None
-    if calibration.false_alerts_per_day is not None:
-        thresholds, policy = calibrate_alerts(scores, thresholds, calibration)
+    thresholds, policy = calibrate_held_out(scores, calibration)
     version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = bundle_dir.parent / version
     if out.resolve() == bundle_dir.resolve():
