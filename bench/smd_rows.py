@@ -50,10 +50,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for family in ("tvnet", "convtimenet")
         for seed in (1, 2)
     },
-    # Thresholds calibrated on cross-fitted scores of the whole training file (training/crossfit.py): the
-    # training part cut into 4 blocks, each scored by a model trained without it, beside the validation part.
+    # Thresholds calibrated on the validation part alone, as before cross-fitted calibration (training/crossfit.py)
+    # became the default: the control for it.
     **{
-        f"{family}_cf4": (family, {}, {"calibration": {"cross_fit_folds": 4}})
+        f"{family}_val": (family, {}, {"calibration": {"cross_fit_folds": 0}})
         for family in SCORED_FAMILIES
     },
     "convtimenet_p8_budget2x": (
@@ -184,7 +184,7 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for name in ("smooth_blevel", "smooth2_blevel")
     },
     **{
-        f"{family}_cf4+smooth2_blevel": (f"{family}_cf4", {"cross_fit_folds": 4}, SCORINGS["smooth2_blevel"])
+        f"{family}_val+smooth2_blevel": (f"{family}_val", {"cross_fit_folds": 0}, SCORINGS["smooth2_blevel"])
         for family in SCORED_FAMILIES
     },
     # The default scoring with per-stream thresholds floored at the calibrated ones.

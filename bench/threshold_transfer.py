@@ -3,13 +3,13 @@ by side on the bundles `bench/evaluate_smd.py` trained, each choosing thresholds
 validation part only, each measured on the untouched test part through the reference lifecycle.
 
     .venv/bin/python -m bench.threshold_transfer --row tvnet+smooth2_blevel [--machines ...] [--rules ...]
-    .venv/bin/python -m bench.threshold_transfer --compare-rows tvnet+smooth2_blevel,tvnet_cf4+smooth2_blevel
+    .venv/bin/python -m bench.threshold_transfer --compare-rows tvnet_val+smooth2_blevel,tvnet+smooth2_blevel
 
-Rules: ``current`` (what the bundle's calibration does: the validation part alone) and ``train+validation``
-(the training part scored by the shipped model itself, which trained on it: in-sample scores, so a diagnostic
-of how much more normal time helps, never a calibration to ship; the cross-fitted calibration,
-``training/crossfit.py``, gets that time from models that did not train on it: rows ``*_cf4`` of
-`bench/evaluate_smd.py`).
+Rules: ``validation`` (the validation part alone: the calibration before cross-fitting became the default) and
+``train+validation`` (the training part scored by the shipped model itself, which trained on it: in-sample
+scores, so a diagnostic of how much more normal time helps, never a calibration to ship; the default
+cross-fitted calibration, ``training/crossfit.py``, gets that time from models that did not train on it: the
+family rows of `bench/evaluate_smd.py`, against their validation-only controls ``*_val``).
 
 Scores are cached under ``artifacts/eval/transfer/<row>/<machine>.npz`` (validation, the training part before
 it, test, labels). Prints one line per machine and rule and the means over machines.
@@ -73,7 +73,7 @@ def cached_scores(row: str, machine: str) -> Scores:
     return out
 
 
-def current(
+def calibrated_on(
     s: Scores, m: Manifest, parts: tuple[str, ...] = ("validation",)
 ) -> tuple[float, float, AlertPolicy]:
     config = CalibrationConfig.model_validate(m.training.config["calibration"])
@@ -84,8 +84,8 @@ def current(
 
 
 RULES: dict[str, Rule] = {
-    "current": current,
-    "train+validation": lambda s, m: current(s, m, ("train", "validation")),
+    "validation": calibrated_on,
+    "train+validation": lambda s, m: calibrated_on(s, m, ("train", "validation")),
 }
 
 

@@ -19,7 +19,7 @@ from models.scoring import F32, SeriesScores, normalise, score_series
 from models.source import format_time
 from training.calibrate import calibrate_held_out
 from training.config import TrainConfig, TrainingRefused, resolve
-from training.crossfit import check_folds, fold_file, fold_training_rows, held_out_scores
+from training.crossfit import CrossFitError, check_folds, fold_file, fold_training_rows, held_out_scores
 from training.data import (
     arrays_sha256,
     fit_normalisation,
@@ -199,6 +199,24 @@ def train_fold_graphs(
     return graphs
 
 
+def cross_fitting_that_fits(config: TrainConfig, train_z: list[F32]) -> TrainConfig:
+    """``config`` if its cross-fitting blocks are each long enough for a window (or it has none); an explicit
+    request that does not fit raises ``CrossFitError``; the default that does not fit falls back to the
+    validation part alone (``cross_fit_folds`` 0, as the manifest will record it)."""
+    calibration = config.calibration
+    if not calibration.cross_fit_folds:
+        return config
+    try:
+        check_folds(train_z, calibration.cross_fit_folds, config.window_length)
+    except CrossFitError as error:
+        if "cross_fit_folds" in calibration.model_fields_set:
+            raise
+        log.warning("%s; calibrating on the validation part alone", error)
+        fallback = calibration.model_copy(update={"cross_fit_folds": 0})
+        return config.model_copy(update={"calibration": fallback})
+    return config
+
+
 def train_bundle(config: TrainConfig) -> Path:
     """Train, export, verify and calibrate one model; returns the bundle directory."""
     config = resolve(config)
@@ -212,9 +230,8 @@ def train_bundle(config: TrainConfig) -> Path:
     norm = fit_normalisation(np.concatenate([split.train for split in splits]), config.min_scale)
     validation_z = [normalise(split.validation, norm) for split in splits]
     train_z = [normalise(split.train, norm) for split in splits]
+    config = cross_fitting_that_fits(config, train_z)  # before the long part, not after it
     folds = config.calibration.cross_fit_folds
-    if folds:
-        check_folds(train_z, folds, config.window_length)  # before the long part, not after it
     train_windows = np.concatenate(
         [make_windows(t, config.window_length, config.train_stride) for t in train_z]
     )

@@ -52,9 +52,8 @@ def test_a_fleet_model_uses_every_part_and_splits_each_on_its_own(fleet_dir: Pat
     assert manifest.training.data_sha256 == parts_sha256(files)
     calibration = manifest.thresholds.alert_calibration
     assert calibration is not None
-    assert calibration.validation_days == pytest.approx(
-        (300 + 340) * 60 / 86400
-    )  # every tail, each scored whole
+    # every tail and (cross-fitted by default, 4 blocks a part) every training row, each part scored on its own
+    assert calibration.validation_days == pytest.approx(3200 * 60 / 86400)
     parts = validation_parts(manifest)
     assert [len(p) for p in parts] == [300, 340]  # recalibration finds the same tails
 

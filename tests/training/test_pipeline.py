@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.manifest import Manifest
 from models.scoring import normalise
@@ -56,19 +57,50 @@ def test_the_bundle_is_self_describing(bundle_dir: Path) -> None:
     assert {level.name for level in manifest.thresholds.levels} == {"warning", "critical"}
 
 
-def test_thresholds_come_from_the_held_out_validation_tail_only(bundle_dir: Path) -> None:
-    """Recomputing the thresholds from the last 20 % of the training rows alone reproduces them exactly."""
+def test_by_default_the_thresholds_come_from_held_out_scores_only(bundle_dir: Path, tmp_path: Path) -> None:
+    """The default calibration is cross-fitted with 4 folds; recalibrated on the last 20 % of the training rows
+    alone (``cross_fit_folds`` 0), the thresholds are exactly those recomputed from that validation tail."""
+    import shutil
+
     manifest = Manifest.load(bundle_dir)
+    assert manifest.training.config["calibration"]["cross_fit_folds"] == 4
+    assert sorted(p.name for p in (bundle_dir / "calibration").iterdir()) == [
+        f"fold-{j}.onnx" for j in range(4)
+    ]
     series = load_series(SAMPLE / "train.txt.gz", max_rows=3000)
     validation = split_chronological(series, 0.2, 100).validation
     scores = score_with_onnx(
         bundle_dir / "model.onnx", normalise(validation, manifest.normalisation), 100, 10, 2, manifest.score
     ).scores
-    config = CalibrationConfig(**manifest.training.config["calibration"])
+    config = CalibrationConfig(**{**manifest.training.config["calibration"], "cross_fit_folds": 0})
+    shutil.copytree(bundle_dir, tmp_path / "tvnet" / "test")
+    plain = Manifest.load(recalibrate_bundle(tmp_path / "tvnet" / "test", config, version="plain", threads=2))
     again, policy = calibrate_alerts(scores, calibrate(scores, config), config)
-    assert again.warning == manifest.thresholds.warning and again.critical == manifest.thresholds.critical
+    assert again.warning == plain.thresholds.warning and again.critical == plain.thresholds.critical
     assert again.validation_stats["n"] == manifest.training.n_validation_rows
-    assert policy == manifest.alerts and again.baseline == manifest.thresholds.baseline
+    assert policy == plain.alerts and again.baseline == plain.thresholds.baseline
+    assert plain.thresholds.alert_calibration is not None and manifest.thresholds.alert_calibration is not None
+    assert plain.thresholds.alert_calibration.validation_days * 4 < (
+        manifest.thresholds.alert_calibration.validation_days
+    )
+
+
+def test_data_too_short_for_the_default_folds_falls_back_to_the_validation_part(tmp_path: Path) -> None:
+    """350 training rows cut into 4 blocks leave 87 rows, under a window of 100: by default the bundle is
+    calibrated on the validation part alone and says so; asked for explicitly, the folds are refused."""
+    from training.crossfit import CrossFitError
+
+    short = {"max_rows": 500, "validation_fraction": 0.3}
+    bundle = train_bundle(tiny_config(tmp_path / "default", **short))
+    manifest = Manifest.load(bundle)
+    assert manifest.training.config["calibration"]["cross_fit_folds"] == 0
+    assert not (bundle / "calibration").exists()
+    assert manifest.thresholds.alert_calibration is not None
+    assert 0 < manifest.thresholds.alert_calibration.validation_days <= manifest.training.n_validation_rows / 1440
+    with pytest.raises(CrossFitError, match="shorter than a window of 100"):
+        train_bundle(
+            tiny_config(tmp_path / "asked", calibration=CalibrationConfig(cross_fit_folds=4), **short)
+        )
 
 
 def test_recalibrating_a_bundle_with_its_own_calibration_reproduces_it(
