@@ -90,11 +90,9 @@ def run_one(
     trained = time.perf_counter()
     calibrated = bundle.parent / row
     if base not in FLEETS or not (calibrated / "manifest.json").exists():
-        # the bundle's own cross-fitting folds (its fold graphs), unless the row says otherwise: `vigil calibrate`
-        folds = Manifest.load(bundle).training.config.get("calibration", {}).get("cross_fit_folds", 0)
-        bundle = recalibrate_bundle(
+        bundle = recalibrate_bundle(  # with the bundle's own cross-fitting folds unless the row names some
             bundle,
-            CalibrationConfig(**{**ADAPTIVE_COLUMNS, "cross_fit_folds": folds, **calibration}),
+            CalibrationConfig(**{**ADAPTIVE_COLUMNS, **calibration}),
             version=row,
             score=ScoreOptions(**scoring),
             threads=threads,

@@ -108,12 +108,12 @@ def _reload(url: str, name: str, api_key: str | None) -> None:
     print(f"reloaded at {url}: {response.json()['models']}")
 
 
-def _calibration(args: argparse.Namespace, bundle_folds: int | None = None) -> CalibrationConfig:
-    """The calibration the command line asks for; ``bundle_folds``: the cross-fitting folds a recalibrated
-    bundle was trained with, kept unless ``--cross-fit-folds`` says otherwise."""
+def _calibration(args: argparse.Namespace) -> CalibrationConfig:
+    """The calibration the command line asks for; without ``--cross-fit-folds``, train's default and the
+    recalibrated bundle's own folds (``training.recalibrate.with_bundle_folds``)."""
     from training.config import CalibrationConfig
 
-    folds = args.cross_fit_folds if args.cross_fit_folds is not None else bundle_folds
+    folds = args.cross_fit_folds
     return CalibrationConfig(
         method=args.calibration,
         false_alerts_per_day=args.false_alerts_per_day or None,
@@ -130,13 +130,11 @@ def _score_options(text: str | None) -> ScoreOptions | None:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    from models.manifest import Manifest
     from training.recalibrate import recalibrate_bundle
 
-    trained = Manifest.load(args.bundle).training.config.get("calibration", {})
     bundle_dir = recalibrate_bundle(
         args.bundle,
-        _calibration(args, trained.get("cross_fit_folds", 0)),
+        _calibration(args),
         version=args.version,
         score=_score_options(args.score),
         train_path=args.train,

@@ -101,6 +101,15 @@ def fold_graphs(bundle_dir: Path, manifest: Manifest, folds: int, threads: int) 
     return [graph_reconstruct(fold_file(bundle_dir, fold), threads) for fold in range(folds)]
 
 
+def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> CalibrationConfig:
+    """``calibration`` with the bundle's own cross-fitting folds where it does not name any: a bundle trained
+    without folds (or before they were the default) recalibrates as it was trained."""
+    if "cross_fit_folds" in calibration.model_fields_set:
+        return calibration
+    trained = manifest.training.config.get("calibration", {}).get("cross_fit_folds", 0)
+    return calibration.model_copy(update={"cross_fit_folds": trained})
+
+
 def recalibrate_bundle(
     bundle_dir: Path,
     calibration: CalibrationConfig,
@@ -112,9 +121,11 @@ def recalibrate_bundle(
 ) -> Path:
     """Write ``<models_dir>/<name>/<version>`` with thresholds (and alert policy) calibrated anew on the
     bundle's validation part, optionally with other scoring options fitted anew on it (None: the bundle's score
-    definition as it is); returns the new bundle directory."""
+    definition as it is); returns the new bundle directory. Folds: those ``calibration`` names, else the
+    bundle's own (``with_bundle_folds``)."""
     bundle = load_bundle(bundle_dir, "cpu", threads)
     manifest = bundle.manifest
+    calibration = with_bundle_folds(calibration, manifest)
     splits = normalised_splits(manifest, train_path, prometheus_url)
     validation = [split.validation for split in splits]
     definition = manifest.score

@@ -160,6 +160,11 @@ def test_recalibrating_a_cross_fitted_bundle_reproduces_it_and_needs_its_folds(
     config = CalibrationConfig(**manifest.training.config["calibration"])
     again = recalibrate_bundle(models / "tvnet" / "v", config, version="again", threads=2)
     assert Manifest.load(again).thresholds == manifest.thresholds
+    # a calibration that names no folds keeps the bundle's (2), not the default's (4)
+    unnamed = CalibrationConfig(**{k: v for k, v in config.model_dump().items() if k != "cross_fit_folds"})
+    kept = Manifest.load(recalibrate_bundle(models / "tvnet" / "v", unnamed, version="kept", threads=2))
+    assert kept.thresholds == manifest.thresholds
+    assert kept.training.config["calibration"]["cross_fit_folds"] == 2
     assert fold_file(again, 1).read_bytes() == fold_file(cross_fitted, 1).read_bytes()  # kept for next time
     validation_only = Manifest.load(
         recalibrate_bundle(

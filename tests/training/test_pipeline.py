@@ -97,6 +97,10 @@ def test_data_too_short_for_the_default_folds_falls_back_to_the_validation_part(
     assert not (bundle / "calibration").exists()
     assert manifest.thresholds.alert_calibration is not None
     assert 0 < manifest.thresholds.alert_calibration.validation_days <= manifest.training.n_validation_rows / 1440
+    # recalibrated with a calibration that names no folds, it stays on the validation part (not the default 4)
+    again = Manifest.load(recalibrate_bundle(bundle, CalibrationConfig(), version="again", threads=2))
+    assert again.thresholds == manifest.thresholds
+    assert again.training.config["calibration"]["cross_fit_folds"] == 0
     with pytest.raises(CrossFitError, match="shorter than a window of 100"):
         train_bundle(
             tiny_config(tmp_path / "asked", calibration=CalibrationConfig(cross_fit_folds=4), **short)
