@@ -231,6 +231,7 @@ def train_bundle(config: TrainConfig) -> Path:
     validation_z = [normalise(split.validation, norm) for split in splits]
     train_z = [normalise(split.train, norm) for split in splits]
     config = cross_fitting_that_fits(config, train_z)  # before the long part, not after it
+    assert config.name and config.train_stride
     folds = config.calibration.cross_fit_folds
     train_windows = np.concatenate(
         [make_windows(t, config.window_length, config.train_stride) for t in train_z]
