@@ -62,14 +62,14 @@ def _train(family: str, version: str) -> None:
     import torch
 
     import training.pipeline as pipeline
-    from training.config import TrainConfig
+    from training.config import CalibrationConfig, TrainConfig
 
     built: dict[str, Any] = {}
     original = pipeline.build_model  # type: ignore[attr-defined]
 
     def build_and_keep(*args: Any, **kwargs: Any) -> Any:
         model = original(*args, **kwargs)
-        built["model"] = model
+        built.setdefault("model", model)  # the shipped model is the first built (any fold models come after)
         return model
 
     print(f"[bundles] training {family} (1 epoch, {TRAIN_ROWS} rows) into {BUNDLES_DIR}", flush=True)
@@ -87,6 +87,8 @@ def _train(family: str, version: str) -> None:
                 epochs=1,
                 max_rows=TRAIN_ROWS,
                 progress=False,
+                # throughput bundles: the graph is what is measured, not its thresholds (no fold models)
+                calibration=CalibrationConfig(cross_fit_folds=0),
             )
         )
     finally:

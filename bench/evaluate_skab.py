@@ -19,6 +19,7 @@ import argparse
 import gzip
 import json
 import math
+import shutil
 import statistics
 import sys
 from datetime import UTC, datetime
@@ -81,8 +82,9 @@ def prepare(data: Path, work: Path) -> tuple[Path, list[tuple[str, Path, Path]]]
 
 
 def run_family(row: str, train: Path, runs: list[tuple[str, Path, Path]], out: Path) -> dict[str, Any]:
-    from models.manifest import AdaptivePolicy
+    from models.manifest import AdaptivePolicy, Manifest
     from training.config import CalibrationConfig, TrainConfig
+    from training.crossfit import bundle_folds
     from training.evaluate import evaluate_bundle
     from training.pipeline import train_bundle
     from training.recalibrate import recalibrate_bundle
@@ -91,18 +93,20 @@ def run_family(row: str, train: Path, runs: list[tuple[str, Path, Path]], out: P
     family = row.split("+")[0]
     score = ScoreOptions(**SCORINGS[row.removeprefix(family)])
     bundle = out / "bundles" / family / "eval"
-    if not (bundle / "manifest.json").exists():
-        train_bundle(
-            TrainConfig(
-                model=family,
-                train_path=train,
-                out_dir=out / "bundles",
-                version="eval",
-                progress=False,
-                report=False,
-                calibration=CalibrationConfig(sampling_interval_s=SAMPLING_INTERVAL_S),
-            )
-        )
+    config = TrainConfig(
+        model=family,
+        train_path=train,
+        out_dir=out / "bundles",
+        version="eval",
+        progress=False,
+        report=False,
+        calibration=CalibrationConfig(sampling_interval_s=SAMPLING_INTERVAL_S),
+    )
+    # a bundle kept from before cross-fitting was the default is trained again (recalibrating keeps its folds)
+    manifest = bundle / "manifest.json"
+    if not manifest.exists() or bundle_folds(Manifest.load(bundle)) != config.calibration.cross_fit_folds:
+        shutil.rmtree(bundle, ignore_errors=True)
+        train_bundle(config)
     # Calibrated with today's code (a cached bundle keeps the calibration of the code that trained it).
     suffix = row.removeprefix(family).replace("+", "-")
     base = bundle

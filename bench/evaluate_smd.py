@@ -44,29 +44,37 @@ def machines_in(data: Path) -> list[str]:
 
 
 def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra: dict[str, Any]) -> Path:
-    """The trained bundle of a family (or a training variant) on ``machine``: reused when already there."""
+    """The trained bundle of a family (or a training variant) on ``machine``: reused when already there and
+    trained with the cross-fitting folds the row trains with today (a bundle from before cross-fitting was the
+    default has none, and recalibrating keeps a bundle's folds: it would stay validation-only)."""
+    from models.manifest import Manifest
     from training.config import TrainConfig
+    from training.crossfit import bundle_folds
     from training.pipeline import train_bundle
 
     fleet = row in FLEETS
     home = out / "bundles" / ("fleet" if fleet else machine)
     bundle = home / row / "eval"
-    if (bundle / "manifest.json").exists():
-        return bundle
     family, overrides, training = (FLEETS[row], {}, {}) if fleet else VARIANTS.get(row, (row, {}, {}))
-    return train_bundle(
-        TrainConfig(
-            model=family,
-            train_path=data / "train" if fleet else data / "train" / f"{machine}.txt.gz",
-            out_dir=home,
-            name=row,
-            version="eval",
-            threads=threads,
-            progress=False,
-            hyperparameters={**overrides, **extra},
-            **training,
-        )
+    config = TrainConfig(
+        model=family,
+        train_path=data / "train" if fleet else data / "train" / f"{machine}.txt.gz",
+        out_dir=home,
+        name=row,
+        version="eval",
+        threads=threads,
+        progress=False,
+        hyperparameters={**overrides, **extra},
+        **training,
     )
+    if (bundle / "manifest.json").exists():
+        if bundle_folds(Manifest.load(bundle)) == config.calibration.cross_fit_folds:
+            return bundle
+        print(
+            f"{machine} {row}: the kept bundle has other cross-fitting folds; training it again", flush=True
+        )
+        shutil.rmtree(bundle)
+    return train_bundle(config)
 
 
 def run_one(

@@ -52,10 +52,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     },
     # Thresholds calibrated on the validation part alone, as before cross-fitted calibration (training/crossfit.py)
     # became the default: the control for it.
-    **{
-        f"{family}_val": (family, {}, {"calibration": {"cross_fit_folds": 0}})
-        for family in SCORED_FAMILIES
-    },
+    **{f"{family}_val": (family, {}, {"calibration": {"cross_fit_folds": 0}}) for family in SCORED_FAMILIES},
     "convtimenet_p8_budget2x": (
         "convtimenet",
         {"patch_length": 8, "patch_stride": 4},

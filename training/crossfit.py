@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.manifest import ScoreDefinition
+from models.manifest import Manifest, ScoreDefinition
 from models.scoring import F32, Reconstruct, score_series
 
 FOLDS_DIR = "calibration"
@@ -31,6 +31,12 @@ FOLDS_DIR = "calibration"
 
 class CrossFitError(ValueError):
     pass
+
+
+def bundle_folds(manifest: Manifest) -> int:
+    """The cross-fitting folds a bundle was calibrated with (0: the validation part alone, as every bundle
+    from before cross-fitting)."""
+    return int(manifest.training.config.get("calibration", {}).get("cross_fit_folds", 0))
 
 
 def fold_file(bundle_dir: Path, fold: int) -> Path:

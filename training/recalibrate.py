@@ -15,7 +15,7 @@ from models.runtime import graph_reconstruct, load_bundle
 from models.scoring import F32, Reconstruct, normalise, score_series
 from training.calibrate import calibrate_held_out
 from training.config import CalibrationConfig, PrometheusRange
-from training.crossfit import FOLDS_DIR, CrossFitError, fold_file, held_out_scores
+from training.crossfit import FOLDS_DIR, CrossFitError, bundle_folds, fold_file, held_out_scores
 from training.data import (
     DataError,
     Split,
@@ -89,7 +89,7 @@ def normalised_splits(
 
 def fold_graphs(bundle_dir: Path, manifest: Manifest, folds: int, threads: int) -> list[Reconstruct]:
     """The bundle's cross-fitting graphs for ``folds`` folds: they must have been trained with that many."""
-    trained = manifest.training.config.get("calibration", {}).get("cross_fit_folds", 0)
+    trained = bundle_folds(manifest)
     if trained != folds:
         raise CrossFitError(
             f"the bundle was trained with {trained} cross-fitting folds, not {folds}: calibrating on {folds} "
@@ -106,8 +106,7 @@ def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> Cal
     without folds (or before they were the default) recalibrates as it was trained."""
     if "cross_fit_folds" in calibration.model_fields_set:
         return calibration
-    trained = manifest.training.config.get("calibration", {}).get("cross_fit_folds", 0)
-    return calibration.model_copy(update={"cross_fit_folds": trained})
+    return calibration.model_copy(update={"cross_fit_folds": bundle_folds(manifest)})
 
 
 def recalibrate_bundle(

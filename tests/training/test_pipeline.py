@@ -79,7 +79,9 @@ def test_by_default_the_thresholds_come_from_held_out_scores_only(bundle_dir: Pa
     assert again.warning == plain.thresholds.warning and again.critical == plain.thresholds.critical
     assert again.validation_stats["n"] == manifest.training.n_validation_rows
     assert policy == plain.alerts and again.baseline == plain.thresholds.baseline
-    assert plain.thresholds.alert_calibration is not None and manifest.thresholds.alert_calibration is not None
+    assert (
+        plain.thresholds.alert_calibration is not None and manifest.thresholds.alert_calibration is not None
+    )
     assert plain.thresholds.alert_calibration.validation_days * 4 < (
         manifest.thresholds.alert_calibration.validation_days
     )
@@ -96,7 +98,11 @@ def test_data_too_short_for_the_default_folds_falls_back_to_the_validation_part(
     assert manifest.training.config["calibration"]["cross_fit_folds"] == 0
     assert not (bundle / "calibration").exists()
     assert manifest.thresholds.alert_calibration is not None
-    assert 0 < manifest.thresholds.alert_calibration.validation_days <= manifest.training.n_validation_rows / 1440
+    assert (
+        0
+        < manifest.thresholds.alert_calibration.validation_days
+        <= manifest.training.n_validation_rows / 1440
+    )
     # recalibrated with a calibration that names no folds, it stays on the validation part (not the default 4)
     again = Manifest.load(recalibrate_bundle(bundle, CalibrationConfig(), version="again", threads=2))
     assert again.thresholds == manifest.thresholds
