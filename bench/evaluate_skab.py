@@ -82,9 +82,9 @@ def prepare(data: Path, work: Path) -> tuple[Path, list[tuple[str, Path, Path]]]
 
 
 def run_family(row: str, train: Path, runs: list[tuple[str, Path, Path]], out: Path) -> dict[str, Any]:
-    from models.manifest import AdaptivePolicy, Manifest
+    from models.manifest import AdaptivePolicy
     from training.config import CalibrationConfig, TrainConfig
-    from training.crossfit import bundle_folds
+    from training.crossfit import kept_with_folds
     from training.evaluate import evaluate_bundle
     from training.pipeline import train_bundle
     from training.recalibrate import recalibrate_bundle
@@ -102,9 +102,7 @@ def run_family(row: str, train: Path, runs: list[tuple[str, Path, Path]], out: P
         report=False,
         calibration=CalibrationConfig(sampling_interval_s=SAMPLING_INTERVAL_S),
     )
-    # a bundle kept from before cross-fitting was the default is trained again (recalibrating keeps its folds)
-    manifest = bundle / "manifest.json"
-    if not manifest.exists() or bundle_folds(Manifest.load(bundle)) != config.calibration.cross_fit_folds:
+    if not kept_with_folds(bundle, config.calibration.cross_fit_folds):
         shutil.rmtree(bundle, ignore_errors=True)
         train_bundle(config)
     # Calibrated with today's code (a cached bundle keeps the calibration of the code that trained it).

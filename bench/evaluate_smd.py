@@ -47,9 +47,8 @@ def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra
     """The trained bundle of a family (or a training variant) on ``machine``: reused when already there and
     trained with the cross-fitting folds the row trains with today (a bundle from before cross-fitting was the
     default has none, and recalibrating keeps a bundle's folds: it would stay validation-only)."""
-    from models.manifest import Manifest
     from training.config import TrainConfig
-    from training.crossfit import bundle_folds
+    from training.crossfit import kept_with_folds
     from training.pipeline import train_bundle
 
     fleet = row in FLEETS
@@ -67,11 +66,12 @@ def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra
         hyperparameters={**overrides, **extra},
         **training,
     )
-    if (bundle / "manifest.json").exists():
-        if bundle_folds(Manifest.load(bundle)) == config.calibration.cross_fit_folds:
-            return bundle
+    if kept_with_folds(bundle, config.calibration.cross_fit_folds):
+        return bundle
+    if bundle.exists():
         print(
-            f"{machine} {row}: the kept bundle has other cross-fitting folds; training it again", flush=True
+            f"{machine} {row}: the kept bundle is incomplete or has other cross-fitting folds; training it again",
+            flush=True,
         )
         shutil.rmtree(bundle)
     return train_bundle(config)

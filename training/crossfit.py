@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.manifest import Manifest, ScoreDefinition
+from models.manifest import MANIFEST_FILE, Manifest, ScoreDefinition
 from models.scoring import F32, Reconstruct, score_series
 
 FOLDS_DIR = "calibration"
@@ -37,6 +37,13 @@ def bundle_folds(manifest: Manifest) -> int:
     """The cross-fitting folds a bundle was calibrated with (0: the validation part alone, as every bundle
     from before cross-fitting)."""
     return int(manifest.training.config.get("calibration", {}).get("cross_fit_folds", 0))
+
+
+def kept_with_folds(bundle_dir: Path, folds: int) -> bool:
+    """Whether a bundle kept on disk (an evaluation's cache) was calibrated with ``folds`` cross-fitting folds:
+    recalibrating keeps a bundle's own folds, so one that differs must be trained again. (A bundle whose data
+    fell back to the validation part never matches the default and is trained again each time.)"""
+    return (bundle_dir / MANIFEST_FILE).is_file() and bundle_folds(Manifest.load(bundle_dir)) == folds
 
 
 def fold_file(bundle_dir: Path, fold: int) -> Path:
