@@ -37,7 +37,9 @@ from models.scoring import normalise, score_series  # noqa: E402
 from training.alert_metrics import AlertReport, evaluate_alerts  # noqa: E402
 from training.calibrate import calibrate_held_out  # noqa: E402
 from training.config import CalibrationConfig  # noqa: E402
+from training.crossfit import bundle_folds, held_out_scores  # noqa: E402
 from training.data import load_labels, load_series, split_chronological  # noqa: E402
+from training.recalibrate import fold_graphs  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "smd"
 EVAL = ROOT / "artifacts" / "eval"
@@ -68,6 +70,12 @@ def cached_scores(row: str, machine: str) -> Scores:
         ).scores,
     }
     out["labels"] = load_labels(DATA / "test_label" / f"{machine}.txt.gz", n_rows=out["test"].shape[0])
+    folds = bundle_folds(m)
+    if folds:  # the held-out series the default calibration replays: each block scored by its fold model
+        blocks = held_out_scores(
+            [split.train], folds, fold_graphs(bundle.path, m, folds, 1), m.window_length, m.stride, m.score
+        )
+        out.update({f"fold{i}": block for i, block in enumerate(blocks)})
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)  # type: ignore[arg-type]
     return out
@@ -83,8 +91,14 @@ def calibrated_on(
     return thresholds.warning, thresholds.critical, policy
 
 
+def cross_fitted(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
+    """The default: the validation part and every training block scored by the fold model that never saw it."""
+    return calibrated_on(s, m, ("validation", *sorted(k for k in s if k.startswith("fold"))))
+
+
 RULES: dict[str, Rule] = {
     "validation": calibrated_on,
+    "cross-fit": cross_fitted,
     "train+validation": lambda s, m: calibrated_on(s, m, ("train", "validation")),
 }
 

@@ -2,7 +2,8 @@
 
 Point level: POT (Siffer et al. 2017) or quantiles. Alert level: the warning threshold and lifecycle (k, n, m)
 that the reference lifecycle (``models.lifecycle``, equal to the service's) says raise at most a target number
-of alerts a day on the validation part, choosing the most sensitive such setting.
+of alerts a day on the held-out parts (optionally leaving out the periods with the most alerts: an unlabelled
+incident in "normal" data), choosing the most sensitive such setting.
 """
 
 from __future__ import annotations
@@ -101,29 +102,58 @@ class _Choice:
     critical: float
     alerts: int
     exceedance: float  # share of validation points at or over warning: higher is more sensitive
+    counted_per_day: float  # alerts a day over the periods the budget counts
 
 
-def _alerts(
+def _alerts_by_series(
     series: list[npt.NDArray[np.float64]], warning: float, critical: float, policy: AlertPolicy
-) -> tuple[int, int]:
-    """Firing alerts and the points they keep open, over every series (each a stream of its own)."""
+) -> tuple[list[int], int]:
+    """Firing alerts of each series, and the points all of them keep open."""
     levels = LevelThresholds(warning, critical, policy)
-    spans = [span for scores in series for span in replay_series(scores, levels)]
-    return len(spans), sum(s.end - s.start for s in spans)
+    counts, open_points = [], 0
+    for scores in series:
+        spans = replay_series(scores, levels)
+        counts.append(len(spans))
+        open_points += sum(s.end - s.start for s in spans)
+    return counts, open_points
+
+
+@dataclass(frozen=True)
+class AlertBudget:
+    """At most ``per_day`` alerts a day over the held-out series, each a period of ``days[i]`` days, leaving out
+    the ``disturbed`` periods with the most alerts a day; all alerts together open at most ``max_share`` of the
+    points."""
+
+    per_day: float
+    days: tuple[float, ...]
+    disturbed: int
+    max_share: float
+    points: int
+
+    def counted(self, counts: list[int]) -> tuple[int, float]:
+        """The alerts and days of the periods the budget counts."""
+        by_rate = sorted(range(len(counts)), key=lambda i: counts[i] / self.days[i] if self.days[i] else 0.0)
+        kept = by_rate[: len(counts) - self.disturbed]
+        return sum(counts[i] for i in kept), sum(self.days[i] for i in kept)
+
+    def allows(self, counts: list[int], open_points: int) -> bool:
+        alerts, days = self.counted(counts)
+        return (
+            alerts <= math.floor(self.per_day * days + 1e-9) and open_points <= self.max_share * self.points
+        )
 
 
 def _within(
     series: list[npt.NDArray[np.float64]],
-    budget: int,
-    max_share: float,
+    budget: AlertBudget,
     policy: AlertPolicy,
     warning: float,
     critical: float,
 ) -> bool:
-    """At most ``budget`` firing alerts, together open for at most ``max_share`` of the points: an alert that
-    never closes is one alert, so the count alone would accept a threshold under the normal level."""
-    count, open_points = _alerts(series, warning, critical, policy)
-    return count <= budget and open_points <= max_share * sum(s.size for s in series)
+    """Within the alert budget: an alert that never closes is one alert, so the count alone would accept a
+    threshold under the normal level; the share of points in alert rejects it."""
+    counts, open_points = _alerts_by_series(series, warning, critical, policy)
+    return budget.allows(counts, open_points)
 
 
 def _same(within: Callable[[float, float], bool], critical: float) -> bool:
@@ -161,8 +191,9 @@ def calibrate_alerts(
     open together for at most ``config.max_alert_share`` of the validation points), with the point-level critical
     threshold in place, raised when critical points alone exceed the budget; the lifecycle kept is the
     most sensitive one: the largest share of validation points at or over its warning threshold (ties: smaller
-    k, then smaller m). Several validation series (one per training part of a fleet) are replayed as streams
-    of their own, their alerts and days added up. Never sees test data.
+    k, then smaller m). Several held-out series (the validation part, the cross-fitted blocks, each training
+    part of a fleet) are replayed as streams of their own, their alerts and days added up, less the
+    ``config.disturbed_periods`` series with the most alerts a day. Never sees test data.
     """
     assert config.false_alerts_per_day is not None
     parts = validation_scores if isinstance(validation_scores, list) else [validation_scores]
@@ -170,7 +201,17 @@ def calibrate_alerts(
     scores = np.concatenate(series)
     finite = np.sort(scores[np.isfinite(scores)])
     days = finite.size * config.sampling_interval_s / 86_400.0
-    budget = math.floor(config.false_alerts_per_day * days + 1e-9)
+    if config.disturbed_periods >= len(series):
+        raise CalibrationError(
+            f"disturbed_periods={config.disturbed_periods} leaves none of {len(series)} held-out periods counted"
+        )
+    budget = AlertBudget(
+        per_day=config.false_alerts_per_day,
+        days=tuple(int(np.isfinite(s).sum()) * config.sampling_interval_s / 86_400.0 for s in series),
+        disturbed=config.disturbed_periods,
+        max_share=config.max_alert_share,
+        points=sum(s.size for s in series),
+    )
     ceiling = float(finite[-1]) * (1 + 1e-6) + 1e-12  # over every validation score: no alert at all
     candidates = np.append(np.unique(finite[finite.size // 2 :]), ceiling)  # never below the median
     choices: list[_Choice] = []
@@ -183,14 +224,24 @@ def calibrate_alerts(
     for k, n in grid:
         for m in config.resolve_grid:
             policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio, adaptive=config.adaptive)
-            within = partial(_within, series, budget, config.max_alert_share, policy)
+            within = partial(_within, series, budget, policy)
             critical = max(point.critical, float(candidates[0]))
             if not within(critical, critical):
                 critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
             warning = _lowest_within(candidates[candidates <= critical], partial(_under, within, critical))
-            alerts, _ = _alerts(series, warning, critical, policy)
+            counts, _ = _alerts_by_series(series, warning, critical, policy)
+            counted, counted_days = budget.counted(counts)
             exceedance = float(np.mean(finite >= warning))
-            choices.append(_Choice(policy, warning, critical, alerts, exceedance))
+            choices.append(
+                _Choice(
+                    policy,
+                    warning,
+                    critical,
+                    sum(counts),
+                    exceedance,
+                    counted / counted_days if counted_days else 0.0,
+                )
+            )
     best = max(choices, key=lambda c: (c.exceedance, -c.policy.k, -c.policy.m))
     params = {
         "false_alerts_per_day": config.false_alerts_per_day,
@@ -223,6 +274,8 @@ def calibrate_alerts(
             validation_days=days,
             sampling_interval_s=config.sampling_interval_s,
             candidates_tried=len(choices),
+            disturbed_periods=config.disturbed_periods,
+            counted_per_day=best.counted_per_day if config.disturbed_periods else None,
         ),
     )
     return thresholds, best.policy

@@ -203,6 +203,14 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         f"{CalibrationConfig().cross_fit_folds}; calibrate keeps the bundle's own (its fold graphs)",
     )
     parser.add_argument(
+        "--disturbed-periods",
+        type=int,
+        default=0,
+        help="held-out periods (the validation part and each cross-fitted block) that may hold an unlabelled "
+        "incident or a drift: the false-alert budget leaves out this many periods with the most alerts a day "
+        "(default 0: every period counts; at most --cross-fit-folds)",
+    )
+    parser.add_argument(
         "--min-incident-points",
         type=int,
         default=3,

@@ -119,6 +119,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
         false_alerts_per_day=args.false_alerts_per_day or None,
         sampling_interval_s=args.sampling_interval_s or 60.0,
         min_incident_points=args.min_incident_points,
+        disturbed_periods=args.disturbed_periods,
         **({} if folds is None else {"cross_fit_folds": folds}),
     )
 
@@ -235,13 +236,14 @@ def run(args: argparse.Namespace) -> int:
 
     from models.manifest import BundleError
     from models.source import SourceError
+    from training.calibrate import CalibrationError
     from training.config import TrainingRefused
     from training.crossfit import CrossFitError
     from training.data import DataError
 
     try:
         return int(args.func(args))
-    except (SourceError, BundleError, DataError, TrainingRefused, CrossFitError) as exc:
+    except (SourceError, BundleError, DataError, TrainingRefused, CrossFitError, CalibrationError) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2
     except ValidationError as exc:

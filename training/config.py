@@ -49,6 +49,12 @@ class CalibrationConfig(BaseModel):
     # calibration"). Left at its default on data too short for blocks of a window, training falls back to the
     # validation part (with a warning, and the manifest records 0); asked for explicitly, it is an error.
     cross_fit_folds: int = Field(4, ge=0, le=10)
+    # Held-out periods (the validation part and each cross-fitted block: F + 1 of them per training part) that
+    # may be disturbed: the alert budget leaves out this many periods with the most alerts a day and counts
+    # the rest. Normal data is rarely clean: a period holding an unlabelled incident, a deploy or a drift
+    # counts its alerts as false ones and lifts the thresholds for every later incident. 0 counts every
+    # period (the default); it must leave at least one period counted.
+    disturbed_periods: int = Field(0, ge=0, le=10)
     # How per-stream thresholds adapt, when a deployment switches them on (recorded in the bundle's policy).
     adaptive: AdaptivePolicy = AdaptivePolicy()
 
@@ -57,6 +63,11 @@ class CalibrationConfig(BaseModel):
         if self.cross_fit_folds == 1:
             raise ValueError(
                 "cross_fit_folds must be 0 (validation only) or at least 2: one fold would train on nothing"
+            )
+        if self.disturbed_periods > self.cross_fit_folds:
+            raise ValueError(
+                f"disturbed_periods {self.disturbed_periods} would leave no held-out period counted: "
+                f"{self.cross_fit_folds} cross-fitting folds hold out {self.cross_fit_folds + 1} periods"
             )
         return self
 

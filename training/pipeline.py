@@ -211,6 +211,10 @@ def cross_fitting_that_fits(config: TrainConfig, train_z: list[F32]) -> TrainCon
     except CrossFitError as error:
         if "cross_fit_folds" in calibration.model_fields_set:
             raise
+        if calibration.disturbed_periods:
+            raise CrossFitError(
+                f"{error}; disturbed_periods={calibration.disturbed_periods} needs the cross-fitted blocks"
+            ) from error
         log.warning("%s; calibrating on the validation part alone", error)
         fallback = calibration.model_copy(update={"cross_fit_folds": 0})
         return config.model_copy(update={"calibration": fallback})

@@ -142,3 +142,51 @@ def test_the_adaptive_policy_asked_for_is_recorded_with_the_calibrated_lifecycle
     assert policy.adaptive == AdaptivePolicy(min_ratio=1.0, warmup_points=50)
     _, default = calibrate_alerts(scores, calibrate(scores, CalibrationConfig()), CalibrationConfig())
     assert default.adaptive == AdaptivePolicy()
+
+
+def _disturbed_periods(seed: int) -> list[np.ndarray]:
+    """Five held-out periods of three days: four of them normal, one (the third) with 30 short bursts of 8 over
+    a normal level of about 0.1 (an unlabelled incident storm, a deploy: what normal data often holds)."""
+    periods = [_noisy_validation(seed + i, n=3 * 1440) for i in range(5)]
+    rng = np.random.default_rng(seed)
+    for start in rng.choice(np.arange(0, 3 * 1440 - 20, 140), size=30, replace=False):
+        periods[2][start : start + 6] += 8.0
+    return periods
+
+
+def test_a_disturbed_period_is_left_out_of_the_alert_budget() -> None:
+    """Counting every period, the storm's 30 alerts exceed a budget of 15 and lift the warning threshold over
+    the bursts; with one period free to be disturbed the budget counts the four others (12 days: 12 alerts) and
+    the threshold falls back under the bursts, each period but the storm within a rate of one a day."""
+    from models.lifecycle import LevelThresholds, replay_series
+    from training.calibrate import calibrate_alerts
+
+    periods = _disturbed_periods(11)
+    every = CalibrationConfig()
+    counted_all, _ = calibrate_alerts(periods, calibrate(np.concatenate(periods), every), every)
+    spared = CalibrationConfig(disturbed_periods=1)
+    thresholds, policy = calibrate_alerts(periods, calibrate(np.concatenate(periods), spared), spared)
+    assert thresholds.warning < 8.0 < counted_all.warning
+    levels = LevelThresholds(thresholds.warning, thresholds.critical, policy)
+    counts = [len(replay_series(p, levels)) for p in periods]
+    assert counts[2] >= 25  # the storm still alerts: it is left out of the count, not hidden
+    assert sum(counts) - counts[2] <= 12
+    record = thresholds.alert_calibration
+    assert record is not None and record.disturbed_periods == 1
+    assert record.counted_per_day == pytest.approx((sum(counts) - counts[2]) / 12.0)
+    assert record.achieved_per_day == pytest.approx(sum(counts) / 15.0)
+    assert counted_all.alert_calibration is not None
+    assert counted_all.alert_calibration.counted_per_day is None  # nothing left out
+
+
+def test_disturbed_periods_must_leave_a_period_counted() -> None:
+    from pydantic import ValidationError
+
+    from training.calibrate import calibrate_alerts
+
+    with pytest.raises(ValidationError, match="no held-out period counted"):
+        CalibrationConfig(cross_fit_folds=2, disturbed_periods=3)
+    scores = _noisy_validation(3)
+    config = CalibrationConfig(disturbed_periods=1)  # one series: a validation part alone
+    with pytest.raises(CalibrationError, match="leaves none of 1 held-out periods counted"):
+        calibrate_alerts([scores], calibrate(scores, config), config)

@@ -200,3 +200,24 @@ def test_vigil_calibrate_keeps_the_bundles_folds_unless_told(
     assert plain.thresholds.alert_calibration.validation_days < (  # type: ignore[union-attr]
         same.thresholds.alert_calibration.validation_days / 3  # type: ignore[union-attr]
     )
+
+
+def test_vigil_calibrate_leaves_out_disturbed_periods_only_where_there_are_periods_to_spare(
+    cross_fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bundle's 2 folds hold out 3 periods: one may be left out of the alert budget (recorded in the
+    manifest, every period still replayed); all of them, or one of a validation part alone, exit 2."""
+    models = tmp_path / "models"
+    shutil.copytree(cross_fitted, models / "tvnet" / "v")
+    bundle = str(models / "tvnet" / "v")
+    assert main(["calibrate", "--bundle", bundle, "--version", "spared", "--disturbed-periods", "1"]) == 0
+    record = Manifest.load(models / "tvnet" / "spared").thresholds.alert_calibration
+    assert record is not None and record.disturbed_periods == 1 and record.counted_per_day is not None
+    assert record.counted_per_day <= record.target_per_day
+    every = Manifest.load(cross_fitted).thresholds.alert_calibration
+    assert every is not None and record.validation_days == every.validation_days  # every period replayed
+    assert main(["calibrate", "--bundle", bundle, "--version", "all", "--disturbed-periods", "3"]) == 2
+    assert "disturbed_periods=3 leaves none of 3 held-out periods counted" in capsys.readouterr().err
+    args = ["--cross-fit-folds", "0", "--disturbed-periods", "1"]
+    assert main(["calibrate", "--bundle", bundle, "--version", "alone", *args]) == 2
+    assert "would leave no held-out period counted" in capsys.readouterr().err

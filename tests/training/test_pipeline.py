@@ -89,7 +89,8 @@ def test_by_default_the_thresholds_come_from_held_out_scores_only(bundle_dir: Pa
 
 def test_data_too_short_for_the_default_folds_falls_back_to_the_validation_part(tmp_path: Path) -> None:
     """350 training rows cut into 4 blocks leave 87 rows, under a window of 100: by default the bundle is
-    calibrated on the validation part alone and says so; asked for explicitly, the folds are refused."""
+    calibrated on the validation part alone and says so; asked for explicitly, the folds are refused, and so is
+    a calibration that leaves a disturbed period out (it needs the blocks)."""
     from training.crossfit import CrossFitError
 
     short = {"max_rows": 500, "validation_fraction": 0.3}
@@ -110,6 +111,11 @@ def test_data_too_short_for_the_default_folds_falls_back_to_the_validation_part(
     with pytest.raises(CrossFitError, match="shorter than a window of 100"):
         train_bundle(
             tiny_config(tmp_path / "asked", calibration=CalibrationConfig(cross_fit_folds=4), **short)
+        )
+    # periods left out of the budget need the blocks: no silent fallback to a validation part alone
+    with pytest.raises(CrossFitError, match="disturbed_periods=1 needs the cross-fitted blocks"):
+        train_bundle(
+            tiny_config(tmp_path / "spared", calibration=CalibrationConfig(disturbed_periods=1), **short)
         )
 
 
