@@ -5,7 +5,7 @@ or the body: a refusal must cost far less than a served request, or shedding its
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,16 +24,12 @@ class InflightLimitMiddleware:
     by Little's law the mean time in the server is the requests in progress over the rate they complete at,
     so while requests are being refused the limit is set each ``STEP_S`` to ``TARGET_S`` times the measured
     completion rate (never under ``MIN_LIMIT``): what the server can finish within ``TARGET_S``. A flood that
-    saturates the event loop lowers the completion rate and with it the limit. The same holds, without any
-    refusal, in a step whose completions spent over ``TARGET_S`` in the server on average while more requests
-    were in progress than that bound: a standing queue of heavy requests (64 batch requests of 100 streams are
-    two seconds of work on two cores, far under the count that refuses). After a step with neither the limit
-    is back at ``max_inflight``; a slow request at low load, fewer in progress than the bound, is neither.
+    saturates the event loop lowers the completion rate and with it the limit. After a step without refusals
+    the limit is back at ``max_inflight``.
 
     ``per_key`` (None: no bound) is the most requests one bearer token may have in progress; beyond it that
     token is answered 429 ``too_many_requests`` (Retry-After) at once. The same law bounds each token's own
-    wait: from a token's second pressed step in a row (refused, or its completions over ``KEY_TARGET_S`` on
-    average while it held more than its bound; a flood, where a burst of one step at 70 % of capacity is left
+    wait: from a token's second refused step in a row (a flood; a burst of one step at 70 % of capacity is left
     alone), its bound is set each step to ``KEY_TARGET_S`` times the rate at which its requests complete (never
     under ``MIN_LIMIT``, never over ``per_key``), so one client that offers more than the server completes (the
     only client of a deployment, at 120 % of its peak) waits about that long per request instead of its whole
@@ -69,69 +65,52 @@ class InflightLimitMiddleware:
         self.limit = max_inflight
         self._rate = 0.0  # completions per second, exponentially weighted over steps
         self._completed = 0  # since the last step
-        self._served_s = 0.0  # the time those completions spent in the server, together
         self._step_started = time.monotonic()
         self._refused = 0  # since the last step
         # Per token, only while it is being refused: its bound, and its completions and refusals in this step.
         self.key_limits: dict[bytes, int] = {}
         self._key_rates: dict[bytes, float] = {}
         self._key_completed: Counter[bytes] = Counter()
-        self._key_served_s: defaultdict[bytes, float] = defaultdict(float)
         self._key_refused: Counter[bytes] = Counter()
 
     def _bound(self, target_s: float, rate: float, ceiling: int) -> int:
         """What completes within ``target_s`` at ``rate`` completions a second, within [MIN_LIMIT, ceiling]."""
         return max(self.MIN_LIMIT, min(ceiling, int(target_s * rate)))
 
-    def _queued(self, served_s: float, completed: int, held: int, bound: int, target_s: float) -> bool:
-        """A standing queue without refusals: completions that spent over ``target_s`` in the server on average
-        while more requests are held than the bound would admit (so a slow request at low load is not one)."""
-        return completed > 0 and served_s / completed > target_s and held > bound
-
-    def _adapt(self, token: bytes | None, served_s: float = 0.0) -> None:
+    def _adapt(self, token: bytes | None) -> None:
         self._completed += 1
-        self._served_s += served_s
         if token is not None:
             self._key_completed[token] += 1
-            self._key_served_s[token] += served_s
         now = time.monotonic()
         elapsed = now - self._step_started
         if elapsed < self.STEP_S:
             return
         rate = self._completed / elapsed
         self._rate = rate if self._rate == 0.0 else 0.5 * self._rate + 0.5 * rate
-        bound = self._bound(self.TARGET_S, self._rate, self.max_inflight)
-        queued = self._queued(self._served_s, self._completed, self.inflight, bound, self.TARGET_S)
         refused, self._refused, self._completed, self._step_started = self._refused, 0, 0, now
-        self._served_s = 0.0
-        self.limit = bound if refused or queued else self.max_inflight
+        self.limit = (
+            self._bound(self.TARGET_S, self._rate, self.max_inflight) if refused else self.max_inflight
+        )
         if self.per_key is not None:
             self._adapt_keys(elapsed, self.per_key)
 
     def _adapt_keys(self, elapsed: float, per_key: int) -> None:
-        """Each token pressed in the step just ended and in the one before (refused, or its requests queued
-        past ``KEY_TARGET_S``) gets the bound its own completion rate allows (averaged over the two steps); the
-        others are back at ``per_key``."""
+        """Each token refused in the step just ended and in the one before gets the bound its own completion
+        rate allows (averaged over the two steps); the others are back at ``per_key``."""
         rates = {}
-        for token in {*self._key_refused, *self._key_completed}:
-            refused, completed = self._key_refused[token], self._key_completed[token]
-            if refused > completed:
+        for token, refused in self._key_refused.items():
+            if refused > self._key_completed[token]:
                 continue  # its refusals, not its admitted work, load the server: fewer slots multiply them
-            rate = completed / elapsed
+            rate = self._key_completed[token] / elapsed
             before = self._key_rates.get(token)
-            rate = rate if before is None else 0.5 * before + 0.5 * rate
-            bound = self._bound(self.KEY_TARGET_S, rate, per_key)
-            served_s = self._key_served_s[token]
-            if refused or self._queued(served_s, completed, self.held[token], bound, self.KEY_TARGET_S):
-                rates[token] = rate
-        self.key_limits = {  # from its second pressed step in a row: a flood, not a burst
+            rates[token] = rate if before is None else 0.5 * before + 0.5 * rate
+        self.key_limits = {  # from its second refused step in a row: a flood, not a burst
             token: self._bound(self.KEY_TARGET_S, rate, per_key)
             for token, rate in rates.items()
             if token in self._key_rates
         }
         self._key_rates = rates
         self._key_completed.clear()
-        self._key_served_s.clear()
         self._key_refused.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -153,7 +132,6 @@ class InflightLimitMiddleware:
         self.inflight += 1
         if token is not None:
             self.held[token] += 1
-        started = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
@@ -162,7 +140,7 @@ class InflightLimitMiddleware:
                 self.held[token] -= 1
                 if not self.held[token]:
                     del self.held[token]
-            self._adapt(token, time.monotonic() - started)
+            self._adapt(token)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
