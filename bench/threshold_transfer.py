@@ -5,7 +5,10 @@ validation part only, each measured on the untouched test part through the refer
     .venv/bin/python -m bench.threshold_transfer --row tvnet+smooth2_blevel [--machines ...] [--rules ...]
     .venv/bin/python -m bench.threshold_transfer --compare-rows tvnet_val+smooth2_blevel,tvnet+smooth2_blevel
 
-Rules: ``validation`` (the validation part alone: the calibration before cross-fitting became the default) and
+Rules: ``cross-fit`` (the default: the validation part and each training block scored by the fold model that never
+saw it), ``cross-fit-disturbed1`` (the same with the period that has the most alerts a day left out of the
+budget: ``--disturbed-periods 1``), ``validation`` (the validation part alone: the calibration before
+cross-fitting became the default) and
 ``train+validation`` (the training part scored by the shipped model itself, which trained on it: in-sample
 scores, so a diagnostic of how much more normal time helps, never a calibration to ship; the default
 cross-fitted calibration, ``training/crossfit.py``, gets that time from models that did not train on it: the
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.smd_rows import SAMPLING_INTERVAL_S  # noqa: E402
-from models.lifecycle import LevelThresholds  # noqa: E402
+from models.lifecycle import LevelThresholds, replay_series  # noqa: E402
 from models.manifest import AlertPolicy, Manifest  # noqa: E402
 from models.runtime import load_bundle  # noqa: E402
 from models.scoring import normalise, score_series  # noqa: E402
@@ -93,12 +96,33 @@ def calibrated_on(
 
 def cross_fitted(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
     """The default: the validation part and every training block scored by the fold model that never saw it."""
-    return calibrated_on(s, m, ("validation", *sorted(k for k in s if k.startswith("fold"))))
+    return calibrated_on(s, m, tuple(periods(s)))
+
+
+def cross_fitted_disturbed(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
+    """The same, with the held-out period that has the most alerts a day left out of the budget."""
+    config = CalibrationConfig.model_validate(m.training.config["calibration"])
+    series = [s[p] for p in periods(s)]
+    thresholds, policy = calibrate_held_out(series, config.model_copy(update={"disturbed_periods": 1}))
+    assert policy is not None
+    return thresholds.warning, thresholds.critical, policy
+
+
+def periods(s: Scores) -> list[str]:
+    """The held-out periods of the cross-fitted calibration: the validation part, then each block."""
+    return ["validation", *sorted(k for k in s if k.startswith("fold"))]
+
+
+def period_alerts(s: Scores, warning: float, critical: float, policy: AlertPolicy) -> list[int]:
+    """Alerts each held-out period raises at these thresholds."""
+    levels = LevelThresholds(warning, critical, policy)
+    return [len(replay_series(s[p].astype(np.float64), levels)) for p in periods(s)]
 
 
 RULES: dict[str, Rule] = {
     "validation": calibrated_on,
     "cross-fit": cross_fitted,
+    "cross-fit-disturbed1": cross_fitted_disturbed,
     "train+validation": lambda s, m: calibrated_on(s, m, ("train", "validation")),
 }
 
@@ -162,7 +186,8 @@ def main() -> int:
     rules = args.rules.split(",")
     totals: dict[str, list[AlertReport]] = {r: [] for r in rules}
     print(
-        f"{'machine':12} {'rule':18} {'warning':>10} {'k/n m':>7} {'recall':>7} {'false/day':>9} {'in alert':>8}"
+        f"{'machine':12} {'rule':20} {'warning':>10} {'k/n m':>7} {'recall':>7} {'false/day':>9} {'in alert':>8}"
+        "  alerts per held-out period (validation, blocks)"
     )
     for machine in machines:
         s = cached_scores(args.row, machine)
@@ -172,13 +197,14 @@ def main() -> int:
             r = measure(s, warning, critical, policy)
             totals[rule].append(r)
             print(
-                f"{machine:12} {rule:18} {warning:10.3f} {policy.k}/{policy.n} {policy.m:<3} "
-                f"{r.event_recall:7.3f} {r.false_alerts_per_day:9.2f} {r.time_in_alert:8.3f}"
+                f"{machine:12} {rule:20} {warning:10.3f} {policy.k}/{policy.n} {policy.m:<3} "
+                f"{r.event_recall:7.3f} {r.false_alerts_per_day:9.2f} {r.time_in_alert:8.3f}  "
+                f"{period_alerts(s, warning, critical, policy)}"
             )
     print()
     for rule, reports in totals.items():
         print(
-            f"mean {rule:18} recall {statistics.mean(r.event_recall for r in reports):.3f} "
+            f"mean {rule:20} recall {statistics.mean(r.event_recall for r in reports):.3f} "
             f"false/day {statistics.mean(r.false_alerts_per_day for r in reports):.2f} "
             f"in alert {statistics.mean(r.time_in_alert for r in reports):.3f} "
             f"(labelled {statistics.mean(r.labelled_share for r in reports):.3f})"
