@@ -218,6 +218,16 @@ class AlertCalibration(_Frozen):
     disturbed_periods: int = 0
     counted_per_day: float | None = None
 
+    @model_serializer(mode="wrap")
+    def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without periods left out, the manifest is written as before them, so that a server of an earlier
+        release (which refuses fields it does not know) still loads the bundle."""
+        data: dict[str, Any] = handler(self)
+        if not self.disturbed_periods:
+            data.pop("disturbed_periods", None)
+            data.pop("counted_per_day", None)
+        return data
+
 
 class Thresholds(_Frozen):
     """Alert levels calibrated on held-out normal (validation) scores, never on test data."""

@@ -121,8 +121,11 @@ def _alerts_by_series(
 @dataclass(frozen=True)
 class AlertBudget:
     """At most ``per_day`` alerts a day over the held-out series, each a period of ``days[i]`` days, leaving out
-    the ``disturbed`` periods with the most alerts a day; all alerts together open at most ``max_share`` of the
-    points."""
+    the ``disturbed`` periods with the most alerts beyond their own share of the budget (``per_day`` times
+    their days; with periods of one length, those with the most alerts a day); all alerts together open at
+    most ``max_share`` of the points. Leaving out the largest excesses is the most lenient choice of periods,
+    so the budget stays monotone in the threshold (fewer alerts in any period never break it), as the
+    bisection in ``_lowest_within`` needs; ranking by alerts a day is not, with periods of unequal length."""
 
     per_day: float
     days: tuple[float, ...]
@@ -132,8 +135,8 @@ class AlertBudget:
 
     def counted(self, counts: list[int]) -> tuple[int, float]:
         """The alerts and days of the periods the budget counts."""
-        by_rate = sorted(range(len(counts)), key=lambda i: counts[i] / self.days[i] if self.days[i] else 0.0)
-        kept = by_rate[: len(counts) - self.disturbed]
+        by_excess = sorted(range(len(counts)), key=lambda i: counts[i] - self.per_day * self.days[i])
+        kept = by_excess[: len(counts) - self.disturbed]
         return sum(counts[i] for i in kept), sum(self.days[i] for i in kept)
 
     def allows(self, counts: list[int], open_points: int) -> bool:
@@ -197,7 +200,8 @@ def calibrate_alerts(
     """
     assert config.false_alerts_per_day is not None
     parts = validation_scores if isinstance(validation_scores, list) else [validation_scores]
-    series = [np.asarray(p, dtype=np.float64) for p in parts]
+    arrays = [np.asarray(p, dtype=np.float64) for p in parts]
+    series = [a for a in arrays if np.isfinite(a).any()]  # a part too short for a window scores nothing
     scores = np.concatenate(series)
     finite = np.sort(scores[np.isfinite(scores)])
     days = finite.size * config.sampling_interval_s / 86_400.0

@@ -106,7 +106,10 @@ def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> Cal
     without folds (or before they were the default) recalibrates as it was trained."""
     if "cross_fit_folds" in calibration.model_fields_set:
         return calibration
-    return calibration.model_copy(update={"cross_fit_folds": bundle_folds(manifest)})
+    # validated again: the rest of the calibration (disturbed_periods) must hold with the bundle's folds
+    return CalibrationConfig.model_validate(
+        {**calibration.model_dump(), "cross_fit_folds": bundle_folds(manifest)}
+    )
 
 
 def recalibrate_bundle(

@@ -190,3 +190,44 @@ def test_disturbed_periods_must_leave_a_period_counted() -> None:
     config = CalibrationConfig(disturbed_periods=1)  # one series: a validation part alone
     with pytest.raises(CalibrationError, match="leaves none of 1 held-out periods counted"):
         calibrate_alerts([scores], calibrate(scores, config), config)
+    unscored = np.full(500, np.nan)  # a part too short for a window is no period
+    with pytest.raises(CalibrationError, match="leaves none of 1 held-out periods counted"):
+        calibrate_alerts([scores, unscored], calibrate(scores, config), config)
+
+
+def test_the_budget_with_periods_left_out_never_breaks_when_alerts_only_fall() -> None:
+    """The threshold search bisects, so fewer alerts in any period must never break a budget that more
+    alerts kept: periods of unequal length (a validation part, fleet parts), counts at random."""
+    from training.calibrate import AlertBudget
+
+    rng = np.random.default_rng(0)
+    for _ in range(2_000):
+        days = tuple(float(d) for d in rng.uniform(0.5, 12.0, size=int(rng.integers(2, 7))))
+        budget = AlertBudget(1.0, days, int(rng.integers(1, len(days))), max_share=1.0, points=1)
+        more = [int(c) for c in rng.integers(0, 40, size=len(days))]
+        fewer = [int(rng.integers(0, c + 1)) for c in more]
+        if budget.allows(more, 0):
+            assert budget.allows(fewer, 0), (days, budget.disturbed, more, fewer)
+    # the case that ranking periods by alerts a day gets wrong: leaving out the 1-day period's 2 alerts a day
+    budget = AlertBudget(1.0, (1.0, 10.0, 10.0), 1, max_share=1.0, points=1)
+    assert budget.allows([2, 30, 9], 0) and budget.allows([2, 15, 9], 0)
+
+
+def test_a_manifest_without_periods_left_out_is_written_as_before_them() -> None:
+    """A server of an earlier release refuses manifest fields it does not know: the two fields of disturbed
+    periods are written only when periods were left out, and either way the record loads back equal."""
+    from models.manifest import AlertCalibration
+
+    plain = AlertCalibration(
+        target_per_day=1.0,
+        achieved_per_day=0.9,
+        validation_alerts=15,
+        validation_days=16.5,
+        sampling_interval_s=60.0,
+        candidates_tried=9,
+    )
+    assert "disturbed_periods" not in plain.model_dump() and "counted_per_day" not in plain.model_dump()
+    spared = plain.model_copy(update={"disturbed_periods": 1, "counted_per_day": 0.97})
+    assert spared.model_dump(mode="json")["counted_per_day"] == 0.97
+    for record in (plain, spared):
+        assert AlertCalibration.model_validate(record.model_dump(mode="json")) == record

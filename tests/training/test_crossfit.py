@@ -217,7 +217,9 @@ def test_vigil_calibrate_leaves_out_disturbed_periods_only_where_there_are_perio
     every = Manifest.load(cross_fitted).thresholds.alert_calibration
     assert every is not None and record.validation_days == every.validation_days  # every period replayed
     assert main(["calibrate", "--bundle", bundle, "--version", "all", "--disturbed-periods", "3"]) == 2
-    assert "disturbed_periods=3 leaves none of 3 held-out periods counted" in capsys.readouterr().err
+    assert "disturbed_periods 3 would leave no held-out period counted: 2 cross-fitting folds hold out 3" in (
+        capsys.readouterr().err
+    )
     args = ["--cross-fit-folds", "0", "--disturbed-periods", "1"]
     assert main(["calibrate", "--bundle", bundle, "--version", "alone", *args]) == 2
     assert "would leave no held-out period counted" in capsys.readouterr().err
