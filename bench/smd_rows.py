@@ -185,7 +185,7 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         for family in SCORED_FAMILIES
     },
     # The default with one held-out period of the five (the validation part and four cross-fitted blocks) free
-    # to be disturbed: the one with the most alerts a day left out of the alert budget (`disturbed_periods`).
+    # to be disturbed: the one with the most alerts beyond its share left out of the alert budget (`disturbed_periods`).
     **{
         f"{family}+smooth2_blevel_disturbed1": (family, {"disturbed_periods": 1}, SCORINGS["smooth2_blevel"])
         for family in SCORED_FAMILIES

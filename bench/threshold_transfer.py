@@ -6,8 +6,8 @@ validation part only, each measured on the untouched test part through the refer
     .venv/bin/python -m bench.threshold_transfer --compare-rows tvnet_val+smooth2_blevel,tvnet+smooth2_blevel
 
 Rules: ``cross-fit`` (the default: the validation part and each training block scored by the fold model that never
-saw it), ``cross-fit-disturbed1`` (the same with the period that has the most alerts a day left out of the
-budget: ``--disturbed-periods 1``), ``validation`` (the validation part alone: the calibration before
+saw it), ``cross-fit-disturbed1`` (the same with the period that has the most alerts beyond its share left out of
+the budget: ``--disturbed-periods 1``), ``validation`` (the validation part alone: the calibration before
 cross-fitting became the default) and
 ``train+validation`` (the training part scored by the shipped model itself, which trained on it: in-sample
 scores, so a diagnostic of how much more normal time helps, never a calibration to ship; the default
@@ -26,6 +26,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,9 +89,9 @@ def cached_scores(row: str, machine: str) -> Scores:
 
 
 def calibrated_on(
-    s: Scores, m: Manifest, parts: tuple[str, ...] = ("validation",)
+    s: Scores, m: Manifest, parts: tuple[str, ...] = ("validation",), **overrides: Any
 ) -> tuple[float, float, AlertPolicy]:
-    config = CalibrationConfig.model_validate(m.training.config["calibration"])
+    config = CalibrationConfig.model_validate({**m.training.config["calibration"], **overrides})
     series = [s[p] for p in parts]
     thresholds, policy = calibrate_held_out(series, config)
     assert policy is not None, "the rules compare alert-level calibrations"
@@ -103,12 +104,8 @@ def cross_fitted(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
 
 
 def cross_fitted_disturbed(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
-    """The same, with the held-out period that has the most alerts a day left out of the budget."""
-    config = CalibrationConfig.model_validate(m.training.config["calibration"])
-    series = [s[p] for p in periods(s)]
-    thresholds, policy = calibrate_held_out(series, config.model_copy(update={"disturbed_periods": 1}))
-    assert policy is not None
-    return thresholds.warning, thresholds.critical, policy
+    """The same, with the held-out period that has the most alerts beyond its share left out of the budget."""
+    return calibrated_on(s, m, tuple(periods(s)), disturbed_periods=1)
 
 
 def periods(s: Scores) -> list[str]:

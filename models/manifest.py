@@ -213,7 +213,7 @@ class AlertCalibration(_Frozen):
     validation_days: float
     sampling_interval_s: float
     candidates_tried: int
-    # With ``disturbed_periods``: that many held-out periods (those with the most alerts a day) left out of the
+    # With ``disturbed_periods``: that many held-out periods (those with the most alerts beyond their share) left out of the
     # budget, and the rate over the periods it counted (``achieved_per_day`` counts every period).
     disturbed_periods: int = 0
     counted_per_day: float | None = None

@@ -196,7 +196,7 @@ def calibrate_alerts(
     most sensitive one: the largest share of validation points at or over its warning threshold (ties: smaller
     k, then smaller m). Several held-out series (the validation part, the cross-fitted blocks, each training
     part of a fleet) are replayed as streams of their own, their alerts and days added up, less the
-    ``config.disturbed_periods`` series with the most alerts a day. Never sees test data.
+    ``config.disturbed_periods`` series that ``AlertBudget`` leaves out. Never sees test data.
     """
     assert config.false_alerts_per_day is not None
     parts = validation_scores if isinstance(validation_scores, list) else [validation_scores]

@@ -207,8 +207,8 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="held-out periods (the validation part and each cross-fitted block) that may hold an unlabelled "
-        "incident or a drift: the false-alert budget leaves out this many periods with the most alerts a day "
-        "(default 0: every period counts; at most --cross-fit-folds)",
+        "incident or a drift: the false-alert budget leaves out this many periods with the most alerts beyond "
+        "their share of it (periods of one length: the most alerts a day; default 0: every period counts; at most --cross-fit-folds)",
     )
     parser.add_argument(
         "--min-incident-points",

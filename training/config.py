@@ -50,8 +50,8 @@ class CalibrationConfig(BaseModel):
     # validation part (with a warning, and the manifest records 0); asked for explicitly, it is an error.
     cross_fit_folds: int = Field(4, ge=0, le=10)
     # Held-out periods (the validation part and each cross-fitted block: F + 1 of them per training part) that
-    # may be disturbed: the alert budget leaves out this many periods with the most alerts a day and counts
-    # the rest. Normal data is rarely clean: a period holding an unlabelled incident, a deploy or a drift
+    # may be disturbed: the alert budget leaves out this many periods with the most alerts beyond their share
+    # of it (training.calibrate.AlertBudget) and counts the rest. Normal data is rarely clean: a period holding an unlabelled incident, a deploy or a drift
     # counts its alerts as false ones and lifts the thresholds for every later incident. 0 counts every
     # period (the default); it must leave at least one period counted.
     disturbed_periods: int = Field(0, ge=0, le=10)
