@@ -13,7 +13,9 @@ peer of ``bench.peers`` (``bench/microbatch_server.py``) on the same bundle and 
 stream requests (``--points`` real rows of the bundled sample per request, each client its own stream, Redis
 with AOF as deployed; rows and columns answers). Every Vigil request carries a bench API key and passes every
 middleware as served. Columns: loop-thread µs per request (median of the repeats, and their range) and per
-point, the process's CPU µs per request (every thread, inference included) and requests/s of the run.
+point, the process's CPU µs per request (every thread, inference included), redis-server's CPU µs per request
+(commands, scripts and AOF writes: the store's share, which every replica of a deployment adds to one Redis)
+and requests/s of the run.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Run:
     loop_us: float
     process_us: float
     per_s: float
+    redis_us: float  # redis-server's CPU (every thread: commands, scripts, AOF) per request
 
 
 def same_body(body: bytes) -> Bodies:
@@ -116,7 +119,9 @@ async def call(app: FastAPI, target: Target, body: bytes) -> int:
     return status
 
 
-async def measure(target: Target, requests: int, concurrency: int, repeat: int) -> list[Run]:
+async def measure(
+    target: Target, requests: int, concurrency: int, repeat: int, redis_pid: int
+) -> list[Run]:
     runs: list[Run] = []
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(target.app.router.lifespan_context(target.app))
@@ -146,14 +151,18 @@ async def measure(target: Target, requests: int, concurrency: int, repeat: int) 
 
         for _ in range(repeat):
             wall, process, loop = time.perf_counter(), time.process_time(), time.thread_time()
+            store = harness.cpu_seconds(redis_pid)
             await asyncio.gather(*(client(bodies) for bodies in sources))
             served = each * concurrency
-            wall, process, loop = (
+            wall, process, loop, store = (
                 time.perf_counter() - wall,
                 time.process_time() - process,
                 time.thread_time() - loop,
+                harness.cpu_seconds(redis_pid) - store,
             )
-            runs.append(Run(1e6 * loop / served, 1e6 * process / served, served / wall))
+            runs.append(
+                Run(1e6 * loop / served, 1e6 * process / served, served / wall, 1e6 * store / served)
+            )
     return runs
 
 
@@ -260,7 +269,9 @@ def main() -> None:
 
         for name in chosen:
             measured = target(name)
-            runs = asyncio.run(measure(measured, args.requests, args.concurrency, args.repeat))
+            runs = asyncio.run(
+                measure(measured, args.requests, args.concurrency, args.repeat, redis.pid)
+            )
             loop_us = [r.loop_us for r in runs]
             row = {
                 "target": measured.name,
@@ -269,6 +280,7 @@ def main() -> None:
                 "loop_us_max": max(loop_us),
                 "loop_us_per_point": statistics.median(loop_us) / measured.points_per_request,
                 "process_us": statistics.median(r.process_us for r in runs),
+                "redis_us": statistics.median(r.redis_us for r in runs),
                 "per_s": statistics.median(r.per_s for r in runs),
             }
             results.add(**row)
@@ -278,6 +290,7 @@ def main() -> None:
                     f"{row['loop_us']:.0f} ({row['loop_us_min']:.0f}-{row['loop_us_max']:.0f})",
                     f"{row['loop_us_per_point']:.1f}",
                     f"{row['process_us']:.0f}",
+                    f"{row['redis_us']:.0f}",
                     f"{row['per_s']:.0f}",
                 )
             )
@@ -290,6 +303,7 @@ def main() -> None:
         "loop µs per request (range)",
         "loop µs per point",
         "process CPU µs per request",
+        "redis-server CPU µs per request",
         "requests/s",
     ]
     report.print_table(headers, rows)
