@@ -119,9 +119,7 @@ async def call(app: FastAPI, target: Target, body: bytes) -> int:
     return status
 
 
-async def measure(
-    target: Target, requests: int, concurrency: int, repeat: int, redis_pid: int
-) -> list[Run]:
+async def measure(target: Target, requests: int, concurrency: int, repeat: int, redis_pid: int) -> list[Run]:
     runs: list[Run] = []
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(target.app.router.lifespan_context(target.app))
@@ -160,9 +158,7 @@ async def measure(
                 time.thread_time() - loop,
                 harness.cpu_seconds(redis_pid) - store,
             )
-            runs.append(
-                Run(1e6 * loop / served, 1e6 * process / served, served / wall, 1e6 * store / served)
-            )
+            runs.append(Run(1e6 * loop / served, 1e6 * process / served, served / wall, 1e6 * store / served))
     return runs
 
 
@@ -269,9 +265,7 @@ def main() -> None:
 
         for name in chosen:
             measured = target(name)
-            runs = asyncio.run(
-                measure(measured, args.requests, args.concurrency, args.repeat, redis.pid)
-            )
+            runs = asyncio.run(measure(measured, args.requests, args.concurrency, args.repeat, redis.pid))
             loop_us = [r.loop_us for r in runs]
             row = {
                 "target": measured.name,

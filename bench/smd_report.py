@@ -1,5 +1,6 @@
 """EVALUATION.md's generated block from the saved results of bench/evaluate_smd.py: alert tables (fixed and
-per-stream thresholds), the oracle table, ranking and point metrics, per-machine tables and time."""
+per-stream thresholds), their intervals over the machines (bench/machine_spread.py), the oracle table, ranking
+and point metrics, per-machine tables and time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.machine_spread import from_results, spread_lines
 from bench.smd_rows import (
     ALERT_METRICS,
     CALIBRATIONS,
@@ -223,6 +225,10 @@ def write_tables(out: Path, families: list[str], command: str, path: Path) -> No
         "### The same with thresholds that follow each stream (adaptive, from the test period's own start)",
         "",
         *alert_table(results, families, "adaptive"),
+        "",
+        "### How far the means can be trusted: 95 % bootstrap intervals over the machines (default scoring)",
+        "",
+        *spread_lines(*from_results(results)),
         "",
         "### What the scores could reach: an oracle threshold per machine (chosen on test data: a diagnostic, "
         "never a result)",
