@@ -58,6 +58,15 @@ class PointBatch:
 
 
 @dataclass(frozen=True)
+class BadItem:
+    """An item of a batch that failed validation: its error, and its stream when the item names a valid one
+    (the items of that stream after it are then refused: see ``StreamScorer.score_many``)."""
+
+    error: BadInput
+    stream_id: str | None = None
+
+
+@dataclass(frozen=True)
 class WindowInput:
     model: str | None
     window: npt.NDArray[np.float64]  # [L, C]
@@ -218,8 +227,8 @@ def validated_window(raw: Any) -> WindowInput:
     return WindowInput(request.model, np.asarray(request.window, dtype=np.float64))
 
 
-def parse_batch_json(body: bytes, max_items: int) -> list[PointBatch | BadInput]:
-    """Each item validated on its own: a bad item fails that item only."""
+def parse_batch_json(body: bytes, max_items: int) -> list[PointBatch | BadItem]:
+    """Each item validated on its own: a bad item fails that item only (and the items of its stream after it)."""
     raw = load_json(body)
     if not isinstance(raw, dict) or not isinstance(raw.get("items"), list) or set(raw) != {"items"}:
         _validate(BatchScoreRequest, raw)  # raises with the field and the reason
@@ -229,13 +238,19 @@ def parse_batch_json(body: bytes, max_items: int) -> list[PointBatch | BadInput]
         raise BadInput("items: at least one item is required")
     if len(items) > max_items:
         raise PayloadTooLarge(f"items: {len(items)} items in one request; at most {max_items}")
-    out: list[PointBatch | BadInput] = []
+    out: list[PointBatch | BadItem] = []
     for i, item in enumerate(items):
         try:
             out.append(stream_batch(_validate(StreamScoreRequest, item, prefix=f"items.{i}.")))
         except BadInput as exc:
-            out.append(exc)
+            out.append(BadItem(exc, _named_stream(item)))
     return out
+
+
+def _named_stream(item: Any) -> str | None:
+    """The valid ``stream_id`` of a raw item that failed validation for another reason, else None."""
+    stream_id = item.get("stream_id") if isinstance(item, dict) else None
+    return stream_id if isinstance(stream_id, str) and _STREAM_ID.fullmatch(stream_id) else None
 
 
 def encode_binary_batch(frames: list[bytes]) -> bytes:
@@ -246,7 +261,7 @@ def encode_binary_batch(frames: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def parse_binary_batch(body: bytes, max_items: int) -> list[PointBatch | BadInput]:
+def parse_binary_batch(body: bytes, max_items: int) -> list[PointBatch | BadItem]:
     """The items of a batch frame; a bad item is its :class:`BadInput`, named ``items.<i>.…``."""
     if body[:4] != BATCH_MAGIC:
         raise BadInput("body: a binary batch must start with b'VGLB'")
@@ -258,7 +273,7 @@ def parse_binary_batch(body: bytes, max_items: int) -> list[PointBatch | BadInpu
         raise BadInput("items: at least one item is required")
     if n_items > max_items:
         raise PayloadTooLarge(f"items: {n_items} items in one request; at most {max_items}")
-    out: list[PointBatch | BadInput] = []
+    out: list[PointBatch | BadItem] = []
     offset = 8
     for i in range(n_items):
         if offset + 4 > len(body):
@@ -271,7 +286,7 @@ def parse_binary_batch(body: bytes, max_items: int) -> list[PointBatch | BadInpu
         try:
             out.append(parse_binary(frame))
         except BadInput as exc:
-            out.append(BadInput(f"items.{i}.{exc.detail}"))
+            out.append(BadItem(BadInput(f"items.{i}.{exc.detail}"), _frame_stream(frame)))
     if offset != len(body):
         raise BadInput(f"body: {len(body) - offset} bytes after the last of {n_items} items")
     return out
@@ -287,6 +302,16 @@ def encode_binary(
     header = MAGIC + struct.pack("<H", len(sid)) + sid + struct.pack("<H", len(name)) + name
     header += struct.pack("<IH", len(ts_array), value_array.shape[1])
     return header + ts_array.tobytes() + value_array.tobytes()
+
+
+def _frame_stream(frame: bytes) -> str | None:
+    """The valid stream id at the head of a ``VGL1`` frame that failed for another reason, else None."""
+    try:
+        (id_len,) = struct.unpack_from("<H", frame, 4)
+        stream_id = frame[6 : 6 + id_len].decode()
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return stream_id if frame[:4] == MAGIC and _STREAM_ID.fullmatch(stream_id) else None
 
 
 def parse_binary(body: bytes) -> PointBatch:

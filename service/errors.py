@@ -73,6 +73,18 @@ class TooManyRequests(VigilError):
     code, status = "too_many_requests", 429
 
 
+class EarlierItemFailed(VigilError):
+    """An item of ``/score/batch`` not stored because an earlier item of its stream failed: stored, its newer
+    points would make the earlier item's stale for good. It carries the earlier item's status, so a client that
+    retries what failed retries both, in order."""
+
+    code = "earlier_item_failed"
+
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
 class Overloaded(VigilError):
     code, status = "overloaded", 503
 

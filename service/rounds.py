@@ -219,7 +219,12 @@ class ScoringRound:
                 )
             except VigilError as exc:
                 for job in group:
-                    job.fail(exc)
+                    if not job.scored:
+                        job.fail(exc)
+                    # Else a later pass: the windows other requests made due while this one held the claim. Its
+                    # own points are scored, committed and answered; those windows go to the stream's next
+                    # request, as for the requests that stored them (answered with them pending).
+                    job.claim = None
                     await self._give_back(job)
                 continue
             # Each window's newest ``span`` points, all windows of the group in one array per field: one top-k

@@ -17,8 +17,8 @@ import numpy.typing as npt
 from models.manifest import Normalisation
 from models.scoring import F32, levels_of, normalise
 from service.alerts import AlertTracker
-from service.codec import PointBatch, WindowInput
-from service.errors import BadInput, PayloadTooLarge, VigilError
+from service.codec import BadItem, PointBatch, WindowInput
+from service.errors import BadInput, EarlierItemFailed, PayloadTooLarge, VigilError
 from service.history import ScoreHistory
 from service.metrics import Metrics
 from service.registry import ModelHandle, ModelRegistry
@@ -174,17 +174,26 @@ class StreamScorer:
             count_levels(self._metrics, manifest.name, points)
             return WindowResult(manifest.name, manifest.version, points)
 
-    async def score_many(self, items: list[PointBatch | BadInput]) -> list[BatchItem]:
-        """One result per item; a bad item fails alone. Round r takes the r-th item of every stream, so items of
-        one stream run in order and each round costs about one stream's round trips."""
+    async def score_many(self, items: list[PointBatch | BadItem]) -> list[BatchItem]:
+        """One result per item; a bad item fails alone, with the items of its stream after it (stored, their
+        newer points would make the failed item's stale for good, so its retry could never be stored). Round r
+        takes the r-th item of every stream, so items of one stream run in order and each round costs about one
+        stream's round trips."""
         total = sum(len(i.ts) for i in items if isinstance(i, PointBatch))
         if total > self._max_points:
             raise PayloadTooLarge(f"items: {total} points in one request; at most {self._max_points}")
         results: list[BatchItem] = [BatchItem(None) for _ in items]
         queues: dict[str, list[int]] = defaultdict(list)
+        failed: dict[str, tuple[int, VigilError]] = {}  # stream -> its first failed item and the error
+
+        def fail(index: int, stream_id: str | None, exc: VigilError) -> None:
+            results[index] = _item_error(stream_id, exc)
+            if stream_id is not None and (stream_id not in failed or index < failed[stream_id][0]):
+                failed[stream_id] = (index, exc)
+
         for index, item in enumerate(items):
-            if isinstance(item, BadInput):
-                results[index] = _item_error(None, item)
+            if isinstance(item, BadItem):
+                fail(index, item.stream_id, item.error)
             else:
                 queues[item.stream_id].append(index)
         with ExitStack() as leases:
@@ -197,11 +206,15 @@ class StreamScorer:
                     index = queue[position]
                     item = items[index]
                     assert isinstance(item, PointBatch)
+                    earlier = failed.get(item.stream_id)
+                    if earlier is not None and earlier[0] < index:
+                        results[index] = _item_error(item.stream_id, _after_failed(item.stream_id, *earlier))
+                        continue
                     try:
                         if item.model not in handles:
                             handles[item.model] = leases.enter_context(self._models.lease(item.model))
                     except VigilError as exc:
-                        results[index] = _item_error(item.stream_id, exc)
+                        fail(index, item.stream_id, exc)
                     else:
                         by_model[item.model].append(index)
                 jobs: list[tuple[int, StreamJob]] = []
@@ -215,16 +228,23 @@ class StreamScorer:
                         try:
                             jobs.append((index, self._job(batch, handles[model])))
                         except VigilError as exc:
-                            results[index] = _item_error(batch.stream_id, exc)
+                            fail(index, batch.stream_id, exc)
                 jobs.sort(key=lambda pair: pair[0])  # the items' order, as when each was checked alone
                 await self._round.run([job for _, job in jobs])
                 for index, job in jobs:
-                    results[index] = (
-                        _item_error(job.stream_id, job.error)
-                        if job.error is not None
-                        else BatchItem(job.stream_id, job.result(self._top_k))
-                    )
+                    if job.error is not None:
+                        fail(index, job.stream_id, job.error)
+                    else:
+                        results[index] = BatchItem(job.stream_id, job.result(self._top_k))
         return results
+
+
+def _after_failed(stream_id: str, index: int, exc: VigilError) -> EarlierItemFailed:
+    return EarlierItemFailed(
+        f"not stored: item {index} of stream {stream_id!r} failed before it ({exc.code}); send both again, "
+        "in order",
+        exc.status,
+    )
 
 
 def _item_error(stream_id: str | None, exc: VigilError) -> BatchItem:

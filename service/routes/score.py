@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from service.codec import (
     BINARY_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
+    BadItem,
     PointBatch,
     WindowInput,
     body_encoding,
@@ -22,7 +23,6 @@ from service.codec import (
     parse_score_json,
 )
 from service.deps import SCORING_OPENAPI, scoring_call
-from service.errors import BadInput
 from service.responses import JSONBytesResponse
 from service.schemas import (
     BatchScoreColumnsResponse,
@@ -162,12 +162,14 @@ async def score(request: Request) -> JSONBytesResponse:
 )
 async def score_batch(request: Request) -> JSONBytesResponse:
     """For gateways that aggregate sensors: `items` are stream-mode bodies; one result per item, in order.
-    An item's bad input fails that item only (`error` with `code`, `detail`, `status`). The binary batch
+    An item's bad input fails that item (`error` with `code`, `detail`, `status`) and the items of the same
+    stream after it (`earlier_item_failed`, with the failed item's status: stored, their newer points would
+    make its points stale); other streams' items go on. The binary batch
     frame (`Content-Type: application/x-vigil-points`, magic `VGLB`) carries many streams' points compactly."""
     call = scoring_call(request)
     components, settings = call.components, call.components.settings
 
-    def parse(kind: str, body: bytes) -> list[PointBatch | BadInput]:
+    def parse(kind: str, body: bytes) -> list[PointBatch | BadItem]:
         if kind == BINARY_CONTENT_TYPE:
             return parse_binary_batch(body, settings.max_batch_items)
         return parse_batch_json(body, settings.max_batch_items)

@@ -14,7 +14,9 @@ from models.runtime import load_bundle
 from models.scoring import normalise, score_windows
 from service.app import create_app
 from service.codec import BINARY_CONTENT_TYPE, encode_binary, encode_binary_batch
+from service.errors import Overloaded
 from service.settings import Settings
+from service.windows import StreamGeometry
 from tests.service.conftest import auth, points_body, scores_by_ts, stream
 from training.evaluate import score_test_series
 
@@ -61,8 +63,10 @@ def test_parity_through_score_batch(client: TestClient, test_series: np.ndarray,
 def test_a_batch_with_many_items_per_stream_keeps_each_streams_order_and_parity(
     client: TestClient, test_series: np.ndarray, offline: dict
 ) -> None:
-    """Several chunks of each of three streams in one batch (interleaved, one bad item among them): each stream
-    is scored in order, like streaming its chunks alone, with the same alert events; the bad item fails alone."""
+    """Several chunks of each of three streams in one batch (interleaved, with a bad item of a fourth stream
+    among them): each stream is scored in order, like streaming its chunks alone, with the same alert events;
+    the bad item fails alone (a stream's own items after its failed item fail too: see
+    ``test_items_of_a_stream_after_its_failed_item_are_not_stored``)."""
     series = test_series.copy()
     series[420:440, [2, 9, 20]] += 1.5  # an anomaly long enough to fire
     streams = ["many-a", "many-b", "many-c"]
@@ -70,7 +74,7 @@ def test_a_batch_with_many_items_per_stream_keeps_each_streams_order_and_parity(
     for offset in range(0, len(series), 50):
         for sid in streams:
             items.append(points_body(sid, series[offset : offset + 50], offset))
-    items.insert(5, {"stream_id": "many-a", "points": [{"ts": 1e3, "values": [1.0]}]})  # wrong width
+    items.insert(5, {"stream_id": "many-x", "points": [{"ts": 1e3, "values": [1.0]}]})  # wrong width
     body = client.post("/score/batch", json={"items": items}).json()
     assert body["items"][5]["error"]["status"] == 422
     alone = stream(client, "alone", series, 50)
@@ -170,6 +174,105 @@ def test_a_batch_item_with_bad_input_fails_alone(client: TestClient, test_series
     )
     assert items[2]["error"]["detail"].startswith("items.2.")
     assert client.get("/streams/worse").status_code == 404
+
+
+def test_items_of_a_stream_after_its_failed_item_are_not_stored(
+    client: TestClient, test_series: np.ndarray
+) -> None:
+    """Stored, a later item's newer points would make the failed item's points stale for good: its retry
+    could never be stored. So the items of that stream after it fail too, with its status, and nothing of the
+    stream is stored; other streams go on. A malformed item that names a valid stream counts as its item."""
+    bad_width = points_body("order-a", test_series[:3], 0)
+    bad_width["points"][1]["values"] = [1.0]
+    unknown_model = {**points_body("order-m", test_series[:3], 0), "model": "no-such-model"}
+    items = [
+        bad_width,
+        points_body("order-b", test_series[:3], 0),
+        points_body("order-a", test_series[3:6], 3),
+        {"stream_id": "order-c", "points": "none"},
+        points_body("order-c", test_series[:3], 0),
+        unknown_model,
+        points_body("order-m", test_series[3:6], 3),
+        points_body("order-a", test_series[6:9], 6),
+    ]
+    response = client.post("/score/batch", json={"items": items})
+    assert response.status_code == 200, response.text
+    got = response.json()["items"]
+    assert got[1]["result"]["accepted"] == 3
+    firsts = {"order-a": (0, 422), "order-c": (3, 422), "order-m": (5, 404)}
+    assert got[3]["stream_id"] == "order-c" and got[3]["error"]["detail"].startswith("items.3.points")
+    for index, stream_id in [(2, "order-a"), (4, "order-c"), (6, "order-m"), (7, "order-a")]:
+        first, status = firsts[stream_id]
+        assert got[index]["stream_id"] == stream_id
+        error = got[index]["error"]
+        assert (error["code"], error["status"]) == ("earlier_item_failed", status), got[index]
+        assert error["detail"].startswith(
+            f"not stored: item {first} of stream {stream_id!r} failed before it"
+        )
+    for stream_id in firsts:
+        assert client.get(f"/streams/{stream_id}").status_code == 404
+    # The client fixes the first item and sends the stream's items again, in order: every point is stored.
+    again = [points_body("order-a", test_series[start : start + 3], start) for start in (0, 3, 6)]
+    retried = client.post("/score/batch", json={"items": again}).json()["items"]
+    assert [item["result"]["accepted"] for item in retried] == [3, 3, 3]
+
+    frames = [
+        encode_binary("order-v", np.arange(3.0), test_series[:3, :5]),  # 5 of 38 sensors
+        encode_binary("order-v", np.arange(3.0, 6.0), test_series[3:6]),
+        b"VGL1\x07\x00order-w\xff",  # the stream id is read, the rest is broken
+        encode_binary("order-w", np.arange(3.0), test_series[:3]),
+    ]
+    binary = client.post(
+        "/score/batch", content=encode_binary_batch(frames), headers={"content-type": BINARY_CONTENT_TYPE}
+    ).json()["items"]
+    assert [item["stream_id"] for item in binary] == ["order-v", "order-v", "order-w", "order-w"]
+    assert [item["error"]["code"] for item in binary] == ["invalid_request", "earlier_item_failed"] * 2
+
+
+def test_a_failure_on_windows_another_request_made_due_does_not_fail_a_request_already_scored(
+    client: TestClient, test_series: np.ndarray, offline: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a request holds its stream's claim, another request stores points that complete a window: the
+    holder's commit claims it and scores it in a second pass. If that pass's inference is refused (a full
+    queue), the holder's own points are already scored, committed and in the alert state: it answers them (a
+    503 would make its retry find them all duplicates, and their scores never answered), and the other
+    request's window goes to the stream's next request. Real Redis and ONNX Runtime; only the queue's refusal
+    of the second submission is injected."""
+    components = client.app.state.components
+    handle = components.models.get(None)
+    m = handle.manifest
+    geometry = StreamGeometry(m.name, m.window_length, m.stride, m.n_features)
+    real_submit = handle.batcher.submit
+    submissions = 0
+
+    async def submit(windows: np.ndarray) -> object:
+        nonlocal submissions
+        submissions += 1
+        if submissions == 1:  # another request stores 10 points while this one holds the claim
+            other = await components.windows.append(
+                "second-pass", geometry, np.arange(100.0, 110.0), test_series[100:110], "other-request"
+            )
+            assert other.windows == []  # stored, not claimed: the holder's commit picks its window up
+            return await real_submit(windows)
+        raise Overloaded(f"model {m.name!r}: inference queue full")
+
+    monkeypatch.setattr(handle.batcher, "submit", submit)
+    response = client.post("/score", json=points_body("second-pass", test_series[:100], 0))
+    monkeypatch.undo()
+    assert submissions == 2
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["accepted"], body["pending"]) == (100, 0)
+    first = scores_by_ts([body])
+    assert sorted(first) == [float(t) for t in range(100)]
+    # The stream's next request (here a retry of the same points: all duplicates) scores the other request's
+    # window, and nothing of the first 100 points again.
+    retry = client.post("/score", json=points_body("second-pass", test_series[:100], 0)).json()
+    assert retry["accepted"] == 0 and sorted(scores_by_ts([retry])) == [float(t) for t in range(100, 110)]
+    rest = stream(client, "second-pass", test_series[110:], 50, start=110)
+    scored = [first, scores_by_ts([retry]), scores_by_ts(rest)]
+    assert sum(map(len, scored)) == len(offline)  # each point answered once
+    assert_matches({t: v for part in scored for t, v in part.items()}, offline)
 
 
 def test_scripts_missing_from_redis_in_part_score_each_window_once(
