@@ -308,7 +308,7 @@ class ScoringRound:
                 late_history.append((job, _records(block, levels)))
             try:
                 claim = commit(replies)
-            except StoreUnavailable:
+            except VigilError:  # the store refused or failed: the windows go to the stream's next request
                 claim = None
                 await self._give_back(job)
             if claim is ALERTS_PENDING:

@@ -33,11 +33,16 @@ end
 # One stream's append: its points are ARGV[first], ARGV[first + 1], ... ARGV[last] as (ts, record) pairs. Returns
 # {count_before, status per point (0 accepted, 1 duplicate, 2 stale), first and last claimed window end (-1:
 # none), their records, next_end, windows abandoned}, or {-1, bound model}, or {-2, index of the point, previous
-# ts} when a point jumps further ahead than max_jump (nothing is written).
+# ts} when a point jumps further ahead than max_jump, or {-4, stored record bytes, sent record bytes} when the
+# stream's model kept its name but changed its sensor count (a restart with another bundle): nothing is written.
+# The meta hash keeps the record size ('rec') since 2026-12-07; a stream stored before has none until its next
+# append writes it.
 _LUA_APPEND_STREAM = """
 local function append_stream(wkey, mkey, model, L, stride, ttl, token, claim_ms, max_backlog, max_jump, first, last)
-  local meta = redis.call('HMGET', mkey, 'model', 'last_ts', 'count', 'next_end', 'claim', 'claim_until')
+  local meta = redis.call('HMGET', mkey, 'model', 'last_ts', 'count', 'next_end', 'claim', 'claim_until', 'rec')
   if meta[1] and meta[1] ~= model then return {-1, meta[1]} end
+  local rec = string.len(ARGV[first + 1])
+  if meta[7] and tonumber(meta[7]) ~= rec then return {-4, meta[7], rec} end
   local last_ts = meta[2] and tonumber(meta[2]) or nil
   local last_text = meta[2]
   local count = tonumber(meta[3] or '0')
@@ -82,7 +87,7 @@ local function append_stream(wkey, mkey, model, L, stride, ttl, token, claim_ms,
   end
   if pushed > 0 or abandoned > 0 or meta[4] == false then
     trim(wkey, next_end, count_after, L)
-    redis.call('HSET', mkey, 'model', model, 'count', count_after, 'next_end', next_end)
+    redis.call('HSET', mkey, 'model', model, 'rec', rec, 'count', count_after, 'next_end', next_end)
     if last_text then redis.call('HSET', mkey, 'last_ts', last_text) end
   end
   redis.call('EXPIRE', wkey, ttl)

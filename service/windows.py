@@ -235,8 +235,10 @@ class WindowStore:
                 f"points.{int(reply[1])}.ts: more than {self._max_ts_jump:g} after the stream's last ts "
                 f"({text(reply[2])}); the bound is VIGIL_MAX_TS_JUMP"
             )
+        if reply[0] == -4:
+            raise _sensors_changed(stream_id, g, int(reply[1]))
         count_before, status = int(reply[0]), [int(s) for s in reply[1]]
-        claim = _claim(g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
+        claim = _claim(stream_id, g, int(reply[2]), int(reply[3]), list(reply[4]), int(reply[5]))
         return AppendResult(count_before, count_before + status.count(0), status, claim, int(reply[6]))
 
     async def append(
@@ -280,7 +282,7 @@ class WindowStore:
                 return None
             if reply[0] == -2 and len(reply) == 1:
                 return ALERTS_PENDING
-            return _claim(g, int(reply[0]), int(reply[1]), list(reply[2]), int(reply[3]))
+            return _claim(stream_id, g, int(reply[0]), int(reply[1]), list(reply[2]), int(reply[3]))
 
         return decode
 
@@ -348,10 +350,27 @@ def _store_reply(reply: Any) -> Any:
     return reply
 
 
-def _claim(g: StreamGeometry, first: int, last_end: int, records: list[bytes], next_end: int) -> Claim:
+def _sensors_changed(stream_id: str, g: StreamGeometry, stored_bytes: int) -> ModelMismatch:
+    """The error for a stream whose stored points have another size than its model's now."""
+    stored = (stored_bytes - 8) // 4
+    return ModelMismatch(
+        f"stream {stream_id!r} holds points of {stored} sensors; model {g.model!r} now has {g.n_features} "
+        f"(a bundle of that name with other sensors): delete the stream (DELETE /streams/{stream_id}) or "
+        "serve the new bundle under another name",
+        bound_model=g.model,
+    )
+
+
+def _claim(
+    stream_id: str, g: StreamGeometry, first: int, last_end: int, records: list[bytes], next_end: int
+) -> Claim:
     """The claimed windows ``first, first + stride, …, last_end`` from the records covering them."""
     if first < 0:
         return Claim([], next_end)
+    size = record_dtype(g.n_features).itemsize
+    odd = next((len(r) for r in records if len(r) != size), None)
+    if odd is not None:  # stored before the append checked record sizes (service/window_scripts.py)
+        raise _sensors_changed(stream_id, g, odd)
     ts, values = unpack_records(records, g.n_features)
     base = first - g.window_length + 1  # stream index of records[0]
     windows = []

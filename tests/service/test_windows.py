@@ -162,6 +162,38 @@ def test_a_stream_stays_bound_to_its_first_model(redis_url: str, clean_redis: re
     assert clean_redis.llen(window_key("bound")) == 1
 
 
+def test_a_model_that_kept_its_name_but_changed_its_sensors_is_a_mismatch_not_a_crash(
+    redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """A restart with another bundle of the same name and other sensors: the stream's stored points cannot go
+    into its windows. The append refuses with 409 naming both sensor counts and writes nothing; a stream stored
+    before the store kept record sizes (no ``rec`` in its meta) is refused when its mixed window is read."""
+
+    async def append(stream: str, n_features: int, ts: list[float]) -> AppendResult:
+        client = Redis.from_url(redis_url)
+        try:
+            store = WindowStore(client, 60)
+            values = np.ones((len(ts), n_features), dtype=np.float32)
+            g = StreamGeometry("m", L, S, n_features)
+            return await store.append(stream, g, np.asarray(ts, dtype=np.float64), values, "t")
+        finally:
+            await client.aclose()
+
+    run(append("resized", C, [1.0, 2.0]))
+    assert clean_redis.hget(meta_key("resized"), "rec") == str(8 + 4 * C).encode()
+    with pytest.raises(ModelMismatch, match=rf"holds points of {C} sensors; model 'm' now has {C + 2}"):
+        run(append("resized", C + 2, [3.0]))
+    assert (
+        clean_redis.llen(window_key("resized")) == 2
+        and clean_redis.hget(meta_key("resized"), "count") == b"2"
+    )
+
+    run(append("older", C, [float(t) for t in range(L - 1)]))
+    clean_redis.hdel(meta_key("older"), "rec")
+    with pytest.raises(ModelMismatch, match=rf"model 'm' now has {C + 2}"):
+        run(append("older", C + 2, [float(L - 1)]))  # completes a window of both sizes
+
+
 def test_idle_streams_expire(redis_url: str, clean_redis: redis.Redis) -> None:
     run(_append(redis_url, "idle", [1.0], ttl_s=30))
     for key in (window_key("idle"), meta_key("idle")):
