@@ -281,8 +281,7 @@ class ScoringRound:
                 job.scored.append(
                     block.with_levels(_fixed_levels(block, job), job.handle.manifest.feature_names)
                 )
-                job.claim = None
-                await self._give_back(job)  # the stream's next request scores them and updates the alerts
+                await self._answered_not_committed(job)
             return
         self._metrics.redis_latency.labels("alerts").observe(time.perf_counter() - started)
         observed: list[Observed] = []
@@ -308,14 +307,10 @@ class ScoringRound:
                 late_history.append((job, _records(block, levels)))
             try:
                 claim = commit(replies)
-            except VigilError:  # the store refused or failed: the windows go to the stream's next request
-                claim = None
-                await self._give_back(job)
+            except VigilError:  # the store refused or failed
+                claim = ALERTS_PENDING
             if claim is ALERTS_PENDING:
-                # Answered, not committed: the stream's next request (any replica) scores these windows again and
-                # applies them to its alerts; the tracker skips the points it already saw.
-                job.claim = None
-                await self._give_back(job)
+                await self._answered_not_committed(job)
             else:
                 job.claim = claim
             if update is not None:
@@ -332,6 +327,15 @@ class ScoringRound:
                 return
             for check in checks:
                 check(replies)
+
+    async def _answered_not_committed(self, job: StreamJob) -> None:
+        """Scores answered whose commit did not happen (the round trip failed, or the alert update did): the
+        stream's next request (any replica) scores these windows again and applies them to its alerts (the
+        tracker skips the points it already saw), so they are answered at least once, the same each time. The
+        answer counts their points as pending, which says so."""
+        assert job.claim is not None and job.claim.windows
+        job.claim = Claim([], job.claim.windows[0].end_index)
+        await self._give_back(job)
 
     async def _give_back(self, job: StreamJob) -> None:
         if not await self._windows.release(job.stream_id, job.token):

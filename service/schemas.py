@@ -10,6 +10,11 @@ STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 StreamId = Annotated[str, StringConstraints(pattern=STREAM_ID_PATTERN)]
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Level = Literal["normal", "warning", "critical"]
+PENDING = (
+    "points of this request whose scores are not final: held until their window is due, or answered here "
+    "while the store could not record them (then the stream's next request answers them again, the same, "
+    "with their alert update)"
+)
 
 
 class _Wire(BaseModel):
@@ -92,7 +97,7 @@ class StreamScoreResponse(_Wire):
     version: str
     accepted: int
     dropped: list[DroppedPoint]
-    pending: int = Field(description="points held that still wait for their window")
+    pending: int = Field(description=PENDING)
     scores: list[PointScore]
     alerts: list[AlertEvent]
 
@@ -137,7 +142,7 @@ class StreamScoreColumnsResponse(_Wire):
     version: str
     accepted: int
     dropped: list[DroppedPoint]
-    pending: int
+    pending: int = Field(description=PENDING)
     sensors: list[str] = Field(description="the model's sensor names, in the order `top_sensors` indexes")
     scores: ColumnScores
     alerts: list[AlertEvent]

@@ -10,6 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+import service.rounds as rounds_module
 from models.runtime import load_bundle
 from models.scoring import normalise, score_windows
 from service.app import create_app
@@ -273,6 +274,37 @@ def test_a_failure_on_windows_another_request_made_due_does_not_fail_a_request_a
     scored = [first, scores_by_ts([retry]), scores_by_ts(rest)]
     assert sum(map(len, scored)) == len(offline)  # each point answered once
     assert_matches({t: v for part in scored for t, v in part.items()}, offline)
+
+
+def test_scores_whose_commit_failed_are_answered_as_pending_and_again_by_the_next_request(
+    client: TestClient, test_series: np.ndarray, offline: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round trip after inference (alerts, history, commit) fails (the connection drops): the request
+    answers its scores, with the model's levels, and counts their points as pending, since nothing recorded
+    them; the stream's next request scores them again, the same, with the alert update: at least once, and the
+    answer says which. Real Redis and ONNX Runtime; only the lost connection is injected."""
+    real_execute = rounds_module.RoundTrip.execute
+    trips = 0
+
+    async def execute(self: rounds_module.RoundTrip) -> list[object]:
+        nonlocal trips
+        trips += 1
+        if trips == 2:  # the first is the append
+            raise redis.ConnectionError("connection lost (injected)")
+        return await real_execute(self)
+
+    monkeypatch.setattr(rounds_module.RoundTrip, "execute", execute)
+    first = client.post("/score", json=points_body("uncommitted", test_series[:100], 0)).json()
+    monkeypatch.undo()
+    assert trips >= 2
+    assert (first["accepted"], first["pending"]) == (100, 100)
+    assert sorted(scores_by_ts([first])) == [float(t) for t in range(100)]
+    after = client.post("/score", json=points_body("uncommitted", test_series[100:110], 100)).json()
+    assert after["pending"] == 0
+    assert sorted(scores_by_ts([after])) == [float(t) for t in range(110)]
+    again = scores_by_ts([after])
+    assert all(again[t] == s for t, s in scores_by_ts([first]).items())
+    assert_matches({t: s for t, s in again.items()}, {t: s for t, s in offline.items() if t < 110})
 
 
 def test_scripts_missing_from_redis_in_part_score_each_window_once(
