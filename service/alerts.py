@@ -175,6 +175,9 @@ return ids
 """
 
 
+LAST_EVENT_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest id a Redis stream entry can have
+
+
 def alert_key(stream_id: str) -> str:
     return f"vigil:{{{stream_id}}}:a"
 
@@ -402,6 +405,8 @@ class AlertTracker:
     async def read_events(self, since: str | None, stream_id: str | None, limit: int) -> list[dict[str, Any]]:
         """Events after id ``since`` (exclusive; see :func:`is_event_id`) in order, optionally for one stream.
         Raises :class:`StoreUnavailable` when Redis is unreachable."""
+        if since == LAST_EVENT_ID:
+            return []  # nothing follows it, and Redis refuses an exclusive range from it
         start = f"({since}" if since else "-"
         out: list[dict[str, Any]] = []
         while len(out) < limit:

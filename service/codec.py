@@ -92,15 +92,22 @@ def body_encoding(header: str | None) -> str:
     raise UnsupportedMediaType(f"content-encoding: {coding!r} is not accepted; send gzip or no encoding")
 
 
+# Concatenated gzip members are valid gzip (RFC 1952), and clients rarely send more than one; each member's
+# leftover input is copied, so 200,000 empty members in 4 MiB took 10.7 s of a worker thread. Beyond this many
+# the body is refused.
+MAX_GZIP_MEMBERS = 64
+
+
 def decode_body(body: bytes, coding: str, max_bytes: int) -> bytes:
     """The body as it was before ``coding`` (see :func:`body_encoding`). A gzip body is decompressed to at most
     ``max_bytes``: more raises :class:`PayloadTooLarge` however small the compressed body (a gzip bomb stops
-    there); a corrupt or truncated one raises :class:`BadInput`. Concatenated gzip members are joined."""
+    there); a corrupt or truncated one raises :class:`BadInput`. Concatenated gzip members are joined, up to
+    ``MAX_GZIP_MEMBERS``."""
     if coding == "identity":
         return body
     out = bytearray()
     rest = body
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         member = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             out += member.decompress(rest, max_bytes + 1 - len(out))  # max_length 0 would mean no bound
@@ -110,9 +117,10 @@ def decode_body(body: bytes, coding: str, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"body: larger than {max_bytes} bytes once decompressed")
         if not member.eof:
             raise BadInput("body: truncated gzip data")
-        rest = member.unused_data
+        rest = member.unused_data  # a copy of what follows: many members would cost their square
         if not rest:
             return bytes(out)
+    raise BadInput(f"body: more than {MAX_GZIP_MEMBERS} concatenated gzip members")
 
 
 # Each error pydantic itemises costs ~5 µs in one call that holds the GIL: a body of 200 000 unknown keys took
@@ -175,7 +183,7 @@ def numeric_window(raw: dict[str, Any], body: bytes) -> WindowInput | None:
     if not raw.keys() <= _WINDOW_KEYS:
         return None
     model = raw.get("model")
-    if model is not None and not (isinstance(model, str) and _MODEL.match(model)):
+    if model is not None and not (isinstance(model, str) and _MODEL.fullmatch(model)):
         return None
     skeleton = orjson.dumps({key: [] if key == "window" else value for key, value in raw.items()})
     if body.translate(None, _NUMERIC_BYTES) != skeleton.translate(None, _NUMERIC_BYTES):

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.responses import JSONBytesResponse
@@ -104,6 +105,10 @@ POLICY_VIOLATION = 1008  # WebSocket close code: missing or wrong token, or a ke
 TRY_AGAIN_LATER = 1013  # WebSocket close code: the client fell behind; reconnect with its last id
 
 
+# Codes for the errors the router raises itself (service.errors.install_error_handlers).
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "detail": detail, **extra}
 
@@ -149,6 +154,16 @@ def install_error_handlers(app: FastAPI) -> None:
         # drops it), nothing failed on this side. Counted under 499, not as a 500 with a traceback.
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
+    async def on_http_error(request: Request, exc: Exception) -> JSONBytesResponse:
+        # What the router answers itself (no route, a method the route does not take): the same error shape as
+        # every other error, with the router's headers (``Allow`` on a 405).
+        assert isinstance(exc, StarletteHTTPException)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        count(request, code)
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONBytesResponse(error_body(code, detail), exc.status_code, headers=exc.headers)
+
     app.add_exception_handler(VigilError, on_vigil_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -74,8 +74,9 @@ class InflightLimitMiddleware:
         self._key_refused: Counter[bytes] = Counter()
 
     def _bound(self, target_s: float, rate: float, ceiling: int) -> int:
-        """What completes within ``target_s`` at ``rate`` completions a second, within [MIN_LIMIT, ceiling]."""
-        return max(self.MIN_LIMIT, min(ceiling, int(target_s * rate)))
+        """What completes within ``target_s`` at ``rate`` completions a second, at least ``MIN_LIMIT`` and never
+        over ``ceiling`` (the configured bound, which wins where it is under ``MIN_LIMIT``)."""
+        return min(ceiling, max(self.MIN_LIMIT, int(target_s * rate)))
 
     def _adapt(self, token: bytes | None) -> None:
         self._completed += 1

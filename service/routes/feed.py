@@ -46,7 +46,8 @@ async def alerts_feed(websocket: WebSocket) -> None:
     """Query: `since` (last event id seen; `0` for every event held; omit for live events only), `stream_id`,
     `token` (a `read` key; or an `Authorization: Bearer` header). Each message is one event with its `id`.
     A refused connection is accepted, then closed: 1008 for a missing, wrong or under-privileged key, 4422
-    for a bad `since` or `stream_id`; the reason is `"<code>: <detail>"`."""
+    for a bad `since` or `stream_id`, 4503 when the event store is unreachable while catching up; the reason is
+    `"<code>: <detail>"`."""
     components: Components = websocket.app.state.components
     hub: FeedHub = websocket.app.state.feed
     try:
@@ -90,6 +91,9 @@ async def alerts_feed(websocket: WebSocket) -> None:
             last = event["id"]
     except TimeoutError:
         await websocket.close(TRY_AGAIN_LATER, reason="send timed out; reconnect with since=<last id>")
+    except VigilError as exc:  # after the handshake (Redis down during catch-up): a close code, not HTTP
+        reason = f"{exc.code}: {exc.detail}".encode()[:123].decode(errors="ignore")
+        await websocket.close(close_code(exc), reason=reason)
     except WebSocketDisconnect:
         pass
     finally:

@@ -89,6 +89,41 @@ def test_a_gzip_bomb_is_a_413_and_broken_gzip_a_422(api: tuple[TestClient, redis
     expect_refused(api, 422, "invalid_request", "body: invalid gzip", lambda c: post(c, b"plain", gz))
 
 
+def test_a_gzip_body_of_many_members_is_refused_at_once(api: tuple[TestClient, redis.Redis]) -> None:
+    """Concatenated members are valid gzip and are joined (up to MAX_GZIP_MEMBERS); each member's leftover
+    input is copied, so a body of 200,000 empty members cost a worker thread seconds before it was bounded."""
+    from service.codec import MAX_GZIP_MEMBERS
+
+    gz = {**JSON, "content-encoding": "gzip"}
+    body = as_json(stream_body("gz-members", [(1.0, ROW)]))
+    two = gzip.compress(body[:10]) + gzip.compress(body[10:])
+    assert post(api[0], two, gz).status_code == 200
+    many = gzip.compress(b"") * 1_000 + gzip.compress(body)
+    expect_refused(
+        api, 422, "invalid_request", f"body: more than {MAX_GZIP_MEMBERS}", lambda c: post(c, many, gz)
+    )
+
+
+def test_unknown_paths_and_methods_answer_the_error_shape_with_a_code(
+    api: tuple[TestClient, redis.Redis],
+) -> None:
+    client, _ = api
+    missing = client.get("/no-such-path")
+    assert missing.status_code == 404 and missing.json() == {"code": "not_found", "detail": "Not Found"}
+    wrong = client.get("/score")
+    assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
+
+
+def test_since_the_largest_event_id_is_an_empty_page(api: tuple[TestClient, redis.Redis]) -> None:
+    """A valid id with nothing after it; Redis refuses an exclusive range from it (was a 503, retried forever)."""
+    client, store = api
+    produce(store, 1, "after-last", pause_s=0)
+    last = f"{2**64 - 1}-{2**64 - 1}"
+    listed = client.get("/alerts", params={"since": last})
+    assert listed.status_code == 200 and listed.json()["events"] == []
+
+
 def test_duplicate_json_keys_resolve_to_the_last_as_documented(api: tuple[TestClient, redis.Redis]) -> None:
     """RFC 8259 leaves duplicate names to implementations; the README says the last one wins."""
     client, _ = api

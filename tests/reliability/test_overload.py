@@ -311,6 +311,20 @@ def test_a_refused_tokens_bound_follows_what_its_own_requests_complete_and_no_on
     assert limiter._key_rates == {}  # nothing kept for tokens that are not being refused
 
 
+def test_a_configured_bound_under_the_minimum_is_never_exceeded() -> None:
+    """MIN_LIMIT keeps a flood from starving the server to zero slots; it must not lift a bound an operator set
+    lower (VIGIL_MAX_INFLIGHT_REQUESTS 2, or a per-key share of 2): found by a review, 4 requests ran at once."""
+    limiter = InflightLimitMiddleware(lambda *_: None, max_inflight=2, metrics=Metrics(), per_key=2)  # type: ignore[arg-type]
+    token = b"key"
+    for _ in range(3):  # refused steps in a row, globally and for the key
+        limiter._refused, limiter._completed = 5, 0
+        limiter._key_refused[token], limiter._key_completed[token] = 1, 1
+        limiter._step_started = time.monotonic() - limiter.STEP_S
+        limiter._adapt(None)
+        assert limiter.limit <= 2 and limiter.key_limits.get(token, 2) <= 2
+    assert InflightLimitMiddleware.MIN_LIMIT > 2  # the case this test is about
+
+
 def test_one_tokens_share_is_refused_429_before_the_app_and_others_keep_their_slots() -> None:
     """A bearer token over its share is answered 429 by the middleware itself (the app never sees the
     request), the global limit is not lowered by it, and other tokens are served meanwhile."""

@@ -104,6 +104,7 @@ def test_the_fast_parse_equals_validation(body: bytes) -> None:
         b'{"window": [[1, {}]]}',
         b'{"window": [[-Infinity]]}',
         b'{"window": [[1]], "model": ""}',
+        b'{"window": [[1]], "model": "tvnet\\n"}',  # re.match's $ also matches before a final newline
     ],
 )
 def test_edge_bodies_answer_as_validation_does(body: bytes) -> None:
