@@ -4,7 +4,7 @@ Binary frame (``Content-Type: application/x-vigil-points``), little-endian::
 
     magic      4 bytes  b"VGL1"
     id_len     uint16   then stream_id, UTF-8 (1-128 bytes of [A-Za-z0-9._:-])
-    model_len  uint16   then model name, UTF-8 (0 = the stream's / default model)
+    model_len  uint16   then model name, UTF-8 (0 = none named: the only model loaded; with several, a 404 asks for one)
     n_points   uint32
     n_features uint16
     ts         n_points × float64

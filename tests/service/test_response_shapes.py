@@ -102,3 +102,26 @@ def test_stateless_and_batch_responses_in_both_shapes_validate(
         (parameter,) = spec["paths"][path]["post"]["parameters"]
         assert parameter["name"] == "format" and parameter["in"] == "query"
         assert parameter["schema"]["enum"] == ["rows", "columns"]
+
+
+def test_error_responses_validate_against_the_published_error_body(
+    client: TestClient, spec: dict[str, Any], test_series: np.ndarray
+) -> None:
+    """Every documented 4xx/5xx is the body Vigil sends ({code, detail}), including the 422 of a bad path or
+    query parameter (FastAPI documents a list-shaped ``detail`` there by default)."""
+    cases = [
+        ("get", "/streams/{stream_id}", "422", client.get("/streams/%20")),
+        ("get", "/alerts", "422", client.get("/alerts", params={"since": "12"})),
+        (
+            "post",
+            "/score",
+            "404",
+            client.post("/score", json={**points_body("e", test_series[:2], 0), "model": "nope"}),
+        ),
+        ("post", "/score", "422", client.post("/score", json={"stream_id": "e", "points": []})),
+    ]
+    for method, path, status, response in cases:
+        assert str(response.status_code) == status, (path, response.text)
+        documented = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        jsonschema.validate(response.json(), {**documented, "components": spec["components"]})
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
