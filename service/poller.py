@@ -252,7 +252,9 @@ class SourcePoller:
         except UnknownModel:
             log.info("source %s: the model is no longer loaded", name)
         finally:
-            client.close()
+            # Off the event loop: a fetch still running in a worker thread holds the client's connection pool
+            # (up to its timeout), and closing it here would stall every request and the shutdown meanwhile.
+            await asyncio.to_thread(client.close)
             self._metrics.source_leader.labels(name).set(0)
             self._unexport(name)
             with contextlib.suppress(RedisError, OSError):
