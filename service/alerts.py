@@ -159,16 +159,20 @@ return {events, table.concat(levels), waiting}
 """
 
 # KEYS: a stream's outbox, the alert event stream. ARGV: maxlen, stream id, model. Appends the outbox's events
-# to the event stream in order and empties it, atomically: each event is published exactly once. (On a Redis
+# to the event stream in order and empties it, atomically: each event is published exactly once. Returns each
+# event's id, state, ts and escalated flag, in order. (On a Redis
 # Cluster the two keys live in different slots: there the same happens in two steps, at least once.)
 PUBLISH_LUA = """
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local ids = {}
 for i, entry in ipairs(entries) do
   local e = cjson.decode(entry)
-  ids[i] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'stream_id', ARGV[2], 'model', ARGV[3],
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'stream_id', ARGV[2], 'model', ARGV[3],
                       'state', e[1], 'severity', e[2], 'started_ts', e[3], 'ts', e[4], 'peak_score', e[5],
                       'sensors', e[6], 'escalated', e[7], 'threshold', e[8])
+  ids[#ids + 1] = e[1]  -- the event's key (service.alerts.event_key): state, ts, escalated
+  ids[#ids + 1] = e[4]
+  ids[#ids + 1] = e[7]
 end
 redis.call('DEL', KEYS[1])
 return ids
@@ -176,6 +180,12 @@ return ids
 
 
 LAST_EVENT_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest id a Redis stream entry can have
+
+
+def _published(reply: list[Any]) -> dict[EventKey, str]:
+    """``PUBLISH_LUA``'s reply (id, state, ts, escalated per event) as each event's id by its key."""
+    values = [text(value) for value in reply]
+    return {event_key(*values[i + 1 : i + 4]): values[i] for i in range(0, len(values), 4)}
 
 
 def alert_key(stream_id: str) -> str:
@@ -249,6 +259,15 @@ class PointColumns:
         return cls([p.ts for p in points], [p.score for p in points], [",".join(p.sensors) for p in points])
 
 
+EventKey = tuple[str, str, str]
+
+
+def event_key(state: str, ts_text: str, escalated: str) -> EventKey:
+    """What tells a stream's events apart: its points' ts strictly increase, and one point raises at most one
+    event of each state (``pending`` and ``firing`` may share a ts; an escalation is a second ``firing``)."""
+    return state, ts_text, escalated
+
+
 @dataclass(frozen=True)
 class Observed:
     """A stream's lifecycle update and how many of its events wait in its outbox (this call's included)."""
@@ -257,6 +276,7 @@ class Observed:
     model: str
     update: AlertUpdate
     waiting: int
+    keys: list[EventKey]  # each event's key (see ``event_key``), in the order of ``update.events``
 
 
 @dataclass(frozen=True)
@@ -311,7 +331,8 @@ class AlertTracker:
             ]
             for event in events:
                 event["id"] = None
-            return Observed(stream_id, model, AlertUpdate(events, text(raw_levels)), int(waiting))
+            keys = [event_key(text(raw[0]), text(raw[3]), text(raw[6])) for raw in raw_events]
+            return Observed(stream_id, model, AlertUpdate(events, text(raw_levels)), int(waiting), keys)
 
         return decode
 
@@ -333,16 +354,17 @@ class AlertTracker:
                         [outbox_key(o.stream_id), EVENTS_KEY],
                         [self._maxlen, o.stream_id, o.model],
                     )
-                ids = [[text(r) for r in raise_if_error(reply)] for reply in await trip.execute()]
+                ids = [_published(raise_if_error(reply)) for reply in await trip.execute()]
         except RedisError:
             log.exception(
                 "alert events of %d streams not published yet (kept in their outboxes)", len(waiting)
             )
             return
+        # By key, not by position: another update of the same stream (another replica) may have published this
+        # call's events already, or added its own to the outbox first; those keep id None here.
         for o, published in zip(waiting, ids, strict=True):
-            events = o.update.events
-            for event, entry_id in zip(events, published[len(published) - len(events) :], strict=False):
-                event["id"] = entry_id
+            for event, key in zip(o.update.events, o.keys, strict=True):
+                event["id"] = published.get(key)
 
     async def observe(
         self, stream_id: str, model: str, levels: LevelThresholds, points: list[ScoredPoint]
@@ -357,16 +379,16 @@ class AlertTracker:
         await self.publish([observed])
         return observed.update
 
-    async def _flush_in_two_steps(self, stream_id: str, model: str) -> list[str]:
+    async def _flush_in_two_steps(self, stream_id: str, model: str) -> dict[EventKey, str]:
         """On a cluster the outbox and the event stream are in different slots: append, then trim what was
         appended (a crash in between publishes those events again: at least once)."""
         entries = await self._redis.lrange(outbox_key(stream_id), 0, -1)
-        ids: list[str] = []
+        ids: dict[EventKey, str] = {}
         for entry in entries:
             raw = json.loads(entry)
             fields = dict(zip(EVENT_FIELDS, (stream_id, model, *raw), strict=True))
             entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
-            ids.append(text(entry_id))
+            ids[event_key(raw[0], raw[3], raw[6])] = text(entry_id)
         if entries:
             await self._redis.ltrim(outbox_key(stream_id), len(entries), -1)
         return ids

@@ -291,3 +291,49 @@ def test_an_alert_event_whose_append_fails_is_published_before_the_next_one(
         stored = client.get("/alerts", params={"stream_id": "late", "limit": 1000}).json()["events"]
     assert any(e["id"] is None for e in answered), "the broken append must have held an event"
     assert [strip_id(e) for e in stored] == [strip_id(e) for e in answered]
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_event_ids_go_to_their_own_events_when_updates_of_a_stream_interleave(
+    redis_url: str, clean_redis: redis.Redis, cluster: bool
+) -> None:
+    """Two updates of one stream (two replicas) both land before the first one's publish: the first publish
+    sends the outbox's events of both, the second finds it empty. Each event keeps the id it was published
+    under, or none (published by the other call), never another event's id (found by a review: ids were
+    matched by position, so the first request's events took the second's ids). ``cluster``: the two-step
+    publish of a Redis Cluster, against the same Redis."""
+    from redis.asyncio import Redis
+
+    from service.alerts import PointColumns
+    from service.roundtrip import RoundTrip
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        client = Redis.from_url(redis_url)
+        try:
+            tracker = AlertTracker(client, 600, 1000, cluster=cluster)
+            levels = LevelThresholds(1.0, 10.0, AlertPolicy(k=1, n=1, m=1))
+
+            async def update(ts: float, score: float) -> Any:
+                trip = RoundTrip(client)
+                decode = tracker.queue_observe(trip, "mixed", "m", levels, PointColumns([ts], [score], ["a"]))
+                return decode(await trip.execute())
+
+            first = await update(1.0, 5.0)  # pending and firing
+            second = await update(2.0, 0.0)  # resolved
+            await tracker.publish([first])
+            await tracker.publish([second])
+            return first.update.events, second.update.events
+        finally:
+            await client.aclose()
+
+    first, second = asyncio.run(scenario())
+    stored = {
+        entry_id.decode(): (fields[b"state"].decode(), fields[b"ts"].decode())
+        for entry_id, fields in clean_redis.xrange(EVENTS_KEY)
+    }
+    assert sorted(stored.values()) == [("firing", "1.0"), ("pending", "1.0"), ("resolved", "2.0")]
+    assert [(e["state"], stored[e["id"]]) for e in first] == [
+        ("pending", ("pending", "1.0")),
+        ("firing", ("firing", "1.0")),
+    ]
+    assert [(e["state"], e["id"]) for e in second] == [("resolved", None)]  # published by the first call
