@@ -205,10 +205,12 @@ class ScoringRound:
                 )
 
     async def _infer(self, jobs: list[StreamJob]) -> list[tuple[StreamJob, ScoredBlock]]:
-        """One submission per model for every claimed window of the round; returns each job's scored block."""
-        by_model: dict[str, list[StreamJob]] = {}
+        """One submission per model version for every claimed window of the round; returns each job's scored block."""
+        # By handle, not by name: during a hot reload one batch may hold leases on two versions of a model
+        # (items naming it and items leaving the model out lease it apart), each scored by its own version.
+        by_model: dict[int, list[StreamJob]] = {}
         for job in jobs:
-            by_model.setdefault(job.handle.name, []).append(job)
+            by_model.setdefault(id(job.handle), []).append(job)
         out: list[tuple[StreamJob, ScoredBlock]] = []
         for group in by_model.values():
             handle = group[0].handle
