@@ -23,6 +23,7 @@ from service.codec import (
     parse_score_json,
 )
 from service.deps import SCORING_OPENAPI, scoring_call
+from service.errors import Overloaded, StoreUnavailable
 from service.responses import JSONBytesResponse
 from service.schemas import (
     BatchScoreColumnsResponse,
@@ -164,7 +165,8 @@ async def score_batch(request: Request) -> JSONBytesResponse:
     """For gateways that aggregate sensors: `items` are stream-mode bodies; one result per item, in order.
     An item's bad input fails that item (`error` with `code`, `detail`, `status`) and the items of the same
     stream after it (`earlier_item_failed`, with the failed item's status: stored, their newer points would
-    make its points stale); other streams' items go on. The binary batch
+    make its points stale); other streams' items go on. When every item is refused for overload or an
+    unavailable store, the request is: 503 with `Retry-After`. The binary batch
     frame (`Content-Type: application/x-vigil-points`, magic `VGLB`) carries many streams' points compactly."""
     call = scoring_call(request)
     components, settings = call.components, call.components.settings
@@ -178,4 +180,10 @@ async def score_batch(request: Request) -> JSONBytesResponse:
         request, settings.max_body_bytes, (JSON_CONTENT_TYPE, BINARY_CONTENT_TYPE), parse
     )
     results = await components.scorer.score_many(items)
+    refused = [item.error for item in results if item.error is not None and item.error.status == 503]
+    if len(refused) == len(
+        results
+    ):  # every item: the request as a whole, with Retry-After, as for one stream
+        unavailable = StoreUnavailable if refused[0].code == StoreUnavailable.code else Overloaded
+        raise unavailable(f"every item refused; the first: {refused[0].detail}")
     return JSONBytesResponse({"items": [item.render(call.shape) for item in results]})

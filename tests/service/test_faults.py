@@ -47,6 +47,34 @@ def test_overload_is_answered_at_once_with_503_and_retry_after(
         assert client.post("/score", json=window).status_code == 200  # recovers at once
 
 
+def test_a_batch_whose_every_item_is_refused_is_a_503_with_retry_after(
+    models_dir: Path, tmp_path: Path, test_series: np.ndarray
+) -> None:
+    """Redis down: every item fails with 503; the request as a whole says so, with Retry-After (a 200 of
+    per-item 503s told a gateway nothing about when to come back). Items that fail for their own reasons
+    beside them keep the per-item answer."""
+    proc, port = start_redis_server(tmp_path / "redis")
+    settings = make_settings(models_dir, f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.5)
+    items = [points_body(f"down-{i}", test_series[:5], 0) for i in range(3)]
+    try:
+        with TestClient(create_app(settings), headers=auth("all")) as client:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            response = client.post("/score/batch", json={"items": items})
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            body = response.json()
+            assert body["code"] == "store_unavailable" and body["detail"].startswith("every item refused")
+            bad = points_body("down-bad", test_series[:5], 0)
+            bad["points"][0]["values"] = [1.0]
+            mixed = client.post("/score/batch", json={"items": [*items, bad]})
+            assert mixed.status_code == 200
+            statuses = [item["error"]["status"] for item in mixed.json()["items"]]
+            assert statuses == [503, 503, 503, 422]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_redis_killed_and_restarted_mid_stream(
     models_dir: Path, tmp_path: Path, test_series: np.ndarray
 ) -> None:
