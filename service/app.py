@@ -251,6 +251,9 @@ def create_app(settings: Settings) -> FastAPI:
         delivery: AlertDelivery | None = None
         delivery_redis: Redis | None = None
         poller: SourcePoller | None = None
+        # Readiness pings on a pool of its own: through scoring's, a saturated pool made /readyz wait for a
+        # connection and answer 503, taking a loaded (healthy) replica out of its load balancer.
+        app.state.probe_redis = redis_client(settings.model_copy(update={"redis_pool_size": 2}))
         try:
             models.load_all()
             windows = WindowStore(
@@ -274,7 +277,10 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.top_contributions,
                 history,
             )
-            hub = FeedHub(redis, alerts, settings.feed.client_buffer)
+            # The feed's blocking read on a pool of its own, as delivery's: on scoring's it held a connection
+            # all the time.
+            app.state.feed_redis = redis_client(settings.model_copy(update={"redis_pool_size": 2}))
+            hub = FeedHub(app.state.feed_redis, alerts, settings.feed.client_buffer)
             await hub.start()
             if settings.alertmanager.urls:
                 delivery_redis = redis_client(settings)  # its blocking reads never hold scoring's connections
@@ -316,8 +322,10 @@ def create_app(settings: Settings) -> FastAPI:
                 await delivery_redis.aclose()
             if hub is not None:
                 await hub.stop()
+                await app.state.feed_redis.aclose()
             models.close()  # drains queued batches before the connections go
             await redis.aclose()
+            await app.state.probe_redis.aclose()
 
     app = FastAPI(
         title="Vigil",

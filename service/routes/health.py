@@ -19,7 +19,7 @@ async def healthz() -> JSONBytesResponse:
 @router.get("/readyz", summary="Redis reachable, bundles loaded, provider in use, sources polled")
 async def readyz(request: Request, components: ComponentsDep) -> JSONBytesResponse:
     try:
-        redis_ok = bool(await components.redis.ping())
+        redis_ok = bool(await request.app.state.probe_redis.ping())
     except (RedisError, OSError):
         redis_ok = False
     models = {

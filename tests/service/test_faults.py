@@ -75,6 +75,26 @@ def test_a_batch_whose_every_item_is_refused_is_a_503_with_retry_after(
         proc.wait(10)
 
 
+def test_readiness_stays_true_while_scoring_holds_every_pooled_connection(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, test_series: np.ndarray
+) -> None:
+    """A loaded replica is a ready one: /readyz pings on a pool of its own, so scoring's pool being exhausted
+    (here its one connection held) does not turn it 503 and take the replica out of its load balancer. The
+    alert feed's blocking read has a pool of its own too (on scoring's it held a connection all the time)."""
+    settings = make_settings(models_dir, redis_url, redis_pool_size=1, redis_timeout_s=0.5)
+    with TestClient(create_app(settings), headers=auth("all")) as client:
+        pool = client.app.state.components.redis.connection_pool
+        held = client.portal.call(pool.get_connection, "PING")
+        try:
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["redis"] is True
+            waiting = client.post("/score", json=points_body("pool", test_series[:5], 0))
+            assert waiting.status_code == 503 and waiting.json()["code"] == "store_unavailable"
+        finally:
+            client.portal.call(pool.release, held)
+        assert client.post("/score", json=points_body("pool", test_series[:5], 0)).status_code == 200
+
+
 def test_redis_killed_and_restarted_mid_stream(
     models_dir: Path, tmp_path: Path, test_series: np.ndarray
 ) -> None:
