@@ -48,13 +48,16 @@ from service.windows import WindowStore
 log = logging.getLogger(__name__)
 
 
-def redis_client(settings: Settings) -> Redis:
-    """A pooled client for one Redis, or a cluster client when ``redis_cluster`` is set."""
+def redis_client(settings: Settings, blocking_s: float = 0.0) -> Redis:
+    """A pooled client for one Redis, or a cluster client when ``redis_cluster`` is set. ``blocking_s``: how
+    long its blocking reads may wait on the server, added to the socket timeout so that an idle read is not
+    a timeout (with ``VIGIL_REDIS_TIMEOUT_S`` under a read's block, every idle read failed)."""
+    socket_timeout = settings.redis_timeout_s + blocking_s
     if settings.redis_cluster:
         cluster = RedisCluster.from_url(
             settings.redis_url,
             max_connections=settings.redis_pool_size,
-            socket_timeout=settings.redis_timeout_s,
+            socket_timeout=socket_timeout,
             socket_connect_timeout=settings.redis_timeout_s,
         )
         return cluster  # type: ignore[return-value]  # the commands Vigil uses share one interface
@@ -62,10 +65,13 @@ def redis_client(settings: Settings) -> Redis:
         settings.redis_url,
         max_connections=settings.redis_pool_size,
         timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=settings.redis_timeout_s,
     )
     return Redis(connection_pool=pack_directly(pool))
+
+
+BLOCKING_READ_S = 1.0  # the alert feed's and delivery's XREAD block (service.feed, service.notify)
 
 
 async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:
@@ -279,11 +285,14 @@ def create_app(settings: Settings) -> FastAPI:
             )
             # The feed's blocking read on a pool of its own, as delivery's: on scoring's it held a connection
             # all the time.
-            app.state.feed_redis = redis_client(settings.model_copy(update={"redis_pool_size": 2}))
+            app.state.feed_redis = redis_client(
+                settings.model_copy(update={"redis_pool_size": 2}), blocking_s=BLOCKING_READ_S
+            )
             hub = FeedHub(app.state.feed_redis, alerts, settings.feed.client_buffer)
             await hub.start()
             if settings.alertmanager.urls:
-                delivery_redis = redis_client(settings)  # its blocking reads never hold scoring's connections
+                # Its blocking reads never hold scoring's connections.
+                delivery_redis = redis_client(settings, blocking_s=BLOCKING_READ_S)
                 delivery = AlertDelivery(
                     delivery_redis,
                     settings.alertmanager,

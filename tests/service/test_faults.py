@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,6 +95,19 @@ def test_readiness_stays_true_while_scoring_holds_every_pooled_connection(
         finally:
             client.portal.call(pool.release, held)
         assert client.post("/score", json=points_body("pool", test_series[:5], 0)).status_code == 200
+
+
+def test_idle_blocking_reads_are_not_redis_failures_with_a_short_redis_timeout(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The alert feed blocks up to 1 s in XREAD (delivery likewise in XREADGROUP); with VIGIL_REDIS_TIMEOUT_S
+    under that, every idle read was a socket timeout, logged as Redis being down (and delivery's re-sends
+    stopped). Their clients wait the block on top of the timeout."""
+    settings = make_settings(models_dir, redis_url, redis_timeout_s=0.3)
+    with caplog.at_level(logging.WARNING), TestClient(create_app(settings), headers=auth("all")) as client:
+        time.sleep(2.5)
+        assert client.get("/readyz").status_code == 200
+    assert not [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
 
 
 def test_redis_killed_and_restarted_mid_stream(
