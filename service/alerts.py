@@ -53,13 +53,18 @@ def is_event_id(value: str) -> bool:
     return int(ms) <= _UINT64_MAX and int(seq) <= _UINT64_MAX
 
 
-# KEYS: alert state hash, outbox list. ARGV: warning, critical, exit_ratio, k, n, m, ttl, adaptive (0/1), z_warning,
+# KEYS: alert state hash, outbox list[, the stream's meta hash: when given and gone (the stream was deleted while
+# a request scored it), nothing is written, so a late update cannot bring back the state of a deleted stream].
+# ARGV: warning, critical, exit_ratio, k, n, m, ttl, adaptive (0/1), z_warning,
 # z_critical, z_exit, alpha, sigma_floor, warmup, min_ratio, max_ratio, then per point: ts, score, sensors.
 # Returns {events, levels}: events as {state, severity, started, ts, peak, sensors, escalated, threshold}, levels one
 # character per point (0 normal, 1 warning, 2 critical, - skipped). models/lifecycle.py is the same algorithm
 # in Python, op for op: keep them in step (tests/service/test_alert_lifecycle_equivalence.py). Timestamps and
 # peaks keep the client's text and numbers are stored with 17 significant digits, so nothing is rounded.
 ALERT_LUA = """
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then  -- the stream was deleted since it was scored
+  return {{}, string.rep('-', (#ARGV - 16) / 3), 0}
+end
 local warn0, crit0, ratio = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local k, n, m, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local adaptive = ARGV[8] == '1'
@@ -308,14 +313,14 @@ class AlertTracker:
         model: str,
         levels: LevelThresholds,
         points: PointColumns,
+        fence: str | None = None,
     ) -> Callable[[list[Any]], Observed]:
         """Queue the lifecycle update over ``points`` on ``trip``; the returned function decodes it (raising
-        the Redis error of a failed update). Its events are not yet in ``vigil:alerts``: see :meth:`publish`."""
-        index = trip.eval(
-            self._script,
-            [alert_key(stream_id), outbox_key(stream_id)],
-            lifecycle_args(levels, self._ttl_s, points),
-        )
+        the Redis error of a failed update). Its events are not yet in ``vigil:alerts``: see :meth:`publish`.
+        ``fence``: a key of the stream that exists while it does (its window store's meta hash); when it is
+        gone the update writes nothing."""
+        keys = [alert_key(stream_id), outbox_key(stream_id), *([fence] if fence is not None else [])]
+        index = trip.eval(self._script, keys, lifecycle_args(levels, self._ttl_s, points))
 
         def decode(replies: list[Any]) -> Observed:
             reply = raise_if_error(replies[index])
@@ -393,12 +398,10 @@ class AlertTracker:
             await self._redis.ltrim(outbox_key(stream_id), len(entries), -1)
         return ids
 
-    async def forget(self, stream_id: str) -> None:
-        """Delete the stream's alert state. Raises :class:`StoreUnavailable` when Redis fails."""
-        try:
-            await self._redis.delete(alert_key(stream_id))
-        except RedisError as exc:
-            raise StoreUnavailable(f"alert state unavailable: {type(exc).__name__}") from exc
+    @staticmethod
+    def keys(stream_id: str) -> list[str]:
+        """The stream's keys here (state and outbox), for a delete with the stream's other keys."""
+        return [alert_key(stream_id), outbox_key(stream_id)]
 
     async def state(self, stream_id: str) -> dict[str, str]:
         """The stream's alert state hash (empty: ``ok``). Raises :class:`StoreUnavailable` when Redis fails."""

@@ -33,8 +33,10 @@ SHARE_ONE = 65535
 LEGACY_SUFFIX = ":h"
 
 
-# KEYS: history list. ARGV: maxlen, ttl, then packed records in ts order (each starts with its ts, float64).
+# KEYS: history list[, the stream's meta hash: when given and gone (the stream was deleted while a request scored
+# it), nothing is written]. ARGV: maxlen, ttl, then packed records in ts order (each starts with its ts, float64).
 RECORD_LUA = """
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local newest = redis.call('LINDEX', KEYS[1], -1)
 local last = newest and struct.unpack('<d', newest) or nil
 for i = 3, #ARGV do
@@ -98,16 +100,16 @@ class ScoreHistory:
         self._record = LuaScript(RECORD_LUA)
 
     def queue_record(
-        self, trip: RoundTrip, stream_id: str, records: list[bytes]
+        self, trip: RoundTrip, stream_id: str, records: list[bytes], fence: str | None = None
     ) -> Callable[[list[Any]], None]:
         """Queue the append of packed scored points on ``trip``; the returned function logs a failure (never
         raised to scoring: the history serves the live view, not the alert path). Records whose ts is not
-        after the newest held one are skipped, so a window scored again after a crash is not recorded twice."""
+        after the newest held one are skipped, so a window scored again after a crash is not recorded twice.
+        ``fence``: as in ``AlertTracker.queue_observe``."""
         if not records or self._maxlen == 0:
             return _nothing
-        index = trip.eval(
-            self._record, [history_key(stream_id)], [self._maxlen, self._ttl_s, *records[-self._maxlen :]]
-        )
+        keys = [history_key(stream_id), *([fence] if fence is not None else [])]
+        index = trip.eval(self._record, keys, [self._maxlen, self._ttl_s, *records[-self._maxlen :]])
 
         def check(replies: list[Any]) -> None:
             if isinstance(replies[index], Exception):
@@ -135,9 +137,7 @@ class ScoreHistory:
             raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc
         return [unpack_score(r, feature_names) for r in records]
 
-    async def forget(self, stream_id: str) -> None:
-        """Delete the stream's history. Raises :class:`StoreUnavailable` when Redis fails."""
-        try:
-            await self._redis.delete(history_key(stream_id), f"vigil:{{{stream_id}}}{LEGACY_SUFFIX}")
-        except RedisError as exc:
-            raise StoreUnavailable(f"score history unavailable: {type(exc).__name__}") from exc
+    @staticmethod
+    def keys(stream_id: str) -> list[str]:
+        """The stream's keys here, for a delete with the stream's other keys."""
+        return [history_key(stream_id), f"vigil:{{{stream_id}}}{LEGACY_SUFFIX}"]

@@ -45,6 +45,7 @@ from service.windows import (
     DueWindow,
     StreamGeometry,
     WindowStore,
+    meta_key,
 )
 
 log = logging.getLogger(__name__)
@@ -258,11 +259,14 @@ class ScoringRound:
         for job, block in scored:
             handle = job.handle
             points = PointColumns(block.ts, block.scores, _sensor_lists(block, handle.manifest.feature_names))
-            observe = self._alerts.queue_observe(trip, job.stream_id, handle.name, handle.levels, points)
+            fence = meta_key(job.stream_id)  # a stream deleted meanwhile gets no state back from this request
+            observe = self._alerts.queue_observe(
+                trip, job.stream_id, handle.name, handle.levels, points, fence=fence
+            )
             record = None
             if handle.levels.policy.thresholds == "fixed":
                 record = self._history.queue_record(
-                    trip, job.stream_id, _records(block, _fixed_levels(block, job))
+                    trip, job.stream_id, _records(block, _fixed_levels(block, job)), fence=fence
                 )
             assert job.claim is not None
             commit = self._windows.queue_commit(
@@ -321,7 +325,8 @@ class ScoringRound:
         if late_history:
             trip = RoundTrip(self._windows.redis)
             checks = [
-                self._history.queue_record(trip, job.stream_id, records) for job, records in late_history
+                self._history.queue_record(trip, job.stream_id, records, fence=meta_key(job.stream_id))
+                for job, records in late_history
             ]
             try:
                 replies = await trip.execute()

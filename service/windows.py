@@ -318,9 +318,12 @@ class WindowStore:
         info["held"] = str(held)
         return info
 
-    async def delete(self, stream_id: str) -> bool:
+    async def delete(self, stream_id: str, also: list[str] | None = None) -> bool:
+        """Delete the stream's window and meta, and the keys ``also`` (the stream's keys in other stores: one
+        hash slot) in the same command, atomically; True when any key was there. A late update of a request
+        that scored the stream before finds the meta gone and writes nothing (its fence)."""
         try:
-            removed = await self._redis.delete(window_key(stream_id), meta_key(stream_id))
+            removed = await self._redis.delete(window_key(stream_id), meta_key(stream_id), *(also or []))
         except RedisError as exc:
             raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
         return int(removed) > 0

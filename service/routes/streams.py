@@ -38,10 +38,11 @@ async def get_stream(stream_id: StreamIdPath, components: ComponentsDep, _: Read
 
 @router.delete("/streams/{stream_id}", summary="Forget a stream's window, binding and alert state")
 async def delete_stream(stream_id: StreamIdPath, components: ComponentsDep, _: ScoreKey) -> JSONBytesResponse:
-    if not await components.windows.delete(stream_id):
+    # Every key of the stream in one command (they share a hash slot), so no part of it outlives the rest, and
+    # a retry after a failure clears what is left: 404 only when nothing of the stream was there.
+    others = [*components.alerts.keys(stream_id), *components.history.keys(stream_id)]
+    if not await components.windows.delete(stream_id, also=others):
         raise UnknownStream(f"unknown stream {stream_id!r}")
-    await components.alerts.forget(stream_id)
-    await components.history.forget(stream_id)
     return JSONBytesResponse({"stream_id": stream_id, "deleted": True})
 
 

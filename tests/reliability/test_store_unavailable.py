@@ -116,10 +116,8 @@ StoreCall = Callable[[AlertTracker, ScoreHistory, StreamCatalog], Awaitable[obje
 STORE_CALLS: dict[str, StoreCall] = {
     "AlertTracker.state": lambda a, h, c: a.state(SID),
     "AlertTracker.states": lambda a, h, c: a.states([SID]),
-    "AlertTracker.forget": lambda a, h, c: a.forget(SID),
     "AlertTracker.read_events": lambda a, h, c: a.read_events(None, None, 10),
     "ScoreHistory.recent": lambda a, h, c: h.recent(SID, 10, ["x"]),
-    "ScoreHistory.forget": lambda a, h, c: h.forget(SID),
     "StreamCatalog.find": lambda a, h, c: c.find(10),
     "StreamCatalog.summaries": lambda a, h, c: c.summaries([SID]),
     "StreamCatalog.model_of": lambda a, h, c: c.model_of(SID),
