@@ -68,6 +68,12 @@ def calibrate(validation_scores: npt.NDArray[np.floating], config: CalibrationCo
                 pot_value, pot_params = math.nan, {}
             if math.isfinite(pot_value) and pot_value > pot_params.get("initial_threshold", math.inf):
                 value, method, params = pot_value, "pot", pot_params
+        if np.count_nonzero(scores == value) > 1 and float(np.mean(scores >= value)) > 2 * risk:
+            # Ties at the threshold (constant or coarse scores) would put far more than ``risk`` of the normal
+            # points at or over it, since a point is at a level from the threshold up: every normal point of a
+            # constant score would be critical. The threshold moves just above the tied value.
+            above = scores[scores > value]
+            value = float(above.min()) if above.size else float(np.nextafter(value, np.inf))
         levels.append(ThresholdLevel(name=name, value=value, method=method, params=params))
     warning, critical = levels[0].value, max(levels[1].value, levels[0].value)
     stats = {
@@ -232,7 +238,10 @@ def calibrate_alerts(
             critical = max(point.critical, float(candidates[0]))
             if not within(critical, critical):
                 critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
-            warning = _lowest_within(candidates[candidates <= critical], partial(_under, within, critical))
+            # The critical threshold itself is the last candidate: it is within the budget (checked above), and a
+            # score just under it need not be (a point-level critical is rarely a score value).
+            under = np.append(candidates[candidates < critical], critical)
+            warning = _lowest_within(under, partial(_under, within, critical))
             counts, _ = _alerts_by_series(series, warning, critical, policy)
             counted, counted_days = budget.counted(counts)
             exceedance = float(np.mean(finite >= warning))

@@ -5,7 +5,8 @@ Conventions shared by every function:
 - ``scores``: [T] float, higher is more anomalous; NaN marks an unscored point (the warm-up before the first
   window). NaN points are dropped before any metric and the rest is treated as one contiguous series (for a
   warm-up prefix that is the same as trimming it). ``labels``: [T] of 0/1.
-- At a threshold a point is predicted anomalous iff ``score > threshold`` (strictly over, as alerts fire).
+- At a threshold a point is predicted anomalous iff ``score >= threshold`` (at or over, as the service and the
+  alert lifecycle count a point at a level; strictly over until 2026-12-07).
 - A ranking metric is NaN when it is undefined (AUC-PR without an anomaly; AUC-ROC and VUS without both
   classes). A precision, recall or F1 whose denominator is empty is 0 (scikit-learn's ``zero_division=0``).
 - Malformed input (shapes, labels other than 0/1, bad segments) raises ``ValueError``.
@@ -197,20 +198,21 @@ def vus_roc(scores: npt.ArrayLike, labels: npt.ArrayLike, sliding_window: int = 
 
 
 def point_prf(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> PRF:
-    """Point-wise precision, recall and F1 of ``score > threshold``, without any adjustment."""
+    """Point-wise precision, recall and F1 of ``score >= threshold`` (a point is at a level from its threshold up,
+    as the service and the lifecycle count it), without any adjustment."""
     s, y = _prepare(scores, labels)
-    return _prf(s > threshold, y)
+    return _prf(s >= threshold, y)
 
 
 def event_prf(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> PRF:
-    """Event-wise precision, recall and F1 of ``score > threshold``.
+    """Event-wise precision, recall and F1 of ``score >= threshold``.
 
     An event is a maximal run of 1s in ``labels``, an alarm a maximal run of predicted points. Recall: share
     of events holding at least one predicted point. Precision: share of alarms overlapping at least one
     event. F1: their harmonic mean. A run split by removed NaN points is joined (see module docstring).
     """
     s, y = _prepare(scores, labels)
-    predicted = s > threshold
+    predicted = s >= threshold
     found, true_alarms = _touched(_runs(y), predicted), _touched(_runs(predicted), y)
     precision = float(true_alarms.mean()) if true_alarms.size else 0.0
     recall = float(found.mean()) if found.size else 0.0
@@ -221,7 +223,7 @@ def point_adjusted_f1(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: f
     """Point-adjusted precision, recall and F1 (Xu et al. 2018): a labelled run with any point over the
     threshold counts as predicted in full, then point-wise P/R/F1. Inflated by design: see MODELS.md 4.3."""
     s, y = _prepare(scores, labels)
-    predicted = s > threshold
+    predicted = s >= threshold
     starts, ends = _runs(y)
     found = _touched((starts, ends), predicted)
     cover = np.zeros(s.size + 1, dtype=np.int64)

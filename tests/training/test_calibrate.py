@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.calibrate import CalibrationError, calibrate, pot_threshold
+from training.calibrate import CalibrationError, _alerts_by_series, calibrate, calibrate_alerts, pot_threshold
 from training.config import CalibrationConfig
 
 
@@ -231,3 +231,41 @@ def test_a_manifest_without_periods_left_out_is_written_as_before_them() -> None
     assert spared.model_dump(mode="json")["counted_per_day"] == 0.97
     for record in (plain, spared):
         assert AlertCalibration.model_validate(record.model_dump(mode="json")) == record
+
+
+def test_the_warning_threshold_never_breaks_the_budget_its_critical_one_keeps() -> None:
+    """The point-level critical threshold is rarely a score value; the warning search assumed its last
+    candidate (a score just under critical) within budget, and it was not: 2 alerts in a day for a budget of
+    one. The critical threshold, within budget, is now that last candidate (found by a review)."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.0, 1.0, 1440)  # one day at 60 s: one alert allowed
+    scores[300:303] = 4.9  # a bump under the point-level critical threshold
+    scores[900:903] = 10.0  # a burst over it: already the one alert
+    config = CalibrationConfig(
+        method="quantile",
+        warning_risk=0.01,
+        critical_risk=0.0017,
+        false_alerts_per_day=1.0,
+        cross_fit_folds=0,
+    )
+    point = calibrate(scores, config)
+    assert 4.9 < point.critical < 10.0
+    thresholds, policy = calibrate_alerts([scores], point, config)
+    counts, _ = _alerts_by_series([scores], thresholds.warning, thresholds.critical, policy)
+    assert sum(counts) <= 1 and thresholds.warning > 4.9
+
+
+def test_tied_scores_put_the_thresholds_above_the_tie() -> None:
+    """Constant (or coarse) validation scores: a threshold at the tied value makes every normal point at its
+    level (from the threshold up), so a constant score was critical forever. It moves just above the tie."""
+    config = CalibrationConfig(false_alerts_per_day=None, cross_fit_folds=0)
+    for scores in (np.zeros(2000), np.full(2000, 0.5)):
+        thresholds = calibrate(scores, config)
+        assert thresholds.warning > scores[0] and thresholds.critical > scores[0]
+    mostly = np.zeros(2000)
+    mostly[::200] = np.linspace(1.0, 2.0, 10)
+    thresholds = calibrate(mostly, config)
+    assert np.mean(mostly >= thresholds.warning) <= 0.005  # the few real values, not the zeros
+    smooth = np.random.default_rng(1).normal(size=5000)
+    untouched = calibrate(smooth, CalibrationConfig(method="quantile", false_alerts_per_day=None))
+    assert untouched.warning == pytest.approx(np.quantile(smooth, 1 - config.warning_risk))

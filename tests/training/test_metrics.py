@@ -75,18 +75,20 @@ def test_point_prf_reproduces_tsb_ad_oracle_f1(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_point_adjusted_f1_reproduces_tsb_ad_pa_f1(case: dict[str, Any]) -> None:
-    # TSB-AD's PA-F1: best point-adjusted F1 of "score > t" over 100 evenly spaced t from min to max score.
+    # TSB-AD's PA-F1: best point-adjusted F1 of "score > t" over 100 evenly spaced t from min to max score
+    # (Vigil's functions count "score >= t": the next float up gives TSB-AD's set).
     scores, labels = case_inputs(case)
     grid = np.linspace(scores.min(), scores.max(), 100)
-    best = max(point_adjusted_f1(scores, labels, float(t)).f1 for t in grid)
+    best = max(point_adjusted_f1(scores, labels, float(np.nextafter(t, np.inf))).f1 for t in grid)
     assert best == pytest.approx(case["expected"]["PA-F1"], abs=TSB_AD_TOLERANCE)
 
 
 def test_point_prf_counts_points_over_the_threshold() -> None:
     # TP = rows 2, 4; predicted 5; labelled 4 -> P = 2/5, R = 2/4, F1 = 0.4 / 0.9 = 4/9.
     assert point_prf(SCORES, LABELS, 0.5) == pytest.approx(PRF(0.4, 0.5, 4 / 9))
-    # strictly over: a score equal to the threshold is not an alarm (rows 8, 9 at 0.8 drop out) -> P = 2/3
-    assert point_prf(SCORES, LABELS, 0.8).precision == pytest.approx(1.0)
+    # at or over, as the service counts a point at a level: rows 8, 9 at 0.8 are alarms beside row 4 -> P = 1/3
+    assert point_prf(SCORES, LABELS, 0.8).precision == pytest.approx(1 / 3)
+    assert point_prf(SCORES, LABELS, float(np.nextafter(0.8, 1.0))).precision == pytest.approx(1.0)
     assert point_prf(SCORES, LABELS, 0.65) == pytest.approx(PRF(2 / 4, 2 / 4, 0.5))
 
 
