@@ -34,6 +34,10 @@ class UnknownArchitecture(KeyError):
     pass
 
 
+class UnknownHyperparameter(ValueError):
+    """A hyper-parameter the architecture does not have, named with the ones it has."""
+
+
 @dataclass(frozen=True)
 class BuiltModel:
     module: Any  # torch.nn.Module
@@ -58,6 +62,8 @@ def build_model(name: str, window_length: int, n_features: int, **overrides: Any
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"{name}: unknown hyper-parameters {sorted(unknown)}; known: {sorted(known)}")
+        raise UnknownHyperparameter(
+            f"{name}: unknown hyper-parameters {sorted(unknown)}; known: {sorted(known)}"
+        )
     config = config_cls(window_length=window_length, n_features=n_features, **overrides)
     return BuiltModel(module=getattr(module, class_name)(config), config=config)

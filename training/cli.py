@@ -93,8 +93,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate.add_argument(
         "--sampling-interval-s",
         type=float,
-        default=60.0,
-        help="seconds between points (false alerts per day)",
+        default=None,
+        help="seconds between points (false alerts per day); default: the bundle's own (its calibration's, "
+        "else its source's step, else 60)",
     )
     evaluate.set_defaults(func=commands.evaluate, run=commands.run)
 
@@ -192,7 +193,8 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         "--sampling-interval-s",
         type=float,
         default=None,
-        help="seconds between points of the data (default 60; with --prometheus, the step)",
+        help="seconds between points of the data (default 60; with --prometheus, the step; `vigil calibrate`: "
+        "the bundle's own)",
     )
     parser.add_argument(
         "--cross-fit-folds",

@@ -16,14 +16,19 @@ if TYPE_CHECKING:
 
 
 def train(args: argparse.Namespace) -> int:
-    from training.config import TrainConfig
+    from training.config import TrainConfig, TrainingRefused
     from training.pipeline import train_bundle
     from training.score_fit import DEFAULT_SCORE
 
-    hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    try:
+        hyper = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    except json.JSONDecodeError as exc:
+        raise TrainingRefused(f"--hyperparameters: not a JSON object ({exc})") from exc
+    if not isinstance(hyper, dict):
+        raise TrainingRefused("--hyperparameters: not a JSON object")
     prometheus = _prometheus_range(args)
     if (args.train is None) == (prometheus is None):
-        raise SystemExit("vigil train: give the data with --train FILE or with --prometheus URL (not both)")
+        raise TrainingRefused("give the data with --train FILE or with --prometheus URL (not both)")
     if args.sampling_interval_s is None:
         args.sampling_interval_s = prometheus.source.step_s if prometheus else 60.0
     config = TrainConfig(
@@ -117,7 +122,8 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(
         method=args.calibration,
         false_alerts_per_day=args.false_alerts_per_day or None,
-        sampling_interval_s=args.sampling_interval_s or 60.0,
+        # not named: the default, or with `vigil calibrate` the bundle's own (training.recalibrate)
+        **({} if args.sampling_interval_s is None else {"sampling_interval_s": args.sampling_interval_s}),
         min_incident_points=args.min_incident_points,
         disturbed_periods=args.disturbed_periods,
         **({} if folds is None else {"cross_fit_folds": folds}),
@@ -235,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from models.manifest import BundleError
+    from models.registry import UnknownHyperparameter
     from models.source import SourceError
     from training.calibrate import CalibrationError
     from training.config import TrainingRefused
@@ -243,7 +250,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return int(args.func(args))
-    except (SourceError, BundleError, DataError, TrainingRefused, CrossFitError, CalibrationError) as exc:
+    except (
+        SourceError,
+        BundleError,
+        DataError,
+        TrainingRefused,
+        CrossFitError,
+        CalibrationError,
+        UnknownHyperparameter,
+    ) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from models.manifest import AlertPolicy, Manifest
 from models.runtime import LoadedBundle, load_bundle
 from models.scoring import SeriesScores, normalise, score_series
 from training.alert_metrics import alert_ceiling, evaluate_alerts
-from training.data import load_labels, load_series
+from training.data import DataError, load_labels, load_series
 from training.metrics import evaluate_scores, parse_interpretation_labels
 
 
@@ -19,7 +19,7 @@ def score_test_series(bundle: LoadedBundle, path: Path) -> SeriesScores:
     manifest = bundle.manifest
     series = load_series(path)
     if series.shape[1] != manifest.n_features:
-        raise ValueError(f"{path}: {series.shape[1]} sensors, the model expects {manifest.n_features}")
+        raise DataError(f"{path}: {series.shape[1]} sensors, the model expects {manifest.n_features}")
     return score_series(
         normalise(series, manifest.normalisation),
         manifest.window_length,
@@ -46,11 +46,16 @@ def evaluate_bundle(
     interpretation_path: Path | None = None,
     threads: int = 0,
     report: bool = False,
-    sampling_interval_s: float = 60.0,
+    sampling_interval_s: float | None = None,
 ) -> dict[str, Any]:
     """Threshold-free, at-threshold and alert-level metrics of a bundle on labelled test data (thresholds
-    never see it). Alerts come from the reference lifecycle with fixed and with per-stream thresholds."""
+    never see it). Alerts come from the reference lifecycle with fixed and with per-stream thresholds.
+    ``sampling_interval_s``: None for the bundle's own (``training.recalibrate.bundle_interval``)."""
+    from training.recalibrate import bundle_interval
+
     bundle = load_bundle(bundle_dir, "cpu", threads)
+    if sampling_interval_s is None:
+        sampling_interval_s = bundle_interval(bundle.manifest)
     scored = score_test_series(bundle, test_path)
     labels = load_labels(labels_path, n_rows=scored.scores.shape[0])
     segments = parse_interpretation_labels(interpretation_path.read_text()) if interpretation_path else None

@@ -6,6 +6,7 @@ bundle's exported graph with the service's windowing, and calibrated; the new bu
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,17 +15,21 @@ from models.manifest import ONNX_FILE, Manifest, ScoreDefinition
 from models.runtime import graph_reconstruct, load_bundle
 from models.scoring import F32, Reconstruct, normalise, score_series
 from training.calibrate import calibrate_held_out
-from training.config import CalibrationConfig, PrometheusRange
+from training.config import CalibrationConfig, PrometheusRange, TrainingRefused
 from training.crossfit import FOLDS_DIR, CrossFitError, bundle_folds, fold_file, held_out_scores
 from training.data import (
     DataError,
     Split,
+    arrays_sha256,
     load_parts,
+    parts_sha256,
     prometheus_parts,
     split_chronological,
     training_parts,
 )
 from training.score_fit import ScoreOptions, fit_for_series
+
+log = logging.getLogger(__name__)
 
 
 def model_definition(definition: ScoreDefinition) -> ScoreDefinition:
@@ -58,6 +63,7 @@ def normalised_splits(
             config.get("validation_fraction", 0.2),
             prom.timeout_s,
         ).parts
+        digest = arrays_sha256(series_parts)
     else:
         given: Path | list[Path]
         if train_path is not None:
@@ -68,8 +74,15 @@ def normalised_splits(
             given = Path(recorded)
         else:
             raise DataError("the bundle records no training data; give it with --train")
-        series_parts = load_parts(
-            training_parts(given if isinstance(given, list) else [given]), config.get("max_rows")
+        paths = training_parts(given if isinstance(given, list) else [given])
+        series_parts = load_parts(paths, config.get("max_rows"))
+        digest = parts_sha256(paths)
+    if digest != manifest.training.data_sha256:
+        # Training split it chronologically; other data's "validation part" may be rows the model trained on.
+        raise DataError(
+            f"the training data is not what the bundle was trained on (sha256 {digest[:12]}…, the bundle "
+            f"records {manifest.training.data_sha256[:12]}…): calibrating on it could use rows the model "
+            "trained on as held-out; give the same data with --train, or train anew"
         )
     out = []
     for series in series_parts:
@@ -102,14 +115,28 @@ def fold_graphs(bundle_dir: Path, manifest: Manifest, folds: int, threads: int) 
 
 
 def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> CalibrationConfig:
-    """``calibration`` with the bundle's own cross-fitting folds where it does not name any: a bundle trained
-    without folds (or before they were the default) recalibrates as it was trained."""
-    if "cross_fit_folds" in calibration.model_fields_set:
+    """``calibration`` with the bundle's own cross-fitting folds and sampling interval where it does not name
+    them: a bundle trained without folds (or before they were the default) recalibrates as it was trained, and
+    a false-alert budget counts the days the bundle's data spans (60 s would make a 10 s bundle's budget 6x
+    looser)."""
+    own: dict[str, object] = {}
+    if "cross_fit_folds" not in calibration.model_fields_set:
+        own["cross_fit_folds"] = bundle_folds(manifest)
+    if "sampling_interval_s" not in calibration.model_fields_set:
+        own["sampling_interval_s"] = bundle_interval(manifest)
+    if not own:
         return calibration
     # validated again: the rest of the calibration (disturbed_periods) must hold with the bundle's folds
-    return CalibrationConfig.model_validate(
-        {**calibration.model_dump(), "cross_fit_folds": bundle_folds(manifest)}
-    )
+    return CalibrationConfig.model_validate({**calibration.model_dump(), **own})
+
+
+def bundle_interval(manifest: Manifest) -> float:
+    """Seconds between the points a bundle was calibrated on: its calibration's, else its source's step, else
+    the default of one a minute."""
+    calibrated = manifest.thresholds.alert_calibration
+    if calibrated is not None:
+        return calibrated.sampling_interval_s
+    return manifest.source.step_s if manifest.source is not None else 60.0
 
 
 def recalibrate_bundle(
@@ -158,7 +185,17 @@ def recalibrate_bundle(
     version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = bundle_dir.parent / version
     if out.resolve() == bundle_dir.resolve():
-        raise ValueError(f"{out}: the new version must differ from the bundle's own")
+        raise TrainingRefused(f"{out}: the new version must differ from the bundle's own")
+    newest = max((p.name for p in bundle_dir.parent.iterdir() if (p / "manifest.json").is_file()), default="")
+    if version < newest:
+        # The server serves the version that sorts last (models.manifest.find_bundles): this one will not be.
+        log.warning(
+            "version %r sorts before %r: a server reading %s keeps serving %r (versions sort as strings)",
+            version,
+            newest,
+            bundle_dir.parent.parent,
+            newest,
+        )
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle_dir / manifest.onnx.file, out / ONNX_FILE)
     if (bundle_dir / FOLDS_DIR).is_dir():  # the new version can be calibrated again with the same folds

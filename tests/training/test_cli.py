@@ -80,11 +80,30 @@ def test_calibrate_writes_a_new_version_sharing_the_graph_and_evaluate_prints_al
     assert 0.0 <= result["alert_ceiling"]["event_recall"] <= 1.0
 
 
-def test_calibrate_refuses_to_overwrite_the_bundle_it_reads(bundle_dir: Path, tmp_path: Path) -> None:
+def test_calibrate_refuses_to_overwrite_the_bundle_it_reads(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     models = tmp_path / "models"
     shutil.copytree(bundle_dir, models / "tvnet" / "test")
-    with pytest.raises(ValueError, match="must differ"):
-        main(["calibrate", "--bundle", str(models / "tvnet" / "test"), "--version", "test"])
+    assert main(["calibrate", "--bundle", str(models / "tvnet" / "test"), "--version", "test"]) == 2
+    assert "must differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["--hyperparameters", "notjson"], "--hyperparameters: not a JSON object"),
+        (["--hyperparameters", '{"no_such_knob": 1}'], "unknown hyper-parameters ['no_such_knob']"),
+    ],
+)
+def test_train_refuses_bad_options_with_exit_2_and_the_reason(
+    extra: list[str], reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--model", "tvnet", "--train", str(SAMPLE / "train.txt.gz"), "--out", str(tmp_path)]
+    assert main([*args, "--max-rows", "1500", "--epochs", "1", "--cross-fit-folds", "0", *extra]) == 2
+    assert reason in capsys.readouterr().err
+    assert main(["train", "--model", "tvnet", "--out", str(tmp_path)]) == 2
+    assert "give the data with --train" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("size", ["0", "17", "two"])
@@ -126,3 +145,29 @@ def test_train_input_a_user_can_get_wrong_exits_2_with_the_reason(
     err = capsys.readouterr().err
     assert reason in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_calibrate_keeps_the_bundles_interval_and_refuses_other_training_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vigil calibrate` counts the bundle's days with its own sampling interval (it used 60 s: a 10 s bundle's
+    budget became 6x looser), `vigil evaluate` too; and it refuses training data other than the bundle's, whose
+    "validation part" could be rows the model trained on (found by a review)."""
+    series = load_series(SAMPLE / "train.txt.gz", max_rows=3000)
+    data = tmp_path / "series.npy"
+    np.save(data, series)
+    models = tmp_path / "models"
+    common = ["--model", "pca", "--out", str(models), "--name", "p", "--no-report", "--quiet"]
+    assert (
+        main(["train", *common, "--train", str(data), "--version", "v1", "--sampling-interval-s", "10"]) == 0
+    )
+    bundle = models / "p" / "v1"
+    assert main(["calibrate", "--bundle", str(bundle), "--version", "v2", "--cross-fit-folds", "0"]) == 0
+    calibrated = Manifest.load(models / "p" / "v2").thresholds.alert_calibration
+    assert calibrated is not None and calibrated.sampling_interval_s == 10.0
+    assert calibrated.validation_days == pytest.approx(600 * 10 / 86_400, rel=0.2)  # ~600 validation rows
+    capsys.readouterr()
+    np.save(data, series[:2000])  # the same path, other data
+    assert main(["calibrate", "--bundle", str(bundle), "--version", "v3", "--cross-fit-folds", "0"]) == 2
+    assert "not what the bundle was trained on" in capsys.readouterr().err
+    assert not (models / "p" / "v3").exists()
