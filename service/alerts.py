@@ -9,10 +9,11 @@ those of ``models.lifecycle``, the pure-Python reference that offline evaluation
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -296,13 +297,18 @@ class AlertUpdate:
 class AlertTracker:
     """Per-stream lifecycle state in Redis. Every event a transition raises goes, in the same atomic call, to
     the stream's outbox; the outbox is then appended to ``vigil:alerts``. When that append fails (or the process
-    dies first), the events wait in Redis and go out, in order, with the stream's next update: none is lost."""
+    dies first), the events wait in Redis and go out, in order, with the stream's next update, or before it:
+    the process retries its failed publishes, and a replica that starts publishes every outbox it finds
+    (:meth:`keep_publishing`). None is lost, and a stream that goes quiet does not hold its events."""
 
     def __init__(self, redis: Redis, ttl_s: int, stream_maxlen: int, cluster: bool = False) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._maxlen = stream_maxlen
         self._cluster = cluster
+        # Streams whose publish failed here: their events wait in the outbox, retried by keep_publishing (a
+        # stream that goes quiet, its machine dead, has no next update to carry them).
+        self.stranded: dict[str, str] = {}
         self._script = LuaScript(ALERT_LUA)
         self._publish = LuaScript(PUBLISH_LUA)
 
@@ -362,9 +368,12 @@ class AlertTracker:
                 ids = [_published(raise_if_error(reply)) for reply in await trip.execute()]
         except RedisError:
             log.exception(
-                "alert events of %d streams not published yet (kept in their outboxes)", len(waiting)
+                "alert events of %d streams not published yet (kept in their outboxes, retried)", len(waiting)
             )
+            self.stranded.update((o.stream_id, o.model) for o in waiting)
             return
+        for o in waiting:
+            self.stranded.pop(o.stream_id, None)
         # By key, not by position: another update of the same stream (another replica) may have published this
         # call's events already, or added its own to the outbox first; those keep id None here.
         for o, published in zip(waiting, ids, strict=True):
@@ -397,6 +406,41 @@ class AlertTracker:
         if entries:
             await self._redis.ltrim(outbox_key(stream_id), len(entries), -1)
         return ids
+
+    async def keep_publishing(
+        self, model_of: Callable[[str], Awaitable[str | None]], interval_s: float = 1.0
+    ) -> None:
+        """Publish what waits in outboxes without a next update to carry it: first every non-empty outbox in
+        Redis (a replica that died between an update and its publish left them), then, every ``interval_s``,
+        the streams whose publish failed here. Runs until cancelled; Redis failures wait for the next turn."""
+        swept, pause = False, interval_s
+        while True:
+            try:
+                if not swept:
+                    await self._find_outboxes(model_of)
+                    swept = True
+                if self.stranded:
+                    waiting = [
+                        Observed(stream_id, model, AlertUpdate([], ""), 1, [])
+                        for stream_id, model in list(self.stranded.items())
+                    ]
+                    await self.publish(waiting)
+            except (RedisError, OSError, StoreUnavailable):
+                log.warning("alert outboxes: Redis unavailable, retrying")
+            except Exception:  # noqa: BLE001 - a side task: log it and go on, never stop retrying
+                log.exception("alert outboxes: publishing failed, retrying")
+            # while publishing keeps failing, wait longer between tries (up to 30 s), not to flood the log
+            pause = interval_s if swept and not self.stranded else min(30.0, pause * 2)
+            await asyncio.sleep(pause)
+
+    async def _find_outboxes(self, model_of: Callable[[str], Awaitable[str | None]]) -> None:
+        """Every stream with events in its outbox (one SCAN of the key space, at start), as stranded."""
+        async for key in self._redis.scan_iter(match="vigil:{*}:o", count=1000):
+            name = text(key)
+            stream_id = name[len("vigil:{") : -len("}:o")]
+            model = await model_of(stream_id)
+            if model is not None:  # a deleted stream's outbox goes with it (DELETE /streams)
+                self.stranded.setdefault(stream_id, model)
 
     @staticmethod
     def keys(stream_id: str) -> list[str]:

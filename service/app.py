@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import looplag
 from service.alerts import AlertTracker
 from service.auth import KeyRing
+from service.catalog import StreamCatalog
 from service.deps import Components
 from service.errors import (
     PayloadTooLarge,
@@ -257,6 +259,7 @@ def create_app(settings: Settings) -> FastAPI:
         delivery: AlertDelivery | None = None
         delivery_redis: Redis | None = None
         poller: SourcePoller | None = None
+        outboxes: asyncio.Task[None] | None = None
         # Readiness pings on a pool of its own: through scoring's, a saturated pool made /readyz wait for a
         # connection and answer 503, taking a loaded (healthy) replica out of its load balancer.
         app.state.probe_redis = redis_client(settings.model_copy(update={"redis_pool_size": 2}))
@@ -318,11 +321,18 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.components = Components(
                 settings, redis, metrics, models, windows, alerts, scorer, history
             )
+            outboxes = asyncio.create_task(
+                alerts.keep_publishing(StreamCatalog(redis).model_of), name="alert-outboxes"
+            )
             if settings.gc_freeze:
                 freeze_startup_objects()
             async with looplag.watching(metrics.loop_lag):
                 yield
         finally:
+            if outboxes is not None:
+                outboxes.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await outboxes
             if poller is not None:
                 await poller.stop()
             if delivery is not None:

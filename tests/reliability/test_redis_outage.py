@@ -337,3 +337,48 @@ def test_event_ids_go_to_their_own_events_when_updates_of_a_stream_interleave(
         ("firing", ("firing", "1.0")),
     ]
     assert [(e["state"], e["id"]) for e in second] == [("resolved", None)]  # published by the first call
+
+
+def test_events_whose_publish_failed_go_out_without_another_request_of_their_stream(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, test_series: np.ndarray
+) -> None:
+    """The request that raised them could not append them to ``vigil:alerts`` (the key held the wrong type) and
+    the stream then goes quiet (its machine died): the events waited in the outbox until the stream's next
+    update, that is forever. The service retries them on its own, in order (found by a review)."""
+    series = cyclic_series(test_series, 300)
+    with TestClient(create_app(make_settings(models_dir, redis_url)), headers=auth("all")) as client:
+        clean_redis.set(EVENTS_KEY, "not a stream")
+        response = client.post("/score", json=points_body("quiet", series, 0))
+        assert response.status_code == 200, response.text
+        held = response.json()["alerts"]
+        assert held and all(e["id"] is None for e in held)
+        clean_redis.delete(EVENTS_KEY)  # Redis is sound again; no request for "quiet" follows
+        deadline = time.monotonic() + 20
+        listed: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(listed) < len(held):
+            time.sleep(0.2)
+            listed = client.get("/alerts", params={"stream_id": "quiet"}).json()["events"]
+    assert [strip_id(e) for e in listed] == [strip_id(e) for e in held]
+
+
+def test_outboxes_a_dead_replica_left_are_published_when_a_replica_starts(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, test_series: np.ndarray
+) -> None:
+    """A replica died between a stream's update and its publish: the events sit in the outbox and the
+    stream stays quiet. A replica that starts finds every non-empty outbox and publishes it."""
+    series = cyclic_series(test_series, 300)
+    with TestClient(create_app(make_settings(models_dir, redis_url)), headers=auth("all")) as client:
+        clean_redis.set(EVENTS_KEY, "not a stream")
+        held = client.post("/score", json=points_body("orphan", series, 0)).json()["alerts"]
+        assert held
+    # that process is gone (its retries with it); Redis is sound again
+    clean_redis.delete(EVENTS_KEY)
+    assert clean_redis.llen("vigil:{orphan}:o") == len(held)
+    with TestClient(create_app(make_settings(models_dir, redis_url)), headers=auth("all")) as client:
+        deadline = time.monotonic() + 20
+        listed: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(listed) < len(held):
+            time.sleep(0.2)
+            listed = client.get("/alerts", params={"stream_id": "orphan"}).json()["events"]
+    assert [strip_id(e) for e in listed] == [strip_id(e) for e in held]
+    assert not clean_redis.exists("vigil:{orphan}:o")
