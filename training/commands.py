@@ -247,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     from training.config import TrainingRefused
     from training.crossfit import CrossFitError
     from training.data import DataError
+    from training.loop import TrainingDiverged
 
     try:
         return int(args.func(args))
@@ -258,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
         CrossFitError,
         CalibrationError,
         UnknownHyperparameter,
+        TrainingDiverged,  # the options a user chose (a learning rate too high): the message says which
     ) as exc:
         sys.stderr.write(f"vigil {args.command}: {exc}\n")
         return 2

@@ -104,6 +104,20 @@ def test_train_refuses_bad_options_with_exit_2_and_the_reason(
     assert reason in capsys.readouterr().err
     assert main(["train", "--model", "tvnet", "--out", str(tmp_path)]) == 2
     assert "give the data with --train" in capsys.readouterr().err
+    diverging = [
+        "train",
+        "--model",
+        "dense_ae",
+        "--train",
+        str(SAMPLE / "train.txt.gz"),
+        "--out",
+        str(tmp_path),
+    ]
+    assert (
+        main([*diverging, "--max-rows", "1500", "--epochs", "2", "--cross-fit-folds", "0", "--lr", "1e12"])
+        == 2
+    )
+    assert "loss is not finite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("size", ["0", "17", "two"])
