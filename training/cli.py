@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--max-rows", type=int, default=None, help="use only the first rows of the file")
     train.add_argument("--hyperparameters", default=None, help="JSON, e.g. '{\"d_model\": 64}'")
     _source_arguments(train)
-    _calibration_arguments(train)
+    _calibration_arguments(train, keeps_bundle=False)
     train.add_argument("--quiet", action="store_true")
     train.add_argument("--no-report", action="store_true", help="skip training_report.png")
     train.add_argument(
@@ -114,7 +114,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="for a bundle trained from Prometheus: read its range from this URL (default: the recorded one)",
     )
     calibrate.add_argument("--threads", type=int, default=0)
-    _calibration_arguments(calibrate)
+    _calibration_arguments(calibrate, keeps_bundle=True)
     calibrate.set_defaults(func=commands.calibrate, run=commands.run)
 
     backtest = sub.add_parser(
@@ -168,8 +168,13 @@ def _source_arguments(train: argparse.ArgumentParser) -> None:
     group.add_argument("--end", default=None, help="RFC 3339 or epoch seconds (default: now)")
 
 
-def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
+def _calibration_arguments(parser: argparse.ArgumentParser, keeps_bundle: bool) -> None:
+    """``keeps_bundle`` (`vigil calibrate`): an option not given keeps the bundle's own setting (recorded in its
+    manifest), not the default: recalibrating with another ``--score`` must not reset its false-alert budget."""
     from training.config import CalibrationConfig
+
+    def default(value: object) -> object:
+        return None if keeps_bundle else value
 
     parser.add_argument(
         "--score",
@@ -180,14 +185,18 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
         "'{}' is the plain mean squared error; calibrate keeps the bundle's own unless given",
     )
     parser.add_argument(
-        "--calibration", choices=["pot", "quantile"], default="pot", help="point-level threshold method"
+        "--calibration",
+        choices=["pot", "quantile"],
+        default=default("pot"),
+        help="point-level threshold method (default pot; calibrate: the bundle's own)",
     )
     parser.add_argument(
         "--false-alerts-per-day",
         type=float,
-        default=1.0,
+        default=default(1.0),
         help="choose the warning threshold and alert lifecycle (k, n, m) for at most this many alerts a day on "
-        "the validation part (0: point-level thresholds only, service's lifecycle)",
+        "the validation part (0: point-level thresholds only, service's lifecycle; default 1; calibrate: the "
+        "bundle's own)",
     )
     parser.add_argument(
         "--sampling-interval-s",
@@ -207,7 +216,7 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disturbed-periods",
         type=int,
-        default=0,
+        default=default(0),
         help="held-out periods (the validation part and each cross-fitted block) that may hold an unlabelled "
         "incident or a drift: the false-alert budget leaves out this many periods with the most alerts beyond "
         "their share of it (periods of one length: the most alerts a day; default 0: every period counts; at most --cross-fit-folds)",
@@ -215,9 +224,9 @@ def _calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-incident-points",
         type=int,
-        default=3,
+        default=default(3),
         help="the shortest incident, in points, the chosen lifecycle must be able to page: only lifecycles "
-        "needing at most this many points over warning (k) are tried (default 3)",
+        "needing at most this many points over warning (k) are tried (default 3; calibrate: the bundle's own)",
     )
 
 

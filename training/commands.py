@@ -118,16 +118,20 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     recalibrated bundle's own folds (``training.recalibrate.with_bundle_folds``)."""
     from training.config import CalibrationConfig
 
-    folds = args.cross_fit_folds
-    return CalibrationConfig(
-        method=args.calibration,
-        false_alerts_per_day=args.false_alerts_per_day or None,
-        # not named: the default, or with `vigil calibrate` the bundle's own (training.recalibrate)
-        **({} if args.sampling_interval_s is None else {"sampling_interval_s": args.sampling_interval_s}),
-        min_incident_points=args.min_incident_points,
-        disturbed_periods=args.disturbed_periods,
-        **({} if folds is None else {"cross_fit_folds": folds}),
-    )
+    given = {
+        "method": args.calibration,
+        "false_alerts_per_day": None if args.false_alerts_per_day is None else args.false_alerts_per_day or 0,
+        "sampling_interval_s": args.sampling_interval_s,
+        "min_incident_points": args.min_incident_points,
+        "disturbed_periods": args.disturbed_periods,
+        "cross_fit_folds": args.cross_fit_folds,
+    }
+    # Only what was given: the rest is the default, or with `vigil calibrate` the bundle's own
+    # (training.recalibrate.with_bundle_folds). A target of 0 means none.
+    named = {key: value for key, value in given.items() if value is not None}
+    if named.get("false_alerts_per_day") == 0:
+        named["false_alerts_per_day"] = None
+    return CalibrationConfig(**named)
 
 
 def _score_options(text: str | None) -> ScoreOptions | None:

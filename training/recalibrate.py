@@ -115,14 +115,21 @@ def fold_graphs(bundle_dir: Path, manifest: Manifest, folds: int, threads: int) 
 
 
 def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> CalibrationConfig:
-    """``calibration`` with the bundle's own cross-fitting folds and sampling interval where it does not name
-    them: a bundle trained without folds (or before they were the default) recalibrates as it was trained, and
-    a false-alert budget counts the days the bundle's data spans (60 s would make a 10 s bundle's budget 6x
-    looser)."""
-    own: dict[str, object] = {}
-    if "cross_fit_folds" not in calibration.model_fields_set:
+    """``calibration`` with the bundle's own settings where it does not name them: its cross-fitting folds (a
+    bundle trained without folds, or before they were the default, recalibrates as it was trained), its
+    sampling interval (60 s would make a 10 s bundle's false-alert budget 6x looser), and the method, target,
+    shortest incident and disturbed periods its manifest records (recalibrating with another ``--score`` keeps
+    them)."""
+    given = calibration.model_fields_set
+    recorded = manifest.training.config.get("calibration") or {}
+    own: dict[str, object] = {
+        key: recorded[key]
+        for key in ("method", "false_alerts_per_day", "min_incident_points", "disturbed_periods")
+        if key not in given and key in recorded
+    }
+    if "cross_fit_folds" not in given:
         own["cross_fit_folds"] = bundle_folds(manifest)
-    if "sampling_interval_s" not in calibration.model_fields_set:
+    if "sampling_interval_s" not in given:
         own["sampling_interval_s"] = bundle_interval(manifest)
     if not own:
         return calibration

@@ -165,20 +165,24 @@ def test_calibrate_keeps_the_bundles_interval_and_refuses_other_training_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`vigil calibrate` counts the bundle's days with its own sampling interval (it used 60 s: a 10 s bundle's
-    budget became 6x looser), `vigil evaluate` too; and it refuses training data other than the bundle's, whose
-    "validation part" could be rows the model trained on (found by a review)."""
+    budget became 6x looser) and keeps the bundle's other calibration settings unless given (it reset them to
+    the defaults); and it refuses training data other than the bundle's, whose "validation part" could be rows
+    the model trained on (found by a review)."""
     series = load_series(SAMPLE / "train.txt.gz", max_rows=3000)
     data = tmp_path / "series.npy"
     np.save(data, series)
     models = tmp_path / "models"
     common = ["--model", "pca", "--out", str(models), "--name", "p", "--no-report", "--quiet"]
-    assert (
-        main(["train", *common, "--train", str(data), "--version", "v1", "--sampling-interval-s", "10"]) == 0
-    )
+    own = ["--sampling-interval-s", "10", "--false-alerts-per-day", "2", "--min-incident-points", "5"]
+    assert main(["train", *common, "--train", str(data), "--version", "v1", *own]) == 0
     bundle = models / "p" / "v1"
     assert main(["calibrate", "--bundle", str(bundle), "--version", "v2", "--cross-fit-folds", "0"]) == 0
-    calibrated = Manifest.load(models / "p" / "v2").thresholds.alert_calibration
+    manifest = Manifest.load(models / "p" / "v2")
+    calibrated = manifest.thresholds.alert_calibration
     assert calibrated is not None and calibrated.sampling_interval_s == 10.0
+    # the options not given are the bundle's own, not the defaults (1 a day, 3 points)
+    assert calibrated.target_per_day == 2.0
+    assert manifest.training.config["calibration"]["min_incident_points"] == 5
     assert calibrated.validation_days == pytest.approx(600 * 10 / 86_400, rel=0.2)  # ~600 validation rows
     capsys.readouterr()
     np.save(data, series[:2000])  # the same path, other data
