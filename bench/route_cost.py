@@ -63,6 +63,7 @@ class Run:
     process_us: float
     per_s: float
     redis_us: float  # redis-server's CPU (every thread: commands, scripts, AOF) per request
+    refused: int  # requests answered 503 (shed), among those the other figures divide by
 
 
 def same_body(body: bytes) -> Bodies:
@@ -141,13 +142,19 @@ async def measure(target: Target, requests: int, concurrency: int, repeat: int, 
         each = max(1, requests // concurrency)
         sources = [target.bodies(client) for client in range(concurrency)]
 
+        refused = 0
+
         async def client(bodies: Iterator[bytes]) -> None:
+            nonlocal refused
             for _ in range(each):
                 status = await call(target.app, target, next(bodies))
-                if status != 200:
+                if status == 503:  # shed (a batch whose every item was refused): counted, not served
+                    refused += 1
+                elif status != 200:
                     raise RuntimeError(f"{target.name}: answered {status}")
 
         for _ in range(repeat):
+            refused = 0
             wall, process, loop = time.perf_counter(), time.process_time(), time.thread_time()
             store = harness.cpu_seconds(redis_pid)
             await asyncio.gather(*(client(bodies) for bodies in sources))
@@ -158,7 +165,9 @@ async def measure(target: Target, requests: int, concurrency: int, repeat: int, 
                 time.thread_time() - loop,
                 harness.cpu_seconds(redis_pid) - store,
             )
-            runs.append(Run(1e6 * loop / served, 1e6 * process / served, served / wall, 1e6 * store / served))
+            runs.append(
+                Run(1e6 * loop / served, 1e6 * process / served, served / wall, 1e6 * store / served, refused)
+            )
     return runs
 
 
@@ -276,6 +285,7 @@ def main() -> None:
                 "process_us": statistics.median(r.process_us for r in runs),
                 "redis_us": statistics.median(r.redis_us for r in runs),
                 "per_s": statistics.median(r.per_s for r in runs),
+                "refused": sum(r.refused for r in runs),
             }
             results.add(**row)
             rows.append(
@@ -286,6 +296,7 @@ def main() -> None:
                     f"{row['process_us']:.0f}",
                     f"{row['redis_us']:.0f}",
                     f"{row['per_s']:.0f}",
+                    str(row["refused"]),
                 )
             )
     print(
@@ -299,6 +310,7 @@ def main() -> None:
         "process CPU µs per request",
         "redis-server CPU µs per request",
         "requests/s",
+        "answered 503 (all repeats)",
     ]
     report.print_table(headers, rows)
     results.save()

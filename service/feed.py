@@ -9,7 +9,6 @@ later") and resumes with its last id; so a slow consumer cannot grow memory with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,11 +56,12 @@ class FeedHub:
             self._last_id = "0-0"  # no stream yet: every event that appears is new
         self._task = asyncio.create_task(self._pump(), name="alert-feed")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Cancel the pump, waiting at most ``timeout_s``: a blocking read does not always give way to a cancel
+        (seen: redis-py's read kept waiting on its socket, and the lifespan shutdown with it); closing the
+        client afterwards (the app does) ends that read for good."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task, timeout_s, "alert feed")
 
     async def _pump(self) -> None:
         while True:
@@ -101,3 +101,13 @@ class FeedHub:
     async def catch_up(self, since: str, stream_id: str | None, page: int = 500) -> list[dict[str, Any]]:
         """Every event after ``since`` that is already in Redis (one page; call until it returns [])."""
         return await self._alerts.read_events(since, stream_id, page)
+
+
+async def stop_task(task: asyncio.Task[Any], timeout_s: float, name: str) -> None:
+    """Cancel ``task`` and wait for it at most ``timeout_s`` (see :meth:`FeedHub.stop`)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        log.warning("%s: did not stop within %g s of its cancel; closing its connections", name, timeout_s)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("%s: ended with %r", name, task.exception())

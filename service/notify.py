@@ -45,6 +45,7 @@ from service.alertmanager import (
     target_name,
 )
 from service.alerts import EVENTS_KEY, alert_key, decode_event, text
+from service.feed import stop_task
 from service.lease import Lease
 from service.metrics import Metrics
 from service.peak import Describe
@@ -111,9 +112,7 @@ class AlertDelivery:
 
     async def stop(self) -> None:
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await stop_task(self._supervisor, 2.0, "alert delivery")  # its blocking read: see FeedHub.stop
         await self._step_down()
         if self._supervisor is not None:
             with contextlib.suppress(RedisError, OSError):
