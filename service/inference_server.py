@@ -86,13 +86,26 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
     log.info(
         "inference process %d serving %s on %s", os.getpid(), [h.name for h in registry.all()], socket_path
     )
+    watcher = asyncio.create_task(_stop_when_orphaned(stop))
     try:
         await stop.wait()
     finally:
+        watcher.cancel()
         server.close()
         await server.wait_closed()
         registry.close()
         socket_path.unlink(missing_ok=True)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, every_s: float = 0.5) -> None:
+    """Stop when the process that started this one is gone (SIGKILLed, crashed): its own session, which keeps
+    a Ctrl-C or a group SIGTERM from reaching it before the API processes have drained (``InferenceProcess``),
+    also keeps their death from reaching it, and an orphan would hold the models (a GPU's memory) for good."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(every_s)
+    log.warning("inference process %d: its parent %d is gone; stopping", os.getpid(), parent)
+    stop.set()
 
 
 class InferenceProcess:
@@ -103,6 +116,7 @@ class InferenceProcess:
         self._restart_pause_s = restart_pause_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+        self._spawning = threading.Lock()  # a restart and stop() never interleave
         self._watcher = threading.Thread(target=self._watch, name="inference-supervisor", daemon=True)
         self.restarts = 0
 
@@ -122,8 +136,12 @@ class InferenceProcess:
         self._watcher.start()
 
     def _spawn(self) -> None:
+        # A session of its own: a signal to the whole process group (Ctrl-C, a service manager's stop) must not
+        # stop it while the API processes still drain accepted requests; stop() ends it after them, and it ends
+        # itself if this process dies (_stop_when_orphaned).
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "service.inference_server", "--socket", str(self.socket_path)]
+            [sys.executable, "-m", "service.inference_server", "--socket", str(self.socket_path)],
+            start_new_session=True,
         )
 
     def _watch(self) -> None:
@@ -134,11 +152,15 @@ class InferenceProcess:
                 return
             log.error("the inference process ended (status %s); starting it again", code)
             time.sleep(self._restart_pause_s)
-            self.restarts += 1
-            self._spawn()
+            with self._spawning:
+                if self._stopping.is_set():  # stop() came during the pause
+                    return
+                self.restarts += 1
+                self._spawn()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._stopping.set()
+        with self._spawning:
+            self._stopping.set()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

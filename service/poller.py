@@ -39,7 +39,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models.manifest import Manifest
-from models.prometheus import PrometheusClient, QueryRejected, SourceUnreachable, fetch_rows, redact
+from models.prometheus import (
+    PrometheusClient,
+    QueryFailed,
+    QueryRejected,
+    SourceUnreachable,
+    fetch_rows,
+    redact,
+)
 from models.source import Segment, SourceError, format_time
 from service.codec import PointBatch
 from service.errors import BadInput, ModelMismatch, PayloadTooLarge, UnknownModel, VigilError
@@ -165,7 +172,10 @@ class SourcePoller:
             try:
                 for query in source.queries:
                     await asyncio.to_thread(client.check, query, self._clock.now())
-            except SourceUnreachable as exc:
+            except (
+                SourceUnreachable,
+                QueryFailed,
+            ) as exc:  # a refusal for now (429, 503, …), not of the query
                 log.warning("model %s: %s; polling will retry", name, exc)
             except QueryRejected as exc:
                 raise QueryRejected(exc.query, f"model {name!r}: {exc.detail}") from exc

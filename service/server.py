@@ -169,19 +169,21 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings())
 
 
-def prepare_multiprocess_metrics() -> None:
+def prepare_multiprocess_metrics() -> Path | None:
     """Several workers share metrics through files; stale files from an earlier run would double counters.
 
     prometheus_client chooses where a metric keeps its values (memory or these files) when it is imported,
     and it was imported before the directory existed; this process's metrics (created later, with the app)
     must write the files too, or a single API process beside the shared inference process exports only the
     inference process's metrics (its requests, latencies and loop lag were missing from ``/metrics``)."""
-    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="vigil-metrics-"))
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(given or tempfile.mkdtemp(prefix="vigil-metrics-"))
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     prometheus_values.ValueClass = prometheus_values.get_value_class()  # type: ignore[no-untyped-call]
+    return None if given else directory  # made here: the caller removes it when serving ends
 
 
 def run_server(
@@ -222,16 +224,20 @@ def serve(settings: Settings) -> int:
     inference process under a supervisor), until it stops."""
     if settings.inference != "shared":
         return serve_http(settings)
-    prepare_multiprocess_metrics()  # the inference process's batch metrics join the API processes'
+    metrics_dir = (
+        prepare_multiprocess_metrics()
+    )  # the inference process's batch metrics join the API processes'
     socket_path = Path(tempfile.mkdtemp(prefix="vigil-inference-")) / "inference.sock"
     inference = InferenceProcess(socket_path)
-    inference.start()
-    os.environ["VIGIL_INFERENCE_SOCKET"] = str(socket_path)
     try:
+        inference.start()
+        os.environ["VIGIL_INFERENCE_SOCKET"] = str(socket_path)
         return serve_http(Settings())
     finally:
         inference.stop()
         shutil.rmtree(socket_path.parent, ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def serve_http(settings: Settings) -> int:
@@ -242,19 +248,24 @@ def serve_http(settings: Settings) -> int:
         flush=True,
     )
     if settings.workers > 1:
+        made = None
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or settings.inference != "shared":
-            prepare_multiprocess_metrics()
-        uvicorn.run(
-            "service.server:app_from_environment",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=10,
-            http="service.http_limits:HeadLimitedAuto",  # 431 over the header bounds (service/http_limits.py)
-            h11_max_incomplete_event_size=settings.max_header_bytes,  # that module's byte bound, both parsers
-        )
+            made = prepare_multiprocess_metrics()
+        try:
+            uvicorn.run(
+                "service.server:app_from_environment",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_level=settings.log_level,
+                timeout_graceful_shutdown=10,
+                http="service.http_limits:HeadLimitedAuto",  # 431 over the header bounds (service/http_limits.py)
+                h11_max_incomplete_event_size=settings.max_header_bytes,  # that module's byte bound, both parsers
+            )
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
         return 0
     uvicorn.run(
         create_app(settings),

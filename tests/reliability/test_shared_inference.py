@@ -141,3 +141,24 @@ def test_a_killed_inference_process_fails_only_its_requests_and_is_replaced(
     assert set(outcomes) <= {"200", "500 inference_failed", "503 overloaded"}, outcomes
     assert outcomes["200"] > before  # served again after the restart
     figures(outcomes=dict(outcomes), replaced_in_s=round(replaced_s, 2))
+
+
+def test_the_inference_process_outlives_neither_a_killed_server_nor_its_metrics_folder(
+    live_server: Callable[..., LiveServer], aof_redis: RedisProcess
+) -> None:
+    """`vigil serve` SIGKILLed (or crashed): its inference process, in a session of its own so that a group
+    signal cannot stop it before the API processes drain, sees its parent gone and stops, instead of holding
+    the models (a GPU's memory) for good (found by a review: 8 s later it still ran)."""
+    server = live_server(aof_redis.url, VIGIL_INFERENCE="shared")
+    assert server.proc is not None
+    (inference,) = inference_pids(server.proc.pid)
+    assert os.getsid(inference) != os.getsid(server.proc.pid)  # a Ctrl-C to the group does not reach it
+    server.proc.kill()
+    server.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{inference}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stat = Path(f"/proc/{inference}/stat")
+    assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z", (
+        "the inference process outlived it"
+    )
