@@ -339,6 +339,18 @@ def test_event_ids_go_to_their_own_events_when_updates_of_a_stream_interleave(
     assert [(e["state"], e["id"]) for e in second] == [("resolved", None)]  # published by the first call
 
 
+def listed_within(
+    client: TestClient, stream_id: str, count: int, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
+    """The stream's events in ``vigil:alerts`` once ``count`` are there (or what is there at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    listed: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(listed) < count:
+        time.sleep(0.2)
+        listed = client.get("/alerts", params={"stream_id": stream_id}).json()["events"]
+    return listed
+
+
 def test_events_whose_publish_failed_go_out_without_another_request_of_their_stream(
     models_dir: Path, redis_url: str, clean_redis: redis.Redis, test_series: np.ndarray
 ) -> None:
@@ -353,11 +365,7 @@ def test_events_whose_publish_failed_go_out_without_another_request_of_their_str
         held = response.json()["alerts"]
         assert held and all(e["id"] is None for e in held)
         clean_redis.delete(EVENTS_KEY)  # Redis is sound again; no request for "quiet" follows
-        deadline = time.monotonic() + 20
-        listed: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and len(listed) < len(held):
-            time.sleep(0.2)
-            listed = client.get("/alerts", params={"stream_id": "quiet"}).json()["events"]
+        listed = listed_within(client, "quiet", len(held))
     assert [strip_id(e) for e in listed] == [strip_id(e) for e in held]
 
 
@@ -375,10 +383,6 @@ def test_outboxes_a_dead_replica_left_are_published_when_a_replica_starts(
     clean_redis.delete(EVENTS_KEY)
     assert clean_redis.llen("vigil:{orphan}:o") == len(held)
     with TestClient(create_app(make_settings(models_dir, redis_url)), headers=auth("all")) as client:
-        deadline = time.monotonic() + 20
-        listed: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and len(listed) < len(held):
-            time.sleep(0.2)
-            listed = client.get("/alerts", params={"stream_id": "orphan"}).json()["events"]
+        listed = listed_within(client, "orphan", len(held))
     assert [strip_id(e) for e in listed] == [strip_id(e) for e in held]
     assert not clean_redis.exists("vigil:{orphan}:o")
