@@ -40,6 +40,7 @@ from service.peak import peak_context
 from service.poller import SourcePoller, poller_name
 from service.redis_wire import pack_directly
 from service.registry import ModelRegistry
+from service.reloads import follow as follow_reloads
 from service.responses import JSONBytesResponse
 from service.routes import feed, health, score, streams, ui
 from service.schemas import BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
@@ -260,6 +261,7 @@ def create_app(settings: Settings) -> FastAPI:
         delivery_redis: Redis | None = None
         poller: SourcePoller | None = None
         outboxes: asyncio.Task[None] | None = None
+        reloads: asyncio.Task[None] | None = None
         # Readiness pings on a pool of its own: through scoring's, a saturated pool made /readyz wait for a
         # connection and answer 503, taking a loaded (healthy) replica out of its load balancer.
         app.state.probe_redis = redis_client(settings.model_copy(update={"redis_pool_size": 2}))
@@ -324,15 +326,17 @@ def create_app(settings: Settings) -> FastAPI:
             outboxes = asyncio.create_task(
                 alerts.keep_publishing(StreamCatalog(redis).model_of), name="alert-outboxes"
             )
+            reloads = asyncio.create_task(follow_reloads(redis, models), name="model-reloads")
             if settings.gc_freeze:
                 freeze_startup_objects()
             async with looplag.watching(metrics.loop_lag):
                 yield
         finally:
-            if outboxes is not None:
-                outboxes.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await outboxes
+            for task in (outboxes, reloads):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if poller is not None:
                 await poller.stop()
             if delivery is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from redis.asyncio import Redis, RedisCluster
 
 from service.errors import InferenceFailed, VigilError
 from service.gcpolicy import freeze_startup_objects
@@ -32,6 +35,7 @@ from service.inference_wire import (
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.reloads import follow as follow_reloads
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,10 +91,20 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
         "inference process %d serving %s on %s", os.getpid(), [h.name for h in registry.all()], socket_path
     )
     watcher = asyncio.create_task(_stop_when_orphaned(stop))
+    redis: Redis = (
+        RedisCluster.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)  # type: ignore[assignment]
+        if settings.redis_cluster
+        else Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)
+    )
+    reloads = asyncio.create_task(follow_reloads(redis, registry))  # a reload the API processes answered
     try:
         await stop.wait()
     finally:
         watcher.cancel()
+        reloads.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloads
+        await redis.aclose()
         server.close()
         await server.wait_closed()
         registry.close()

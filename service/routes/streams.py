@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from service.alerts import is_event_id
 from service.deps import AdminKey, ComponentsDep, ReadKey, ScoreKey
 from service.errors import BadInput, UnknownStream
+from service.reloads import announce
 from service.responses import JSONBytesResponse
 from service.schemas import STREAM_ID_PATTERN
 
@@ -79,8 +80,11 @@ async def reload_models(
     _: AdminKey,
     name: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
 ) -> JSONBytesResponse:
-    """New requests use the new version at once; requests in flight finish on the old session."""
-    return JSONBytesResponse({"models": await components.models.reload(name)})
+    """New requests use the new version at once; requests in flight finish on the old session. The other
+    processes (workers, replicas on the same Redis, the shared inference process) follow within a second."""
+    changes = await components.models.reload(name)
+    await announce(components.redis)
+    return JSONBytesResponse({"models": changes})
 
 
 @router.get("/alerts", summary="Alert events after an id, in order")

@@ -4,6 +4,7 @@ held (500 `inference_failed`), a new one takes over, and nothing hangs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -162,3 +163,34 @@ def test_the_inference_process_outlives_neither_a_killed_server_nor_its_metrics_
     assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z", (
         "the inference process outlived it"
     )
+
+
+def test_a_reload_reaches_the_shared_inference_process(
+    bundle_dir: Path, aof_redis: RedisProcess, tmp_path: Path, test_series: np.ndarray
+) -> None:
+    """The API process reloads and answers with the new version; the inference process, which computes the
+    scores, must follow: it kept the old version's scoring for good (found by a review). The new version scores
+    with another aggregation, so its scores differ."""
+    from tests.service.test_models_admin import new_version
+
+    models = tmp_path / "models"
+    first = new_version(models, bundle_dir, "a")
+    manifest = json.loads((first / "manifest.json").read_text())
+    server = LiveServer(models, aof_redis.url, tmp_path / "serve.log", VIGIL_INFERENCE="shared").start()
+    window = {"window": test_series[100:200].tolist()}
+    try:
+        with httpx.Client(base_url=server.url, headers=auth("all"), timeout=30) as client:
+            before = client.post("/score", json=window).json()
+            assert before["version"] == "a"
+            new_version(models, first, "b", score={**manifest["score"], "aggregation": "max"})
+            assert client.post("/admin/models/reload").json()["models"][0]["version"] == "b"
+            deadline = time.monotonic() + 15
+            while True:
+                after = client.post("/score", json=window).json()
+                if [p["score"] for p in after["scores"]] != [p["score"] for p in before["scores"]]:
+                    break
+                assert time.monotonic() < deadline, "the inference process kept the old version"
+                time.sleep(0.3)
+            assert after["version"] == "b"
+    finally:
+        server.terminate(20)
