@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from service.errors import (
     error_body,
     install_error_handlers,
 )
-from service.feed import FeedHub
+from service.feed import FeedHub, stop_task
 from service.gcpolicy import freeze_startup_objects
 from service.history import ScoreHistory
 from service.inflight import InflightLimitMiddleware
@@ -332,11 +331,9 @@ def create_app(settings: Settings) -> FastAPI:
             async with looplag.watching(metrics.loop_lag):
                 yield
         finally:
-            for task in (outboxes, reloads):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            for task, name in ((outboxes, "alert outboxes"), (reloads, "model reloads")):
+                if task is not None:  # a Redis call that hangs (a dead peer) must not hold the shutdown
+                    await stop_task(task, 2.0, name)
             if poller is not None:
                 await poller.stop()
             if delivery is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from redis.asyncio import Redis, RedisCluster
 
 from service.errors import InferenceFailed, VigilError
+from service.feed import stop_task
 from service.gcpolicy import freeze_startup_objects
 from service.inference_wire import (
     InferenceAnswer,
@@ -101,9 +101,7 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
         await stop.wait()
     finally:
         watcher.cancel()
-        reloads.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloads
+        await stop_task(reloads, 2.0, "model reloads")
         await redis.aclose()
         server.close()
         await server.wait_closed()
