@@ -11,8 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +28,7 @@ from service.errors import (
     error_body,
     install_error_handlers,
 )
-from service.feed import FeedHub, stop_task
+from service.feed import FeedHub
 from service.gcpolicy import freeze_startup_objects
 from service.history import ScoreHistory
 from service.inflight import InflightLimitMiddleware
@@ -37,7 +36,7 @@ from service.metrics import Metrics
 from service.notify import AlertDelivery, replica_name
 from service.peak import peak_context
 from service.poller import SourcePoller, poller_name
-from service.redis_wire import pack_directly
+from service.redis_clients import BLOCKING_READ_S, redis_client
 from service.registry import ModelRegistry
 from service.reloads import follow as follow_reloads
 from service.responses import JSONBytesResponse
@@ -45,35 +44,10 @@ from service.routes import feed, health, score, streams, ui
 from service.schemas import BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
 from service.scorer import StreamScorer
 from service.settings import Settings
+from service.tasks import stop_task
 from service.windows import WindowStore
 
 log = logging.getLogger(__name__)
-
-
-def redis_client(settings: Settings, blocking_s: float = 0.0) -> Redis:
-    """A pooled client for one Redis, or a cluster client when ``redis_cluster`` is set. ``blocking_s``: how
-    long its blocking reads may wait on the server, added to the socket timeout so that an idle read is not
-    a timeout (with ``VIGIL_REDIS_TIMEOUT_S`` under a read's block, every idle read failed)."""
-    socket_timeout = settings.redis_timeout_s + blocking_s
-    if settings.redis_cluster:
-        cluster = RedisCluster.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_pool_size,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
-        return cluster  # type: ignore[return-value]  # the commands Vigil uses share one interface
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_pool_size,
-        timeout=settings.redis_timeout_s,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
-    return Redis(connection_pool=pack_directly(pool))
-
-
-BLOCKING_READ_S = 1.0  # the alert feed's and delivery's XREAD block (service.feed, service.notify)
 
 
 async def connect_redis(settings: Settings, attempts: int = 5) -> Redis:

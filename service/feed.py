@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.alerts import EVENTS_KEY, AlertTracker, decode_event
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,3 @@ class FeedHub:
     async def catch_up(self, since: str, stream_id: str | None, page: int = 500) -> list[dict[str, Any]]:
         """Every event after ``since`` that is already in Redis (one page; call until it returns [])."""
         return await self._alerts.read_events(since, stream_id, page)
-
-
-async def stop_task(task: asyncio.Task[Any], timeout_s: float, name: str) -> None:
-    """Cancel ``task`` and wait for it at most ``timeout_s`` (see :meth:`FeedHub.stop`)."""
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=timeout_s)
-    if not done:
-        log.warning("%s: did not stop within %g s of its cancel; closing its connections", name, timeout_s)
-    elif not task.cancelled() and task.exception() is not None:
-        log.warning("%s: ended with %r", name, task.exception())

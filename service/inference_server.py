@@ -21,10 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from redis.asyncio import Redis, RedisCluster
-
 from service.errors import InferenceFailed, VigilError
-from service.feed import stop_task
 from service.gcpolicy import freeze_startup_objects
 from service.inference_wire import (
     InferenceAnswer,
@@ -34,9 +31,11 @@ from service.inference_wire import (
     read_frame,
 )
 from service.metrics import Metrics
+from service.redis_clients import redis_client
 from service.registry import ModelRegistry
 from service.reloads import follow as follow_reloads
 from service.settings import Settings
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +90,7 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
         "inference process %d serving %s on %s", os.getpid(), [h.name for h in registry.all()], socket_path
     )
     watcher = asyncio.create_task(_stop_when_orphaned(stop))
-    redis: Redis = (
-        RedisCluster.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)  # type: ignore[assignment]
-        if settings.redis_cluster
-        else Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)
-    )
+    redis = redis_client(settings.model_copy(update={"redis_pool_size": 1}))
     reloads = asyncio.create_task(follow_reloads(redis, registry))  # a reload the API processes answered
     try:
         await stop.wait()

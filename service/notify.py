@@ -45,11 +45,11 @@ from service.alertmanager import (
     target_name,
 )
 from service.alerts import EVENTS_KEY, alert_key, decode_event, text
-from service.feed import stop_task
 from service.lease import Lease
 from service.metrics import Metrics
 from service.peak import Describe
 from service.settings import AlertmanagerSettings
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 

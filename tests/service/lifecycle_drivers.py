@@ -9,7 +9,8 @@ from typing import Any
 import redis
 
 from models.lifecycle import LevelThresholds, StreamAlertState, advance
-from service.alerts import ALERT_LUA, PointColumns, alert_key, lifecycle_args, outbox_key
+from service.alert_scripts import ALERT_LUA
+from service.alerts import PointColumns, alert_key, lifecycle_args, outbox_key
 
 Point = tuple[float, float, str]  # ts, score, comma-joined sensors
 KEY_STREAM = "lifecycle-test"

@@ -12,7 +12,7 @@ import redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from service.app import redis_client
+from service.redis_clients import redis_client
 from service.redis_wire import DirectPacking, pack_directly
 from tests.service.conftest import make_settings
 
