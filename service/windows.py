@@ -58,7 +58,12 @@ def pack_records(ts: npt.NDArray[np.float64], values: F32) -> list[bytes]:
 
 
 def unpack_records(records: list[bytes], n_features: int) -> tuple[npt.NDArray[np.float64], F32]:
-    table = np.frombuffer(b"".join(records), dtype=record_dtype(n_features))
+    return unpack_table(b"".join(records), n_features)
+
+
+def unpack_table(raw: bytes, n_features: int) -> tuple[npt.NDArray[np.float64], F32]:
+    """Records packed back to back: their ts and values."""
+    table = np.frombuffer(raw, dtype=record_dtype(n_features))
     return table["ts"].astype(np.float64), np.ascontiguousarray(table["values"], dtype=np.float32)
 
 
@@ -370,11 +375,11 @@ def _claim(
     """The claimed windows ``first, first + stride, …, last_end`` from the records covering them."""
     if first < 0:
         return Claim([], next_end)
+    raw = b"".join(records)
     size = record_dtype(g.n_features).itemsize
-    odd = next((len(r) for r in records if len(r) != size), None)
-    if odd is not None:  # stored before the append checked record sizes (service/window_scripts.py)
-        raise _sensors_changed(stream_id, g, odd)
-    ts, values = unpack_records(records, g.n_features)
+    if len(raw) != size * len(records):  # a record of another size: stored before the append checked sizes
+        raise _sensors_changed(stream_id, g, next(len(r) for r in records if len(r) != size))
+    ts, values = unpack_table(raw, g.n_features)
     base = first - g.window_length + 1  # stream index of records[0]
     windows = []
     for end in range(first, last_end + 1, g.stride):
