@@ -332,6 +332,14 @@ class Manifest(_Frozen):
             )
         return self
 
+    def sampling_interval_s(self) -> float:
+        """Seconds between the points the bundle was calibrated on: its calibration's, else its source's step,
+        else the default of one a minute."""
+        calibrated = self.thresholds.alert_calibration
+        if calibrated is not None:
+            return calibrated.sampling_interval_s
+        return self.source.step_s if self.source is not None else 60.0
+
     def save(self, bundle_dir: Path) -> Path:
         bundle_dir.mkdir(parents=True, exist_ok=True)
         path = bundle_dir / MANIFEST_FILE

@@ -172,10 +172,8 @@ class SourcePoller:
             try:
                 for query in source.queries:
                     await asyncio.to_thread(client.check, query, self._clock.now())
-            except (
-                SourceUnreachable,
-                QueryFailed,
-            ) as exc:  # a refusal for now (429, 503, …), not of the query
+            # unreachable, or a refusal for now (429, 503, …): not a refusal of the query
+            except (SourceUnreachable, QueryFailed) as exc:
                 log.warning("model %s: %s; polling will retry", name, exc)
             except QueryRejected as exc:
                 raise QueryRejected(exc.query, f"model {name!r}: {exc.detail}") from exc

@@ -224,9 +224,8 @@ def serve(settings: Settings) -> int:
     inference process under a supervisor), until it stops."""
     if settings.inference != "shared":
         return serve_http(settings)
-    metrics_dir = (
-        prepare_multiprocess_metrics()
-    )  # the inference process's batch metrics join the API processes'
+    # the inference process's batch metrics join the API processes'
+    metrics_dir = prepare_multiprocess_metrics()
     socket_path = Path(tempfile.mkdtemp(prefix="vigil-inference-")) / "inference.sock"
     inference = InferenceProcess(socket_path)
     try:

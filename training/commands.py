@@ -120,7 +120,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
 
     given = {
         "method": args.calibration,
-        "false_alerts_per_day": None if args.false_alerts_per_day is None else args.false_alerts_per_day or 0,
+        "false_alerts_per_day": args.false_alerts_per_day,
         "sampling_interval_s": args.sampling_interval_s,
         "min_incident_points": args.min_incident_points,
         "disturbed_periods": args.disturbed_periods,

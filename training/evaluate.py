@@ -50,12 +50,11 @@ def evaluate_bundle(
 ) -> dict[str, Any]:
     """Threshold-free, at-threshold and alert-level metrics of a bundle on labelled test data (thresholds
     never see it). Alerts come from the reference lifecycle with fixed and with per-stream thresholds.
-    ``sampling_interval_s``: None for the bundle's own (``training.recalibrate.bundle_interval``)."""
-    from training.recalibrate import bundle_interval
+    ``sampling_interval_s``: None for the bundle's own (``Manifest.sampling_interval_s``)."""
 
     bundle = load_bundle(bundle_dir, "cpu", threads)
     if sampling_interval_s is None:
-        sampling_interval_s = bundle_interval(bundle.manifest)
+        sampling_interval_s = bundle.manifest.sampling_interval_s()
     scored = score_test_series(bundle, test_path)
     labels = load_labels(labels_path, n_rows=scored.scores.shape[0])
     segments = parse_interpretation_labels(interpretation_path.read_text()) if interpretation_path else None

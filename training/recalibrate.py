@@ -130,20 +130,11 @@ def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> Cal
     if "cross_fit_folds" not in given:
         own["cross_fit_folds"] = bundle_folds(manifest)
     if "sampling_interval_s" not in given:
-        own["sampling_interval_s"] = bundle_interval(manifest)
+        own["sampling_interval_s"] = manifest.sampling_interval_s()
     if not own:
         return calibration
     # validated again: the rest of the calibration (disturbed_periods) must hold with the bundle's folds
     return CalibrationConfig.model_validate({**calibration.model_dump(), **own})
-
-
-def bundle_interval(manifest: Manifest) -> float:
-    """Seconds between the points a bundle was calibrated on: its calibration's, else its source's step, else
-    the default of one a minute."""
-    calibrated = manifest.thresholds.alert_calibration
-    if calibrated is not None:
-        return calibrated.sampling_interval_s
-    return manifest.source.step_s if manifest.source is not None else 60.0
 
 
 def recalibrate_bundle(
