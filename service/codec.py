@@ -93,8 +93,8 @@ def body_encoding(header: str | None) -> str:
 
 
 # Concatenated gzip members are valid gzip (RFC 1952), and clients rarely send more than one; each member's
-# leftover input is copied, so 200,000 empty members in 4 MiB took 10.7 s of a worker thread. Beyond this many
-# the body is refused.
+# leftover input is copied, so a body of many empty members costs time quadratic in its size (a review found
+# seconds of a worker thread for a few MiB). Beyond this many the body is refused.
 MAX_GZIP_MEMBERS = 64
 
 
