@@ -1,8 +1,8 @@
 """Hot reloads that reach every process: a reload answered by one API process (one of ``--workers N``, one
 replica behind a load balancer) bumps a generation counter in Redis, and every process, the shared inference
 process included, reloads when it sees the counter move. Without it a reload reached only the process that
-answered it: with two workers a third of the requests still got the old version, and in shared mode the
-inference process never reloaded at all.
+answered it: with two workers some requests still got the old version, and in shared mode the inference
+process never reloaded at all (tests/service/test_models_admin.py, tests/reliability/test_shared_inference.py).
 """
 
 from __future__ import annotations
