@@ -160,7 +160,7 @@ class Metrics:
 
         self.alertmanager_posts = Counter(
             "vigil_alertmanager_posts_total",
-            "POSTs to Alertmanager by kind (event, resend) and outcome (accepted, rejected: 4xx, failed: retried)",
+            "POSTs to Alertmanager by kind (event, resend, gone: a deleted stream's alert resolved) and outcome (accepted, rejected: 4xx, failed: retried)",
             ["alertmanager", "kind", "outcome"],
             registry=r,
         )
@@ -251,7 +251,7 @@ class Metrics:
     def initialise_delivery(self, targets: list[str]) -> None:
         """Create the delivery series of each Alertmanager at 0 (its URL without credentials)."""
         for target in targets:
-            for kind in ("event", "resend"):
+            for kind in ("event", "resend", "gone"):
                 for outcome in ("accepted", "rejected", "failed"):
                     self.alertmanager_posts.labels(target, kind, outcome)
             for outcome in ("delivered", "rejected", "skipped", "expired"):

@@ -15,7 +15,8 @@ at least once, across restarts and replicas.
 - **Re-sends.** What fires at each Alertmanager is kept in a Redis hash per Alertmanager, written after each
   accepted post, and posted again every ``resend_interval_s`` between batches, so a restarted Alertmanager
   relearns it and posts never race the events. An entry whose stream's alert state is gone (the stream was
-  deleted or expired) is dropped; Alertmanager then resolves the alert when its ``endsAt`` passes.
+  deleted or expired) is posted resolved at that re-send, then dropped; if that post fails it is tried again at
+  the next one (a firing alert Alertmanager no longer hears of still ends when its ``endsAt`` passes).
 
 Scoring never waits for any of this: it runs in its own tasks, on its own Redis connections.
 """
@@ -30,7 +31,7 @@ import random
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 LEASE_KEY = "vigil:notify:lease"
 GROUP_PREFIX = "vigil-notify:"
+GONE_RESOLUTION = "the stream was deleted, or its state expired, while this alert fired"
 
 
 def replica_name() -> str:
@@ -288,8 +290,8 @@ class AlertDelivery:
             pipe.hget(alert_key(stream_id), "state")
         states = await pipe.execute()
         gone = [sid for sid, state in zip(stream_ids, states, strict=True) if state is None]
-        if gone:
-            await self._redis.hdel(firing_key(target), *gone)
+        if gone and not await self._resolve_gone(url, target, gone, held):
+            return
         # A stream whose state is not firing has a newer event on its way here (or lost to retention): wait.
         alerts = [
             Alert.loads(line)
@@ -304,6 +306,28 @@ class AlertDelivery:
                 == "failed"
             ):
                 return
+
+    async def _resolve_gone(self, url: str, target: str, gone: list[str], held: dict[Any, Any]) -> bool:
+        """Post the alerts of streams whose alert state is gone (deleted, or expired with the stream) resolved
+        now, and forget them once this Alertmanager accepted (or refused) the post: an operator who deletes a
+        stream sees its alert end at once rather than when its expiry passes. False: the post failed; they stay
+        held for the next interval."""
+        now = time.time()
+        alerts = [
+            replace(
+                Alert.loads(line),
+                ends_s=now,
+                annotations={**Alert.loads(line).annotations, "resolution": GONE_RESOLUTION},
+            )
+            for sid in gone
+            for line in text(held[sid.encode()]).splitlines()
+        ]
+        size = self._settings.batch_size
+        for offset in range(0, len(alerts), size):
+            if await self._post(url, target, "gone", alerts[offset : offset + size], retry=False) == "failed":
+                return False
+        await self._redis.hdel(firing_key(target), *gone)
+        return True
 
     async def _post(self, url: str, target: str, kind: str, alerts: list[Alert], retry: bool) -> str:
         attempt = 0

@@ -234,3 +234,43 @@ def test_a_refusal_by_alertmanager_is_logged_counted_and_not_retried(
         assert count("vigil_alert_deliveries_total", outcome="delivered") == 0
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refusals and "HTTP 404" in refusals[0] and "page not found" in refusals[0]
+
+
+def test_a_stream_deleted_while_its_alert_fires_has_it_resolved_at_the_next_resend(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: Any,
+    calm: np.ndarray,
+    alertmanager: AlertmanagerProcess,
+    hook: WebhookReceiver,
+) -> None:
+    series = spiked(calm, 300, 320)
+    t0 = float(int(time.time()) - 3600)
+    with delivering_client(models_dir, redis_url, alertmanager.url) as client:
+        push_until(client, "gone-1", series, t0, 0, lambda e: e["state"] == "firing")
+        wait_until(
+            "the firing alert in Alertmanager",
+            lambda: bool(alertmanager.alerts(stream="gone-1")),
+            timeout_s=15,
+        )
+        assert client.delete("/streams/gone-1").status_code == 200
+        deleted_at = time.time()
+
+        def resolved() -> list[dict[str, Any]]:
+            return [
+                a
+                for a in hook.alerts()
+                if a["labels"]["stream"] == "gone-1"
+                and a["status"] == "resolved"
+                and "resolution" in a["annotations"]
+            ]
+
+        wait_until("the receiver's resolved notification", lambda: bool(resolved()), timeout_s=15)
+        # Posted resolved by the re-send after the delete, not left to expire: a firing post says it ends four
+        # re-send intervals after it was sent, at least 3 intervals after the delete.
+        for alert in resolved():
+            assert deleted_at - 1 <= seconds(alert["endsAt"]) <= deleted_at + RESEND_S + 1
+            assert "deleted" in alert["annotations"]["resolution"]
+        assert not alertmanager.alerts(stream="gone-1")
+        assert clean_redis.hlen(f"vigil:notify:firing:{alertmanager.url.removeprefix('http://')}") == 0
+        assert metric(client, "vigil_alertmanager_posts_total", kind="gone", outcome="accepted") >= 1
