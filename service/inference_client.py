@@ -55,16 +55,19 @@ class InferenceConnection:
         return await future
 
     async def _connected(self) -> asyncio.StreamWriter:
+        # The deadline runs from when this request asked, not from when it got the lock: while the inference
+        # process is away, requests queue here one behind another, and a deadline of their own after the lock
+        # made the n-th of them wait n timeouts.
+        deadline = asyncio.get_running_loop().time() + self._connect_timeout_s
         async with self._connecting:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
-            deadline = asyncio.get_running_loop().time() + self._connect_timeout_s
             while True:
                 try:
                     reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
                     break
                 except (ConnectionError, FileNotFoundError, OSError) as exc:
-                    if asyncio.get_running_loop().time() > deadline:
+                    if asyncio.get_running_loop().time() + 0.1 > deadline:
                         raise InferenceFailed(f"inference process unreachable: {type(exc).__name__}") from exc
                     await asyncio.sleep(0.1)  # it is being restarted
             self._writer = writer

@@ -118,9 +118,17 @@ async def _stop_when_orphaned(stop: asyncio.Event, every_s: float = 0.5) -> None
 class InferenceProcess:
     """Runs ``python -m service.inference_server`` and starts it again whenever it ends, until :meth:`stop`."""
 
+    # A process that ended within STABLE_S of its start waits twice as long as the last one before it is started
+    # again, up to MAX_PAUSE_S: one that cannot start (a bundle it cannot load, a device it cannot open) would
+    # otherwise load Python and ONNX Runtime five times a second on cores the API processes need. A run of at
+    # least STABLE_S (a crash under load, a kill) restarts after the first pause again.
+    STABLE_S = 10.0
+    MAX_PAUSE_S = 30.0
+
     def __init__(self, socket_path: Path, restart_pause_s: float = 0.2) -> None:
         self.socket_path = socket_path
-        self._restart_pause_s = restart_pause_s
+        self._first_pause_s = restart_pause_s
+        self._short_runs = 0  # runs in a row that ended within STABLE_S
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._spawning = threading.Lock()  # a restart and stop() never interleave
@@ -151,14 +159,30 @@ class InferenceProcess:
             start_new_session=True,
         )
 
+    def next_pause_s(self, ran_s: float) -> float:
+        """The pause before starting again a process that ended after ``ran_s`` seconds: the first pause after a
+        stable run, doubled for each short run in a row since, at most ``MAX_PAUSE_S``."""
+        self._short_runs = self._short_runs + 1 if ran_s < self.STABLE_S else 1
+        return float(min(self.MAX_PAUSE_S, self._first_pause_s * 2 ** (self._short_runs - 1)))
+
     def _watch(self) -> None:
+        started = time.monotonic()
         while not self._stopping.is_set():
             assert self._proc is not None
             code = self._proc.wait()
             if self._stopping.is_set():
                 return
-            log.error("the inference process ended (status %s); starting it again", code)
-            time.sleep(self._restart_pause_s)
+            ran = time.monotonic() - started
+            pause = self.next_pause_s(ran)
+            log.error(
+                "the inference process ended (status %s) after %.1f s; starting it again in %.1f s",
+                code,
+                ran,
+                pause,
+            )
+            if self._stopping.wait(pause):  # stop() during the pause ends it at once
+                return
+            started = time.monotonic()
             with self._spawning:
                 if self._stopping.is_set():  # stop() came during the pause
                     return
