@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import sys
 import time
 from pathlib import Path
@@ -11,13 +10,14 @@ from typing import Any
 import httpx
 import numpy as np
 
+from models.tables import parse_table, read_text
+
 
 def read_series(path: Path) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """``.npy``, or a text table as ``vigil train`` reads it (``models.tables``: a header, a time column)."""
     if path.suffix == ".npy":
         return np.asarray(np.load(path), dtype=np.float64)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        return np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
+    return np.asarray(parse_table(read_text(path), str(path)).values, dtype=np.float64)
 
 
 def format_alert(event: dict[str, Any]) -> str:

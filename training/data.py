@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy.typing as npt
 from models.manifest import Normalisation
 from models.prometheus import PrometheusClient, fetch_rows
 from models.source import PrometheusSource
+from models.tables import Table, TableError, parse_table, read_text
 
 F32 = npt.NDArray[np.float32]
 
@@ -21,31 +21,33 @@ class DataError(ValueError):
     """A data file that cannot be used, with the reason."""
 
 
-def _open_text(path: Path) -> str:
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt") as handle:
-            return handle.read()
-    return path.read_text()
-
-
-def load_series(path: Path, max_rows: int | None = None) -> F32:
-    """``[T, C]`` float32 from a ``.npy`` array or a comma-separated text file (optionally ``.gz``)."""
+def load_table(path: Path, max_rows: int | None = None) -> Table:
+    """``[T, C]`` values from a ``.npy`` array or a text table (``training.tables``: optionally ``.gz``, a header
+    of sensor names, a time column), with the header's names (None without one)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    names = None
     if path.suffix == ".npy":
         array = np.load(path)
     else:
         try:
-            array = np.loadtxt(_open_text(path).splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
-        except ValueError as exc:
-            raise DataError(f"{path}: not a comma-separated numeric table ({exc})") from exc
+            table = parse_table(read_text(path), str(path))
+        except TableError as exc:
+            raise DataError(str(exc)) from exc
+        array, names = table.values, table.names
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
         raise DataError(f"{path}: expected a [time, sensors] table, got shape {array.shape}")
     if max_rows is not None:
         array = array[:max_rows]
     if not np.isfinite(array).all():
         raise DataError(f"{path}: contains NaN or infinite values")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return Table(np.ascontiguousarray(array, dtype=np.float32), names)
+
+
+def load_series(path: Path, max_rows: int | None = None) -> F32:
+    """``[T, C]`` float32 of :func:`load_table`."""
+    values: F32 = load_table(path, max_rows).values
+    return values
 
 
 def load_labels(path: Path, n_rows: int | None = None) -> npt.NDArray[np.int8]:
@@ -53,7 +55,7 @@ def load_labels(path: Path, n_rows: int | None = None) -> npt.NDArray[np.int8]:
     if path.suffix == ".npy":
         labels = np.load(path).reshape(-1)
     else:
-        labels = np.loadtxt(_open_text(path).splitlines(), dtype=np.float64, ndmin=1)
+        labels = np.loadtxt(read_text(path).splitlines(), dtype=np.float64, ndmin=1)
     if not np.isin(labels, (0, 1)).all():
         raise DataError(f"{path}: labels must be 0 or 1")
     if n_rows is not None and labels.shape[0] != n_rows:
@@ -122,12 +124,22 @@ def training_parts(paths: list[Path]) -> list[Path]:
 
 def load_parts(paths: list[Path], max_rows: int | None = None) -> list[F32]:
     """Each part ``[T_i, C]``; every part must have the same sensors (columns)."""
-    series = [load_series(path, max_rows) for path in paths]
-    widths = {s.shape[1] for s in series}
+    return load_named_parts(paths, max_rows)[0]
+
+
+def load_named_parts(paths: list[Path], max_rows: int | None = None) -> tuple[list[F32], list[str] | None]:
+    """Each part ``[T_i, C]`` and the sensor names of their headers (None where no part has one); every part
+    must have the same sensors, and parts with headers the same names in the same order."""
+    tables = [load_table(path, max_rows) for path in paths]
+    widths = {t.values.shape[1] for t in tables}
     if len(widths) > 1:
-        detail = ", ".join(f"{p.name}: {s.shape[1]}" for p, s in zip(paths, series, strict=True))
+        detail = ", ".join(f"{p.name}: {t.values.shape[1]}" for p, t in zip(paths, tables, strict=True))
         raise DataError(f"the training parts have different sensor counts ({detail})")
-    return series
+    named = [(p, t.names) for p, t in zip(paths, tables, strict=True) if t.names is not None]
+    if any(names != named[0][1] for _, names in named):
+        detail = "; ".join(f"{p.name}: {','.join(names or [])}" for p, names in named)
+        raise DataError(f"the training parts' headers name different sensors ({detail})")
+    return [t.values for t in tables], (named[0][1] if named else None)
 
 
 def parts_sha256(paths: list[Path]) -> str:

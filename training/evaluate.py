@@ -10,16 +10,22 @@ from models.manifest import AlertPolicy, Manifest
 from models.runtime import LoadedBundle, load_bundle
 from models.scoring import SeriesScores, normalise, score_series
 from training.alert_metrics import alert_ceiling, evaluate_alerts
-from training.data import DataError, load_labels, load_series
+from training.data import DataError, load_labels, load_table
 from training.metrics import evaluate_scores, parse_interpretation_labels
 
 
 def score_test_series(bundle: LoadedBundle, path: Path) -> SeriesScores:
     """Per-point scores of a raw test series ``[T, C]``, exactly as the service would stream them."""
     manifest = bundle.manifest
-    series = load_series(path)
+    table = load_table(path)
+    series = table.values
     if series.shape[1] != manifest.n_features:
         raise DataError(f"{path}: {series.shape[1]} sensors, the model expects {manifest.n_features}")
+    if table.names is not None and table.names != manifest.feature_names:
+        raise DataError(
+            f"{path}: the header names {', '.join(table.names)}; the model's sensors, in order, are "
+            f"{', '.join(manifest.feature_names)}"
+        )
     return score_series(
         normalise(series, manifest.normalisation),
         manifest.window_length,

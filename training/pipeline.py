@@ -23,7 +23,7 @@ from training.crossfit import CrossFitError, check_folds, fold_file, fold_traini
 from training.data import (
     arrays_sha256,
     fit_normalisation,
-    load_parts,
+    load_named_parts,
     make_windows,
     parts_sha256,
     prometheus_parts,
@@ -51,6 +51,7 @@ class TrainingData:
     parts: list[F32]
     description: str
     sha256: str
+    names: list[str] | None = None  # the files' header names, if they have one
 
 
 def read_training_data(config: TrainConfig) -> TrainingData:
@@ -59,9 +60,8 @@ def read_training_data(config: TrainConfig) -> TrainingData:
     prom = config.prometheus
     if prom is None:
         paths = training_parts(config.train_paths())
-        return TrainingData(
-            load_parts(paths, config.max_rows), ",".join(str(p) for p in paths), parts_sha256(paths)
-        )
+        parts, names = load_named_parts(paths, config.max_rows)
+        return TrainingData(parts, ",".join(str(p) for p in paths), parts_sha256(paths), names)
     fetched = prometheus_parts(
         prom.url,
         prom.source,
@@ -297,7 +297,7 @@ def train_bundle(config: TrainConfig) -> Path:
     thresholds, policy = calibrate_held_out(calibration_scores, config.calibration)
 
     source = config.prometheus.source if config.prometheus else None
-    names = (source.feature_names if source else None) or config.feature_names
+    names = (source.feature_names if source else None) or config.feature_names or data.names
     names = names or [f"sensor_{i + 1}" for i in range(n_features)]
     if len(names) != n_features:
         raise ValueError(f"{len(names)} feature names for {n_features} sensors")
