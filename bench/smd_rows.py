@@ -190,6 +190,12 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         f"{family}+smooth2_blevel_disturbed1": (family, {"disturbed_periods": 1}, SCORINGS["smooth2_blevel"])
         for family in SCORED_FAMILIES
     },
+    # The default with the false-alert budget met by per-stream thresholds (`thresholds` "adaptive"): each held-out
+    # period replayed as a new stream that follows its own scores; the bundle then serves them.
+    **{
+        f"{family}+smooth2_blevel_adaptive": (family, {"thresholds": "adaptive"}, SCORINGS["smooth2_blevel"])
+        for family in SCORED_FAMILIES
+    },
     # The default scoring with per-stream thresholds floored at the calibrated ones.
     **{
         f"{family}+smooth_blevel_floor": (family, {"adaptive": {"min_ratio": 1.0}}, SCORINGS["smooth_blevel"])
@@ -207,6 +213,8 @@ ON_REQUEST = [
     ),
     # measured on request since 2026-12-06 (seventh session), until a full run has them for every family
     *(f"{family}+smooth2_blevel_disturbed1" for family in SCORED_FAMILIES),
+    # measured on request since 2026-12-07 (ninth session), likewise
+    *(f"{family}+smooth2_blevel_adaptive" for family in SCORED_FAMILIES),
 ]
 # What one plain run evaluates: every family, the fleet and every calibration/scoring row of them (the training
 # variants and their scoring rows are measured on request: --families tvnet_levelae,tvnet_levelae+smooth).

@@ -3,7 +3,8 @@
 Point level: POT (Siffer et al. 2017) or quantiles. Alert level: the warning threshold and lifecycle (k, n, m)
 that the reference lifecycle (``models.lifecycle``, equal to the service's) says raise at most a target number
 of alerts a day on the held-out parts (optionally leaving out the periods with the most alerts: an unlabelled
-incident in "normal" data), choosing the most sensitive such setting.
+incident in "normal" data), choosing the most sensitive such setting; with fixed thresholds, or with
+thresholds that follow each stream (each held-out period replayed as a new stream).
 """
 
 from __future__ import annotations
@@ -112,10 +113,15 @@ class _Choice:
 
 
 def _alerts_by_series(
-    series: list[npt.NDArray[np.float64]], warning: float, critical: float, policy: AlertPolicy
+    series: list[npt.NDArray[np.float64]],
+    warning: float,
+    critical: float,
+    policy: AlertPolicy,
+    baseline: ScoreBaseline | None = None,
 ) -> tuple[list[int], int]:
-    """Firing alerts of each series, and the points all of them keep open."""
-    levels = LevelThresholds(warning, critical, policy)
+    """Firing alerts of each series, each a fresh stream, and the points all of them keep open (``baseline``:
+    where adaptive thresholds start from)."""
+    levels = LevelThresholds(warning, critical, policy, baseline)
     counts, open_points = [], 0
     for scores in series:
         spans = replay_series(scores, levels)
@@ -156,12 +162,13 @@ def _within(
     series: list[npt.NDArray[np.float64]],
     budget: AlertBudget,
     policy: AlertPolicy,
+    baseline: ScoreBaseline,
     warning: float,
     critical: float,
 ) -> bool:
     """Within the alert budget: an alert that never closes is one alert, so the count alone would accept a
     threshold under the normal level; the share of points in alert rejects it."""
-    counts, open_points = _alerts_by_series(series, warning, critical, policy)
+    counts, open_points = _alerts_by_series(series, warning, critical, policy, baseline)
     return budget.allows(counts, open_points)
 
 
@@ -222,8 +229,15 @@ def calibrate_alerts(
         max_share=config.max_alert_share,
         points=sum(s.size for s in series),
     )
-    ceiling = float(finite[-1]) * (1 + 1e-6) + 1e-12  # over every validation score: no alert at all
-    candidates = np.append(np.unique(finite[finite.size // 2 :]), ceiling)  # never below the median
+    baseline = validation_baseline(finite)
+    top = float(finite[-1]) * (1 + 1e-6) + 1e-12  # over every validation score
+    candidates = np.unique(finite[finite.size // 2 :])  # never below the median
+    if config.thresholds == "adaptive":
+        # Per-stream thresholds fall to min_ratio of the anchors: only anchors up to top / min_ratio are sure to
+        # raise no alert at all, so the candidates go on geometrically up to there.
+        candidates = np.append(candidates, top * np.geomspace(1.0, 1.0 / config.adaptive.min_ratio, 33))
+    else:
+        candidates = np.append(candidates, top)  # no alert at all
     choices: list[_Choice] = []
     grid = [(k, n) for k, n in config.lifecycle_grid if k <= config.min_incident_points]
     if not grid:
@@ -233,8 +247,15 @@ def calibrate_alerts(
         )
     for k, n in grid:
         for m in config.resolve_grid:
-            policy = AlertPolicy(k=k, n=n, m=m, exit_ratio=config.exit_ratio, adaptive=config.adaptive)
-            within = partial(_within, series, budget, policy)
+            policy = AlertPolicy(
+                k=k,
+                n=n,
+                m=m,
+                exit_ratio=config.exit_ratio,
+                thresholds=config.thresholds,
+                adaptive=config.adaptive,
+            )
+            within = partial(_within, series, budget, policy, baseline)
             critical = max(point.critical, float(candidates[0]))
             if not within(critical, critical):
                 critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
@@ -242,7 +263,7 @@ def calibrate_alerts(
             # score just under it need not be (a point-level critical is rarely a score value).
             under = np.append(candidates[candidates < critical], critical)
             warning = _lowest_within(under, partial(_under, within, critical))
-            counts, _ = _alerts_by_series(series, warning, critical, policy)
+            counts, _ = _alerts_by_series(series, warning, critical, policy, baseline)
             counted, counted_days = budget.counted(counts)
             exceedance = float(np.mean(finite >= warning))
             choices.append(
@@ -279,7 +300,7 @@ def calibrate_alerts(
         critical=best.critical,
         levels=[warning_level, critical_level],
         validation_stats=point.validation_stats,
-        baseline=validation_baseline(finite),
+        baseline=baseline,
         alert_calibration=AlertCalibration(
             target_per_day=config.false_alerts_per_day,
             achieved_per_day=best.alerts / days if days else 0.0,

@@ -222,6 +222,14 @@ def _calibration_arguments(parser: argparse.ArgumentParser, keeps_bundle: bool) 
         "their share of it (periods of one length: the most alerts a day; default 0: every period counts; at most --cross-fit-folds)",
     )
     parser.add_argument(
+        "--thresholds",
+        choices=["fixed", "adaptive"],
+        default=default("fixed"),
+        help="the thresholds the false-alert budget is met with, and that the bundle serves: fixed for every "
+        "stream, or adaptive (each stream's follow its own scores; the calibration replays each held-out period "
+        "as a new stream; default fixed; calibrate: the bundle's own)",
+    )
+    parser.add_argument(
         "--min-incident-points",
         type=int,
         default=default(3),

@@ -124,6 +124,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
         "sampling_interval_s": args.sampling_interval_s,
         "min_incident_points": args.min_incident_points,
         "disturbed_periods": args.disturbed_periods,
+        "thresholds": args.thresholds,
         "cross_fit_folds": args.cross_fit_folds,
     }
     # Only what was given: the rest is the default, or with `vigil calibrate` the bundle's own

@@ -57,6 +57,11 @@ class CalibrationConfig(BaseModel):
     disturbed_periods: int = Field(0, ge=0, le=10)
     # How per-stream thresholds adapt, when a deployment switches them on (recorded in the bundle's policy).
     adaptive: AdaptivePolicy = AdaptivePolicy()
+    # The thresholds the alert calibration replays, and the bundle's policy then serves: "fixed" (the calibrated
+    # levels for every stream) or "adaptive" (each held-out period replayed as a stream of its own that follows
+    # its own scores from its own start, as a new stream does in the service: the false-alert budget then holds
+    # for per-stream thresholds, whose anchors the calibration chooses).
+    thresholds: Literal["fixed", "adaptive"] = "fixed"
 
     @model_validator(mode="after")
     def _folds(self) -> CalibrationConfig:

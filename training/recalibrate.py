@@ -118,13 +118,19 @@ def with_bundle_folds(calibration: CalibrationConfig, manifest: Manifest) -> Cal
     """``calibration`` with the bundle's own settings where it does not name them: its cross-fitting folds (a
     bundle trained without folds, or before they were the default, recalibrates as it was trained), its
     sampling interval (60 s would make a 10 s bundle's false-alert budget 6x looser), and the method, target,
-    shortest incident and disturbed periods its manifest records (recalibrating with another ``--score`` keeps
+    shortest incident, disturbed periods and thresholds (fixed or adaptive) its manifest records (recalibrating with another ``--score`` keeps
     them)."""
     given = calibration.model_fields_set
     recorded = manifest.training.config.get("calibration") or {}
     own: dict[str, object] = {
         key: recorded[key]
-        for key in ("method", "false_alerts_per_day", "min_incident_points", "disturbed_periods")
+        for key in (
+            "method",
+            "false_alerts_per_day",
+            "min_incident_points",
+            "disturbed_periods",
+            "thresholds",
+        )
         if key not in given and key in recorded
     }
     if "cross_fit_folds" not in given:

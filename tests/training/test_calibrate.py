@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from models.manifest import AlertPolicy, Thresholds
 from training.calibrate import CalibrationError, _alerts_by_series, calibrate, calibrate_alerts, pot_threshold
 from training.config import CalibrationConfig
 
@@ -269,3 +270,41 @@ def test_tied_scores_put_the_thresholds_above_the_tie() -> None:
     smooth = np.random.default_rng(1).normal(size=5000)
     untouched = calibrate(smooth, CalibrationConfig(method="quantile", false_alerts_per_day=None))
     assert untouched.warning == pytest.approx(np.quantile(smooth, 1 - config.warning_risk))
+
+
+def test_adaptive_calibration_meets_the_budget_with_the_thresholds_the_bundle_serves() -> None:
+    """Five held-out periods of one stream at different noise scales (a quiet period and a loud one, as
+    machines and weeks differ). Per-stream thresholds anchored where the fixed calibration put its levels fall
+    on the quiet periods and break the budget there; calibrated with ``thresholds="adaptive"``, each period is
+    replayed as a new stream that adapts from its own start, and the anchors it chooses keep the budget with
+    the policy the bundle then serves."""
+    from models.lifecycle import LevelThresholds
+
+    periods = [
+        _noisy_validation(40 + i, n=3 * 1440) * scale for i, scale in enumerate((0.3, 1.0, 1.0, 2.5, 0.5))
+    ]
+    budget = math.floor(1.0 * 15 + 1e-9)
+
+    def alerts(thresholds: Thresholds, policy: AlertPolicy) -> int:
+        counts, _ = _alerts_by_series(
+            periods, thresholds.warning, thresholds.critical, policy, thresholds.baseline
+        )
+        return sum(counts)
+
+    fixed_config = CalibrationConfig(false_alerts_per_day=1.0)
+    fixed, fixed_policy = calibrate_alerts(
+        periods, calibrate(np.concatenate(periods), fixed_config), fixed_config
+    )
+    assert fixed_policy.thresholds == "fixed" and alerts(fixed, fixed_policy) <= budget
+    following = fixed_policy.model_copy(update={"thresholds": "adaptive"})
+    assert alerts(fixed, following) > budget  # the fixed anchors, followed per stream, page far more
+
+    config = CalibrationConfig(false_alerts_per_day=1.0, thresholds="adaptive")
+    adaptive, policy = calibrate_alerts(periods, calibrate(np.concatenate(periods), config), config)
+    assert policy.thresholds == "adaptive"
+    assert alerts(adaptive, policy) <= budget
+    assert adaptive.alert_calibration is not None and adaptive.alert_calibration.validation_alerts == alerts(
+        adaptive, policy
+    )
+    assert adaptive.warning > fixed.warning  # the anchors rise to pay for following the quiet periods down
+    LevelThresholds(adaptive.warning, adaptive.critical, policy, adaptive.baseline)  # servable as recorded

@@ -174,6 +174,7 @@ def test_calibrate_keeps_the_bundles_interval_and_refuses_other_training_data(
     models = tmp_path / "models"
     common = ["--model", "pca", "--out", str(models), "--name", "p", "--no-report", "--quiet"]
     own = ["--sampling-interval-s", "10", "--false-alerts-per-day", "2", "--min-incident-points", "5"]
+    own += ["--thresholds", "adaptive"]
     assert main(["train", *common, "--train", str(data), "--version", "v1", *own]) == 0
     bundle = models / "p" / "v1"
     assert main(["calibrate", "--bundle", str(bundle), "--version", "v2", "--cross-fit-folds", "0"]) == 0
@@ -183,6 +184,7 @@ def test_calibrate_keeps_the_bundles_interval_and_refuses_other_training_data(
     # the options not given are the bundle's own, not the defaults (1 a day, 3 points)
     assert calibrated.target_per_day == 2.0
     assert manifest.training.config["calibration"]["min_incident_points"] == 5
+    assert manifest.alerts is not None and manifest.alerts.thresholds == "adaptive"  # served as calibrated
     assert calibrated.validation_days == pytest.approx(600 * 10 / 86_400, rel=0.2)  # ~600 validation rows
     capsys.readouterr()
     np.save(data, series[:2000])  # the same path, other data
