@@ -133,8 +133,8 @@ def measure(s: Scores, warning: float, critical: float, policy: AlertPolicy) -> 
 
 
 def compare_rows(rows: list[str]) -> None:
-    """Per machine and mean: the alert figures `bench/evaluate_smd.py` saved for each row (fixed thresholds),
-    and the means with per-stream thresholds."""
+    """Per machine and mean: the alert figures `bench/evaluate_smd.py` saved for each row, with the thresholds
+    its bundle serves (fixed, or per-stream for a bundle calibrated for them), then the means with both."""
     import json
 
     results = {
@@ -142,12 +142,14 @@ def compare_rows(rows: list[str]) -> None:
         for row in rows
     }
     machines = sorted(set.intersection(*(set(r) for r in results.values())))
-    print("recall, false alerts a day, time in alert (fixed thresholds)")
+    served = {row: results[row][machines[0]]["alert_policy"].get("thresholds", "fixed") for row in rows}
+    print("recall, false alerts a day, time in alert (the thresholds each bundle serves)")
     print(f"{'machine':12} " + " ".join(f"{row[:28]:>28}" for row in rows))
+    print(f"{'':12} " + " ".join(f"{served[row]:>28}" for row in rows))
     for machine in machines:
         cells = []
         for row in rows:
-            a = results[row][machine]["alerts"]["fixed"]
+            a = results[row][machine]["alerts"][served[row]]
             cells.append(f"{a['event_recall']:.3f} {a['false_alerts_per_day']:5.2f} {a['time_in_alert']:.3f}")
         print(f"{machine:12} " + " ".join(f"{c:>28}" for c in cells))
     for mode in ("fixed", "adaptive"):
