@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.tables import parse_table, read_text
+from models.tables import TableError, parse_table, read_text
 
 
 def read_series(path: Path) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -40,7 +40,11 @@ def replay(
     start_ts: float = 0.0,
 ) -> int:
     """Send the series row by row (ts = start_ts + row index); returns a process exit code."""
-    series = read_series(data)
+    try:
+        series = read_series(data)
+    except (TableError, OSError, ValueError) as exc:
+        print(f"vigil replay: {exc}", file=sys.stderr)
+        return 2
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     levels = {"normal": 0, "warning": 0, "critical": 0}
     dropped = {"duplicate": 0, "stale": 0}

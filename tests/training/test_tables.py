@@ -60,8 +60,42 @@ def table_text(header: str | None, rows: list[str]) -> str:
             table_text('"CPU %","mem used","1disk"', ["0.5,10,-1", "0.25,11,-2", "0.125,12.5,3"]),
             ["CPU__", "mem_used", "_1disk"],
         ),
+        (
+            "\ufefftimestamp,cpu,mem,disk\r\n1700000000,0.5,10,-1\r\n1700000001,0.25,11,-2\r\n1700000002,0.125,12.5,3\r\n",
+            ["cpu", "mem", "disk"],
+        ),
+        ("\ufeff0.5,10,-1\n0.25,11,-2\n0.125,12.5,3\n", None),
+        (",cpu,mem,disk\n0,0.5,10,-1\n1,0.25,11,-2\n2,0.125,12.5,3\n", ["cpu", "mem", "disk"]),
+        ("Unnamed: 0,cpu,mem,disk\n0,0.5,10,-1\n1,0.25,11,-2\n2,0.125,12.5,3\n", ["cpu", "mem", "disk"]),
+        ("# exported by a tool\n0.5,10,-1\n# a gap\n0.25,11,-2\n\n0.125,12.5,3\n", None),
+        ("0.5,10,-1,\n0.25,11,-2,\n0.125,12.5,3,\n", None),
+        (
+            'Time,"cpu, user",mem,disk\n2024-01-01,0.5,10,-1\n2024-01-02,0.25,11,-2\n2024-01-03,0.125,12.5,3\n',
+            ["cpu__user", "mem", "disk"],
+        ),
+        (
+            "time\tcpu, user\tmem\tdisk\n1\t0.5\t10\t-1\n2\t0.25\t11\t-2\n3\t0.125\t12.5\t3\n",
+            ["cpu__user", "mem", "disk"],
+        ),
+        ("sep=;\ncpu;mem;disk\n0.5;10;-1\n0.25;11;-2\n0.125;12.5;3\n", ["cpu", "mem", "disk"]),
     ],
-    ids=["plain", "header", "semicolons-date", "tabs-epoch-timestamp", "date-no-header", "names-made-valid"],
+    ids=[
+        "plain",
+        "header",
+        "semicolons-date",
+        "tabs-epoch-timestamp",
+        "date-no-header",
+        "names-made-valid",
+        "bom-crlf-epoch",
+        "bom-no-header",
+        "pandas-index",
+        "pandas-unnamed-index",
+        "comments-blank-lines",
+        "trailing-separator",
+        "quoted-name-with-comma",
+        "tab-name-with-comma",
+        "excel-sep-hint",
+    ],
 )
 def test_a_table_reads_to_the_same_values_with_its_header_names(text: str, names: list[str] | None) -> None:
     table = parse_table(text, "t.csv")
@@ -79,6 +113,9 @@ def test_a_table_reads_to_the_same_values_with_its_header_names(text: str, names
         ("time\n2020-01-01\n2020-01-02\n", "no sensor column"),
         ("cpu,mem\n", "a header and no rows"),
         ("\n\n", "empty"),
+        ("1,null,3\n4,5,6\n7,8,9\n", "line 1, column 2: 'null' is not a number"),
+        ("cpu,mem\n\n\n1,2\n3,x\n", "line 5, mem: 'x' is not a number"),
+        (",cpu,\n0,1,2\n1,3,4\n", "line 1: the header has an empty name"),
     ],
 )
 def test_a_table_that_cannot_be_a_series_is_refused_with_where_and_why(text: str, reason: str) -> None:
@@ -93,6 +130,15 @@ def test_gzip_and_max_rows_apply_to_tables_with_headers(tmp_path: Path) -> None:
     table = load_table(tmp_path / "a.csv.gz", max_rows=3)
     assert table.names == ["cpu", "mem"] and table.values.dtype == np.float32
     np.testing.assert_array_equal(table.values, [[0, 0], [1, 2], [2, 4]])
+
+
+def test_a_latin_1_header_is_read_and_its_names_made_valid(tmp_path: Path) -> None:
+    (tmp_path / "excel.csv").write_bytes(
+        "time;Temp °C;Druck\n2024-01-01;1.5;2\n2024-01-02;2.5;3\n".encode("cp1252")
+    )
+    table = load_table(tmp_path / "excel.csv")
+    assert table.names == ["Temp__C", "Druck"]
+    np.testing.assert_array_equal(table.values, [[1.5, 2], [2.5, 3]])
 
 
 def test_fleet_parts_must_name_the_same_sensors_in_the_same_order(tmp_path: Path) -> None:
