@@ -20,7 +20,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from models.lifecycle import AdaptiveConstants, LevelThresholds
+from models.lifecycle import AdaptiveConstants, LevelThresholds, StreamAlertState, stream_thresholds
 from service.alert_scripts import ALERT_LUA, PUBLISH_LUA
 from service.errors import StoreUnavailable
 from service.results import AlertEventData
@@ -162,6 +162,18 @@ class AlertUpdate:
 
     events: list[AlertEventData]
     levels: str
+
+
+@dataclass(frozen=True)
+class StreamLevels:
+    """A stream's thresholds in effect: ``per_stream`` when they follow its scores (after ``learned_points`` of
+    its warm-up; until then the calibrated ones)."""
+
+    warning: float
+    critical: float
+    exit: float
+    per_stream: bool
+    learned_points: int
 
 
 class AlertTracker:
@@ -324,6 +336,21 @@ class AlertTracker:
         except RedisError as exc:
             raise StoreUnavailable(f"alert state unavailable: {type(exc).__name__}") from exc
         return {text(k): text(v) for k, v in raw.items()}
+
+    async def levels_in_effect(self, stream_id: str, levels: LevelThresholds) -> StreamLevels:
+        """The thresholds the stream's next point meets: the calibrated ones, or with per-stream thresholds
+        those its own scores have moved them to (the reference's arithmetic, equal to the Lua's). Raises
+        :class:`StoreUnavailable` when Redis fails."""
+        try:
+            seen, mean, var = await self._redis.hmget(alert_key(stream_id), "seen", "mean", "var")
+        except RedisError as exc:
+            raise StoreUnavailable(f"alert state unavailable: {type(exc).__name__}") from exc
+        learned = StreamAlertState(seen=int(seen or 0), mean=float(mean or 0.0), var=float(var or 0.0))
+        per_stream = levels.policy.thresholds == "adaptive"
+        warning, critical, exit_level = stream_thresholds(
+            learned, levels, AdaptiveConstants.of(levels) if per_stream else None
+        )
+        return StreamLevels(warning, critical, exit_level, per_stream, learned.seen)
 
     async def states(self, stream_ids: list[str]) -> list[tuple[str, str | None]]:
         """``(state, severity)`` of each stream in one round trip; ``("ok", None)`` for a stream without alert

@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from models.runtime import LoadedBundle, load_bundle
 from models.scoring import F32, normalise, score_windows
+from service.alerts import StreamLevels
 from service.catalog import StreamCatalog
 from service.deps import ComponentsDep, ReadKey
 from service.errors import UnknownStream
@@ -156,12 +157,20 @@ async def list_streams(
     return JSONBytesResponse({"streams": streams, "truncated": truncated}, headers=NO_STORE)
 
 
-def thresholds_of(handle: ModelHandle) -> dict[str, float]:
+def thresholds_of(handle: ModelHandle, now: StreamLevels) -> dict[str, Any]:
+    """The stream's thresholds in effect (per stream or the calibrated ones) beside its model's calibrated."""
     t = handle.manifest.thresholds
-    return {"warning": t.warning, "critical": t.critical}
+    return {
+        "warning": now.warning,
+        "critical": now.critical,
+        "exit": now.exit,
+        "per_stream": now.per_stream,
+        "learned_points": now.learned_points,
+        "calibrated": {"warning": t.warning, "critical": t.critical},
+    }
 
 
-@router.get("/streams/{stream_id}/scores", summary="A stream's recent scores and its model's thresholds")
+@router.get("/streams/{stream_id}/scores", summary="A stream's recent scores and the thresholds it meets")
 async def stream_scores(
     stream_id: StreamIdPath,
     components: ComponentsDep,
@@ -169,7 +178,9 @@ async def stream_scores(
     _: ReadKey,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> JSONBytesResponse:
-    """The newest ``limit`` scored points (at most ``VIGIL_HISTORY_POINTS`` are kept), oldest first."""
+    """The newest ``limit`` scored points (at most ``VIGIL_HISTORY_POINTS`` are kept), oldest first, and the
+    thresholds the stream's next point meets: with per-stream thresholds (``per_stream``), where its own scores
+    have moved them, else the calibrated ones (both under ``calibrated`` too)."""
     model = await catalog.model_of(stream_id)
     if model is None:
         raise UnknownStream(f"unknown stream {stream_id!r}")
@@ -180,7 +191,9 @@ async def stream_scores(
         "stream_id": stream_id,
         "model": handle.name,
         "version": handle.manifest.version,
-        "thresholds": thresholds_of(handle),
+        "thresholds": thresholds_of(
+            handle, await components.alerts.levels_in_effect(stream_id, handle.levels)
+        ),
         "scores": scores,
     }
     return JSONBytesResponse(body, headers=NO_STORE)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from models.lifecycle import LevelThresholds, StreamAlertState, advance
+from models.lifecycle import AdaptiveConstants, LevelThresholds, StreamAlertState, advance, stream_thresholds
 from models.manifest import AlertPolicy, Manifest
 from models.runtime import load_bundle
 from service.app import create_app
@@ -133,3 +133,32 @@ def test_replicas_share_each_streams_adaptive_thresholds(
         single = stream_through([one], "adaptive-single", series, 20)
         replicated = stream_through([one, two], "adaptive-replicated", series, 20)
     assert replicated == single
+
+
+def test_the_live_view_shows_the_thresholds_a_stream_with_its_own_meets(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: object,
+    bundle_dir: Path,
+    series: np.ndarray,
+    offline_scores: np.ndarray,
+) -> None:
+    """With per-stream thresholds the chart's lines are the stream's own, where the reference lifecycle has
+    moved them after the same scores, not the model's calibrated ones (which no point is compared with)."""
+    settings = make_settings(models_dir, redis_url, alerts_by_model=ADAPTIVE)
+    with TestClient(create_app(settings), headers=auth("all")) as client:
+        policy = AlertPolicy.model_validate(client.get("/models/tvnet").json()["alert_policy"])
+        stream_through([client], "own-levels", series[:400], 50)
+        shown = client.get("/streams/own-levels/scores", params={"limit": 5}).json()["thresholds"]
+    t = Manifest.load(bundle_dir).thresholds
+    levels = LevelThresholds(t.warning, t.critical, policy, t.baseline)
+    index = np.flatnonzero(np.isfinite(offline_scores[:400]))
+    state = StreamAlertState()
+    advance(state, levels, [(float(i), float(offline_scores[i]), "") for i in index])
+    warning, critical, exit_level = stream_thresholds(state, levels, AdaptiveConstants.of(levels))
+    assert shown["per_stream"] is True and shown["learned_points"] == 60
+    assert (shown["warning"], shown["critical"], shown["exit"]) == pytest.approx(
+        (warning, critical, exit_level)
+    )
+    assert shown["calibrated"] == {"warning": t.warning, "critical": t.critical}
+    assert shown["warning"] != pytest.approx(t.warning)  # the stream's own moved away from the calibrated

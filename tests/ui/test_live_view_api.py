@@ -79,8 +79,16 @@ def test_scores_are_the_streamed_scores_with_the_model_thresholds(
     assert [p["ts"] for p in body["scores"]] == [float(t) for t in range(280, 300)]
     assert [p["score"] for p in body["scores"]] == [streamed[float(t)] for t in range(280, 300)]
     assert all(p["contributions"] and p["level"] in ("normal", "warning", "critical") for p in body["scores"])
-    thresholds = client.get("/models/tvnet").json()["thresholds"]
-    assert body["thresholds"] == {"warning": thresholds["warning"], "critical": thresholds["critical"]}
+    model = client.get("/models/tvnet").json()
+    calibrated = {"warning": model["thresholds"]["warning"], "critical": model["thresholds"]["critical"]}
+    exit_ratio = model["alert_policy"]["exit_ratio"]
+    assert body["thresholds"] == {
+        **calibrated,
+        "exit": calibrated["warning"] * exit_ratio,
+        "per_stream": False,
+        "learned_points": 0,
+        "calibrated": calibrated,
+    }
     assert (body["model"], body["version"]) == ("tvnet", "test")
     everything = client.get("/streams/s/scores", params={"limit": 10_000}).json()["scores"]
     kept = Settings.model_fields["history_points"].default  # the packed history keeps the newest few
