@@ -163,7 +163,8 @@ class InferenceProcess:
         """The pause before starting again a process that ended after ``ran_s`` seconds: the first pause after a
         stable run, doubled for each short run in a row since, at most ``MAX_PAUSE_S``."""
         self._short_runs = self._short_runs + 1 if ran_s < self.STABLE_S else 1
-        return float(min(self.MAX_PAUSE_S, self._first_pause_s * 2 ** (self._short_runs - 1)))
+        doublings = min(self._short_runs - 1, 64)  # 2.0 ** 1024 would overflow after hours of short runs
+        return float(min(self.MAX_PAUSE_S, self._first_pause_s * 2.0**doublings))
 
     def _watch(self) -> None:
         started = time.monotonic()

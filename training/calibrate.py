@@ -13,12 +13,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
 from libspot import Spot
 
-from models.lifecycle import LevelThresholds, replay_series
+from models.lifecycle import LevelThresholds, StreamAlertState, advance, replay_series
 from models.manifest import AlertCalibration, AlertPolicy, ScoreBaseline, ThresholdLevel, Thresholds
 from training.config import CalibrationConfig
 
@@ -128,6 +129,19 @@ def _alerts_by_series(
         counts.append(len(spans))
         open_points += sum(s.end - s.start for s in spans)
     return counts, open_points
+
+
+def _replayed_exceedance(series: list[npt.NDArray[np.float64]], levels: LevelThresholds) -> float:
+    """The share of held-out points at or over the warning threshold each stream had in effect when they came
+    (per-stream thresholds: the pooled scores against the anchors say nothing once the anchors sit above them)."""
+    over = total = 0
+    for scores in series:
+        index = np.flatnonzero(np.isfinite(scores))
+        points = zip(index.tolist(), scores[index].tolist(), repeat(""), strict=False)
+        marks = advance(StreamAlertState(), levels, points).levels
+        over += sum(mark in ("1", "2") for mark in marks)
+        total += len(marks)
+    return over / total if total else 0.0
 
 
 @dataclass(frozen=True)
@@ -265,7 +279,12 @@ def calibrate_alerts(
             warning = _lowest_within(under, partial(_under, within, critical))
             counts, _ = _alerts_by_series(series, warning, critical, policy, baseline)
             counted, counted_days = budget.counted(counts)
-            exceedance = float(np.mean(finite >= warning))
+            if config.thresholds == "adaptive":
+                exceedance = _replayed_exceedance(
+                    series, LevelThresholds(warning, critical, policy, baseline)
+                )
+            else:
+                exceedance = float(np.mean(finite >= warning))
             choices.append(
                 _Choice(
                     policy,
@@ -276,7 +295,7 @@ def calibrate_alerts(
                     counted / counted_days if counted_days else 0.0,
                 )
             )
-    best = max(choices, key=lambda c: (c.exceedance, -c.policy.k, -c.policy.m))
+    best = max(choices, key=lambda c: (c.exceedance, -c.policy.k, -c.policy.m, -c.warning))
     params = {
         "false_alerts_per_day": config.false_alerts_per_day,
         "k": float(best.policy.k),

@@ -25,6 +25,8 @@ def test_short_runs_in_a_row_double_the_pause_and_a_stable_run_resets_it() -> No
     assert supervisor.next_pause_s(supervisor.STABLE_S) == 0.2
     assert supervisor.next_pause_s(short) == 0.4
     assert max(supervisor.next_pause_s(short) for _ in range(20)) == supervisor.MAX_PAUSE_S
+    # hours of a process that cannot start (30 s apart): the pause stays at its bound, the supervisor lives on
+    assert {supervisor.next_pause_s(short) for _ in range(2000)} == {supervisor.MAX_PAUSE_S}
 
 
 class EndsAtOnce(InferenceProcess):

@@ -307,4 +307,8 @@ def test_adaptive_calibration_meets_the_budget_with_the_thresholds_the_bundle_se
         adaptive, policy
     )
     assert adaptive.warning > fixed.warning  # the anchors rise to pay for following the quiet periods down
+    # Anchors above every held-out score: the lifecycle is chosen by the share of points over the thresholds
+    # each stream had in effect (the pooled share against the anchors was 0 for every lifecycle, a tie).
+    assert adaptive.warning > max(float(p.max()) for p in periods)
+    assert adaptive.levels[0].params["validation_exceedance"] > 0
     LevelThresholds(adaptive.warning, adaptive.critical, policy, adaptive.baseline)  # servable as recorded
