@@ -47,6 +47,17 @@ def redis_memory(client: redis.Redis) -> tuple[float, int]:
     return info["used_memory"] / 2**20, int(client.dbsize())
 
 
+def largest_keys(client: redis.Redis, count: int = 5) -> list[tuple[str, float, int]]:
+    """The ``count`` keys holding most of Redis's memory: (key, KiB, entries of a stream or list, else 0), to
+    say what any growth of the soak's Redis memory is."""
+    sizes = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        length = client.xlen(key) if kind == b"stream" else client.llen(key) if kind == b"list" else 0
+        sizes.append((key.decode(), (client.memory_usage(key, samples=0) or 0) / 1024, int(length)))
+    return sorted(sizes, key=lambda item: -item[1])[:count]
+
+
 def measure_capacity(server: harness.Server, work: workload.Workload, requests: int = 3000) -> float:
     """Requests/s the server completes through 32 connections kept busy by this script's own generator (so
     its CPU, which competes with the server on a small machine, is part of the measurement, as in the soak)."""
@@ -187,6 +198,9 @@ def main() -> int:
             results.add(**row, rate=rate)
             cells = [row[k] for k in keys]
             print("| " + " | ".join(report.fmt(v) for v in cells) + " |", flush=True)
+        largest = ", ".join(f"{key} {kib:,.0f} KiB ({n:,} entries)" for key, kib, n in largest_keys(client))
+        print(f"\nRedis's largest keys at the end: {largest}")
+        results.add(largest_keys=largest)
         client.close()
     flat = verdict(rows)
     results.add(verdict=flat, rate=rate)
