@@ -13,7 +13,8 @@ time or index column first or none, commas, semicolons or tabs.
   ``[A-Za-z0-9_.:-]`` made ``_``, as the service's sensor names allow), so alerts name ``cpu`` rather than
   ``sensor_2``.
 - **Time or index column**: the first column is left out when its header is a time's name (``time``,
-  ``timestamp``, ``datetime``, ``date``, ``ts``), an index's (empty, ``index``, or pandas's ``Unnamed: 0``),
+  ``timestamp``, ``datetime``, ``date``, ``ts``, alone or before what is not a letter: ``_time``, ``time_ms``,
+  ``Time (UTC)``), an index's (empty, ``index``, or pandas's ``Unnamed: 0``),
   or when its first value is not a number (a date). Rows are taken in file order, one per step: the times are
   not read.
 - Any other value that is not a number is refused with its line and column.
@@ -32,7 +33,9 @@ import numpy as np
 import numpy.typing as npt
 
 SEPARATORS = (",", ";", "\t")
-TIME_NAMES = frozenset(("time", "timestamp", "datetime", "date", "ts"))
+# A first column named a time: ``time``, ``timestamp``, ``datetime``, ``date`` or ``ts``, alone or followed by
+# what is not a letter (``_time`` of InfluxDB, ``time_ms``, ``Time (UTC)``, ``timestamp_s``).
+TIME_NAME = re.compile(r"_?(timestamp|datetime|time|date|ts)([^a-z].*)?", re.IGNORECASE)
 INDEX_NAMES = frozenset(("", "index", "unnamed: 0"))
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
 
@@ -118,8 +121,8 @@ def parse_table(text: str, source: str) -> Table:
     if not rows:
         raise TableError(f"{source}: a header and no rows")
     sample = _fields(rows[0], separator)
-    first_name = head[0].lower() if header else None
-    skip = int(first_name in TIME_NAMES | INDEX_NAMES or not _number(sample[0]))
+    named_away = header and (head[0].lower() in INDEX_NAMES or TIME_NAME.fullmatch(head[0]) is not None)
+    skip = int(named_away or not _number(sample[0]))
     if len(sample) <= skip:
         raise TableError(f"{source}: no sensor column besides the time")
     names = None

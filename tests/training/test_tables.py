@@ -124,6 +124,18 @@ def test_a_table_that_cannot_be_a_series_is_refused_with_where_and_why(text: str
     assert reason in str(raised.value)
 
 
+@pytest.mark.parametrize("name", ["time", "_time", "Time (UTC)", "time_ms", "TIMESTAMP_S", "Datetime", "ts"])
+def test_a_numeric_first_column_named_as_a_time_is_left_out(name: str) -> None:
+    table = parse_table(f"{name},cpu\n1700000000,0.5\n1700000060,0.25\n", "t.csv")
+    assert table.names == ["cpu"]
+    np.testing.assert_array_equal(table.values, [[0.5], [0.25]])
+
+
+@pytest.mark.parametrize("name", ["tsdb_rate", "times_seen", "dates_pending", "cpu"])
+def test_a_numeric_first_column_with_another_name_is_a_sensor(name: str) -> None:
+    assert parse_table(f"{name},cpu2\n3,0.5\n4,0.25\n", "t.csv").names == [name, "cpu2"]
+
+
 def test_gzip_and_max_rows_apply_to_tables_with_headers(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "a.csv.gz", "wt") as handle:
         handle.write(table_text("time,cpu,mem", [f"2020-01-01 00:0{i},{i},{2 * i}" for i in range(5)]))
