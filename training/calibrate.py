@@ -340,7 +340,14 @@ def calibrate_held_out(
     """Point-level thresholds over every held-out series, then (with a false-alert target) the alert-level
     warning threshold and lifecycle replaying each series as a stream of its own: what `vigil train` and `vigil
     calibrate` write into a bundle."""
-    thresholds = calibrate(np.concatenate(series), config)
+    pooled = np.concatenate(series)
+    if np.isinf(
+        pooled
+    ).any():  # NaN is a point no window scored; an infinite score is a model that overflowed
+        raise CalibrationError(
+            f"{int(np.isinf(pooled).sum())} held-out scores are infinite: the model's reconstruction overflowed"
+        )
+    thresholds = calibrate(pooled, config)
     if config.false_alerts_per_day is None:
         return thresholds, None
     return calibrate_alerts(series, thresholds, config)

@@ -312,3 +312,14 @@ def test_adaptive_calibration_meets_the_budget_with_the_thresholds_the_bundle_se
     assert adaptive.warning > max(float(p.max()) for p in periods)
     assert adaptive.levels[0].params["validation_exceedance"] > 0
     LevelThresholds(adaptive.warning, adaptive.critical, policy, adaptive.baseline)  # servable as recorded
+
+
+def test_infinite_held_out_scores_are_refused_with_the_reason() -> None:
+    """NaN marks a point no window scored; inf is a model whose reconstruction overflowed, whose thresholds
+    would mean nothing (a review found one such case raised IndexError in the alert search)."""
+    from training.calibrate import calibrate_held_out
+
+    periods = [_noisy_validation(50 + i, n=1440) for i in range(3)]
+    periods[1][100] = np.inf
+    with pytest.raises(CalibrationError, match="1 held-out scores are infinite"):
+        calibrate_held_out(periods, CalibrationConfig())
