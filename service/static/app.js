@@ -286,7 +286,9 @@
     const over = points.filter((p) => p.level !== "normal").length;
     $("score-note").textContent = xs.length
       ? `last ${xs.length} scored points (${over} at or over warning) · model ${body.model} ${body.version} · ` +
-        `warning ${formatScore(warning)} · critical ${formatScore(critical)} · log scale`
+        `warning ${formatScore(warning)} · critical ${formatScore(critical)}` +
+        (body.thresholds.per_stream ? ` (this stream's own, from ${body.thresholds.learned_points} points)` : "") +
+        " · log scale"
       : "no scored points yet";
   }
 
