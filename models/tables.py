@@ -79,7 +79,8 @@ def _separator(first: str, second: str | None) -> str | None:
     """The first candidate splitting both lines alike, else the first splitting the first line at all."""
     splitting = [c for c in SEPARATORS if len(_fields(first, c)) > 1]
     alike = [c for c in splitting if second is None or len(_fields(second, c)) == len(_fields(first, c))]
-    return (alike or splitting or [None])[0]
+    chosen = alike or splitting
+    return chosen[0] if chosen else None
 
 
 def sensor_name(field: str) -> str:
