@@ -313,14 +313,10 @@ class AlertDelivery:
         stream sees its alert end at once rather than when its expiry passes. False: the post failed; they stay
         held for the next interval."""
         now = time.time()
+        held_alerts = [Alert.loads(line) for sid in gone for line in text(held[sid.encode()]).splitlines()]
         alerts = [
-            replace(
-                Alert.loads(line),
-                ends_s=now,
-                annotations={**Alert.loads(line).annotations, "resolution": GONE_RESOLUTION},
-            )
-            for sid in gone
-            for line in text(held[sid.encode()]).splitlines()
+            replace(alert, ends_s=now, annotations={**alert.annotations, "resolution": GONE_RESOLUTION})
+            for alert in held_alerts
         ]
         size = self._settings.batch_size
         for offset in range(0, len(alerts), size):

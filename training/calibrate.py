@@ -341,9 +341,8 @@ def calibrate_held_out(
     warning threshold and lifecycle replaying each series as a stream of its own: what `vigil train` and `vigil
     calibrate` write into a bundle."""
     pooled = np.concatenate(series)
-    if np.isinf(
-        pooled
-    ).any():  # NaN is a point no window scored; an infinite score is a model that overflowed
+    # NaN is a point no window scored; an infinite score is a model that overflowed
+    if np.isinf(pooled).any():
         raise CalibrationError(
             f"{int(np.isinf(pooled).sum())} held-out scores are infinite: the model's reconstruction overflowed"
         )

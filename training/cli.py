@@ -226,7 +226,7 @@ def _calibration_arguments(parser: argparse.ArgumentParser, keeps_bundle: bool) 
         choices=["fixed", "adaptive"],
         default=default("fixed"),
         help="the thresholds the false-alert budget is met with, and that the bundle serves: fixed for every "
-        "stream, or adaptive (each stream's follow its own scores; the calibration replays each held-out period "
+        "stream, or adaptive (each stream's thresholds follow its own scores; the calibration replays each held-out period "
         "as a new stream; default fixed; calibrate: the bundle's own)",
     )
     parser.add_argument(

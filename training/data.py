@@ -22,7 +22,7 @@ class DataError(ValueError):
 
 
 def load_table(path: Path, max_rows: int | None = None) -> Table:
-    """``[T, C]`` values from a ``.npy`` array or a text table (``training.tables``: optionally ``.gz``, a header
+    """``[T, C]`` values from a ``.npy`` array or a text table (``models.tables``: optionally ``.gz``, a header
     of sensor names, a time column), with the header's names (None without one)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
