@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.backlog import MIN_LIMIT, Flow, Step
 from service.errors import Overloaded, TooManyRequests, error_body
 from service.metrics import Metrics
 from service.responses import JSONBytesResponse
@@ -22,22 +25,28 @@ class InflightLimitMiddleware:
 
     ``limit`` starts at ``max_inflight`` and adapts to bound the time admitted requests spend in the server:
     by Little's law the mean time in the server is the requests in progress over the rate they complete at,
-    so while requests are being refused the limit is set each ``STEP_S`` to ``TARGET_S`` times the measured
-    completion rate (never under ``MIN_LIMIT``): what the server can finish within ``TARGET_S``. A flood that
-    saturates the event loop lowers the completion rate and with it the limit. After a step without refusals
-    the limit is back at ``max_inflight``.
+    so while the server is flooded (:class:`service.backlog.Flow`: requests refused, or a backlog that grows
+    while requests spend over ``TARGET_S`` in the server) the limit is set each ``STEP_S`` to ``TARGET_S`` times
+    the measured completion rate (never under ``MIN_LIMIT``): what the server can finish within ``TARGET_S``. A
+    flood that saturates the event loop lowers the completion rate and with it the limit. After two quiet steps
+    in a row the limit is back at ``max_inflight``.
 
     ``per_key`` (None: no bound) is the most requests one bearer token may have in progress; beyond it that
     token is answered 429 ``too_many_requests`` (Retry-After) at once. The same law bounds each token's own
-    wait: from a token's second refused step in a row (a flood; a burst of one step at 70 % of capacity is left
-    alone), its bound is set each step to ``KEY_TARGET_S`` times the rate at which its requests complete (never
-    under ``MIN_LIMIT``, never over ``per_key``), so one client that offers more than the server completes (the
-    only client of a deployment, at 120 % of its peak) waits about that long per request instead of its whole
-    share's worth (64 binary requests of 10 windows: about 0.23 s). Not while the token's refusals outnumber its
-    completions (a client retrying a 429 in a tight loop, or slow bodies): then its refusals, not its admitted
-    work, load the event loop, and fewer slots would only multiply them until the completion rate and the bound
-    fall to the minimum (measured: wrk with 100 connections on one key served 30 requests/s with the bound,
-    72-81 with the fixed share); it keeps ``per_key``.
+    wait: while a token floods (refused in two steps in a row, a burst of one step at 70 % of capacity being left
+    alone; or its backlog grows while its requests spend over ``KEY_TARGET_S``), its bound is set each step to
+    ``KEY_TARGET_S`` times the rate at which its requests complete (never under ``MIN_LIMIT``, never over
+    ``per_key``), so one client that offers more than the server completes (the only client of a deployment, at
+    120 % of its peak) waits about that long per request instead of its whole share's worth (64 batch requests
+    of 100 items: about 0.9 s). Not while the token's refusals outnumber its completions (a client retrying a 429
+    in a tight loop, or slow bodies): then its refusals, not its admitted work, load the event loop, and fewer
+    slots would only multiply them until the completion rate and the bound fall to the minimum (measured: wrk
+    with 100 connections on one key served 30 requests/s with the bound, 72-81 with the fixed share); it keeps
+    ``per_key``. A growing backlog engages the bound before the share fills (refusals alone engaged it only then,
+    and every request admitted meanwhile waited behind that queue: accepted p99 1.8-2.2 s for batches at 120 %,
+    BENCHMARKS.md); a standing one does not: a closed loop of 32 clients holds 32 requests whatever their wait,
+    and bounding it only turns the clients' retries into refusals that cost the event loop (tried: the peak fell
+    by half, BENCHMARKS.md).
     The token is read from the raw ``Authorization`` header, not authenticated here: an unknown token gets its
     401 from the route, before its body is read. A token's refusals do not lower the global limit: they are that
     client's excess, not the server's overload. The global limit alone let one key's slow bodies fill every slot
@@ -53,95 +62,124 @@ class InflightLimitMiddleware:
     # with the fixed share, 194-214 ms with this bound; BENCHMARKS.md).
     KEY_TARGET_S = 0.1
     STEP_S = 0.25
-    MIN_LIMIT = 4
+    IDLE_S = 2 * STEP_S
+    MIN_LIMIT = MIN_LIMIT
 
-    def __init__(self, app: ASGIApp, max_inflight: int, metrics: Metrics, per_key: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_inflight: int,
+        metrics: Metrics,
+        per_key: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
+        self.clock = clock
         self.max_inflight = max_inflight
         self.metrics = metrics
         self.per_key = per_key
         self.inflight = 0
         self.held: Counter[bytes] = Counter()  # requests in progress per bearer token
         self.limit = max_inflight
-        self._rate = 0.0  # completions per second, exponentially weighted over steps
-        self._completed = 0  # since the last step
-        self._step_started = time.monotonic()
-        self._refused = 0  # since the last step
-        # Per token, only while it is being refused: its bound, and its completions and refusals in this step.
-        self.key_limits: dict[bytes, int] = {}
-        self._key_rates: dict[bytes, float] = {}
-        self._key_completed: Counter[bytes] = Counter()
-        self._key_refused: Counter[bytes] = Counter()
+        self.key_limits: dict[bytes, int] = {}  # the tokens bounded under per_key now
+        self._step_started = clock()
+        self._flow = Flow(self.TARGET_S, burst_steps=1)
+        self._tally = Tally(self._step_started)
+        # Tokens holding requests, refused or bounded: their flows, and their counts in the step under way.
+        self._key_flows: dict[bytes, Flow] = {}
+        self._key_tallies: dict[bytes, Tally] = {}
 
-    def _bound(self, target_s: float, rate: float, ceiling: int) -> int:
-        """What completes within ``target_s`` at ``rate`` completions a second, at least ``MIN_LIMIT`` and never
-        over ``ceiling`` (the configured bound, which wins where it is under ``MIN_LIMIT``)."""
-        return min(ceiling, max(self.MIN_LIMIT, int(target_s * rate)))
+    def _key_tally(self, token: bytes, now: float) -> Tally:
+        tally = self._key_tallies.get(token)
+        if tally is None:
+            tally = self._key_tallies[token] = Tally(now)
+        return tally
 
-    def _adapt(self, token: bytes | None) -> None:
-        self._completed += 1
+    def admit(self, token: bytes | None, now: float) -> tuple[int, str, str] | None:
+        """Takes a slot for a request of ``token`` arriving at ``now``, or gives the refusal: (status, code,
+        message)."""
+        if now - self._step_started > self.IDLE_S and (self.key_limits or self.limit < self.max_inflight):
+            self._forget_flows()  # nothing completed for a while: a request after a pause meets no old bound
+        if self.inflight >= self.limit:
+            self._tally.refused += 1
+            return 503, Overloaded.code, f"server busy: {self.inflight} requests in progress"
+        bound = self.key_limits.get(token, self.per_key) if token is not None else None
+        if token is not None and bound is not None and self.held[token] >= bound:
+            self._key_tally(token, now).refused += 1
+            message = f"this API key has {self.held[token]} requests in progress; at most {bound} now"
+            return 429, TooManyRequests.code, message
+        self._tally.hold(self.inflight, now)
+        self.inflight += 1
         if token is not None:
-            self._key_completed[token] += 1
-        now = time.monotonic()
+            self._key_tally(token, now).hold(self.held[token], now)
+            self.held[token] += 1
+        return None
+
+    def release(self, token: bytes | None, now: float, sojourn_s: float) -> None:
+        """Gives back the slot :meth:`admit` took, at ``now``, for a request that spent ``sojourn_s`` in the
+        server; once a step has passed, sets the bounds for the next one."""
+        self._tally.hold(self.inflight, now)
+        self._tally.complete(sojourn_s)
+        self.inflight -= 1
+        if token is not None:
+            tally = self._key_tally(token, now)
+            tally.hold(self.held[token], now)
+            tally.complete(sojourn_s)
+            self.held[token] -= 1
+            if not self.held[token]:
+                del self.held[token]
         elapsed = now - self._step_started
         if elapsed < self.STEP_S:
             return
-        rate = self._completed / elapsed
-        self._rate = rate if self._rate == 0.0 else 0.5 * self._rate + 0.5 * rate
-        refused, self._refused, self._completed, self._step_started = self._refused, 0, 0, now
-        self.limit = (
-            self._bound(self.TARGET_S, self._rate, self.max_inflight) if refused else self.max_inflight
-        )
+        self._step_started = now
+        # The server's own refusals only: one token's excess is that client's, not the server's overload.
+        bounded = self._flow.step(self._tally.close(self.inflight, now, elapsed), guard_retries=False)
+        self.limit = self._flow.bound(self.max_inflight) if bounded else self.max_inflight
         if self.per_key is not None:
-            self._adapt_keys(elapsed, self.per_key)
+            self._adapt_keys(now, elapsed, self.per_key)
+        if elapsed > self.IDLE_S:
+            self._forget_flows()
 
-    def _adapt_keys(self, elapsed: float, per_key: int) -> None:
-        """Each token refused in the step just ended and in the one before gets the bound its own completion
-        rate allows (averaged over the two steps); the others are back at ``per_key``."""
-        rates = {}
-        for token, refused in self._key_refused.items():
-            if refused > self._key_completed[token]:
-                continue  # its refusals, not its admitted work, load the server: fewer slots multiply them
-            rate = self._key_completed[token] / elapsed
-            before = self._key_rates.get(token)
-            rates[token] = rate if before is None else 0.5 * before + 0.5 * rate
-        self.key_limits = {  # from its second refused step in a row: a flood, not a burst
-            token: self._bound(self.KEY_TARGET_S, rate, per_key)
-            for token, rate in rates.items()
-            if token in self._key_rates
-        }
-        self._key_rates = rates
-        self._key_completed.clear()
-        self._key_refused.clear()
+    def _forget_flows(self) -> None:
+        """After over ``IDLE_S`` without a completion (the load stopped), every flow starts afresh: a
+        bound set for the flood before would meet whatever load comes next (measured: a closed loop of 32
+        connections starting under a bound of 4 left by a finished flood was refused 3,912 times in its first
+        step)."""
+        self._flow = Flow(self.TARGET_S, burst_steps=1)
+        self.limit = self.max_inflight
+        self._key_flows.clear()
+        self.key_limits = {}
+
+    def _adapt_keys(self, now: float, elapsed: float, per_key: int) -> None:
+        """Each token's step is recorded in its flow; the flooded ones get the bound their own completion rate
+        allows, the others are back at ``per_key``. A token that holds nothing and is neither refused nor
+        bounded is forgotten: a later flow of its starts afresh."""
+        self.key_limits = {}
+        for token, tally in list(self._key_tallies.items()):
+            flow = self._key_flows.get(token) or Flow(self.KEY_TARGET_S, burst_steps=2)
+            if flow.step(tally.close(self.held.get(token, 0), now, elapsed)):
+                self.key_limits[token] = flow.bound(per_key)
+            if token in self.held or not flow.idle:
+                self._key_flows[token] = flow
+            else:
+                self._key_flows.pop(token, None)
+                del self._key_tallies[token]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope) if self.per_key is not None else None
-        if self.inflight >= self.limit:
-            self._refused += 1
-            message = f"server busy: {self.inflight} requests in progress"
-            await self._refuse(scope, receive, send, 503, Overloaded.code, message)
+        started = self.clock()
+        refusal = self.admit(token, started)
+        if refusal is not None:
+            await self._refuse(scope, receive, send, *refusal)
             return
-        bound = self.key_limits.get(token, self.per_key) if token is not None else None
-        if token is not None and bound is not None and self.held[token] >= bound:
-            self._key_refused[token] += 1
-            message = f"this API key has {self.held[token]} requests in progress; at most {bound} now"
-            await self._refuse(scope, receive, send, 429, TooManyRequests.code, message)
-            return
-        self.inflight += 1
-        if token is not None:
-            self.held[token] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inflight -= 1
-            if token is not None:
-                self.held[token] -= 1
-                if not self.held[token]:
-                    del self.held[token]
-            self._adapt(token)
+            now = self.clock()
+            self.release(token, now, now - started)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
@@ -151,6 +189,35 @@ class InflightLimitMiddleware:
             error_body(code, message), status_code=status, headers={"Retry-After": "1"}
         )
         await response(scope, receive, send)
+
+
+@dataclass
+class Tally:
+    """One flow's counts in the step under way. The requests it holds are integrated over time: counted at the
+    step's end alone they dipped by a round's worth whenever a round of batch requests had just completed (a
+    closed loop of 32 read 24-31), which looked like growth."""
+
+    since: float  # when the held count last changed, or the step began
+    completed: int = 0
+    refused: int = 0
+    sojourn_s: float = 0.0
+    held_s: float = 0.0  # requests held, integrated over the step's seconds
+
+    def hold(self, held: int, now: float) -> None:
+        """Integrates ``held``, the count since the last change, up to ``now``."""
+        self.held_s += held * (now - self.since)
+        self.since = now
+
+    def complete(self, sojourn_s: float) -> None:
+        self.completed += 1
+        self.sojourn_s += sojourn_s
+
+    def close(self, held: int, now: float, elapsed_s: float) -> Step:
+        """The step as it ended at ``now`` (``held`` requests in progress), and the tally zeroed for the next."""
+        self.hold(held, now)
+        step = Step(self.completed, self.refused, self.held_s / elapsed_s, self.sojourn_s, elapsed_s)
+        self.completed, self.refused, self.sojourn_s, self.held_s = 0, 0, 0.0, 0.0
+        return step
 
 
 def bearer_token(scope: Scope) -> bytes | None:
