@@ -71,6 +71,7 @@ class Flow:
 
     target_s: float
     burst_steps: int
+    by_growth: bool = True  # whether a growing backlog floods it, or refusals alone
     backlog: Backlog = field(default_factory=Backlog)
     rate: float = 0.0  # completions per second, exponentially weighted over steps
     bound_rate: float = 0.0  # the rate of the last flooded step: the bound's
@@ -78,9 +79,11 @@ class Flow:
     refused_steps: int = 0  # in a row, up to the last step
     quiet_steps: int = 0  # in a row without refusal or growth, while bounded
     retried: bool = False  # seen retrying its refusals since it started: a closed loop
+    _let_go_in_step: bool = False  # by :meth:`retrying`, in the step under way
 
     QUIET_STEPS = 4
     RETRY_SHARE = 4
+    RETRY_FLOOR = 8  # completions presumed at a step's start, before any is counted
 
     def step(self, step: Step, guard_retries: bool = True) -> bool:
         """Records ``step``; True while the flow is to be bounded (then at ``target_s`` times :attr:`rate`)."""
@@ -89,15 +92,28 @@ class Flow:
         grows = self.backlog.record(step.held, step.completed)
         slow = step.completed > 0 and step.sojourn_s / step.completed > self.target_s
         self.refused_steps = self.refused_steps + 1 if step.refused else 0
-        flooded = (grows and slow and not self.retried) or self.refused_steps >= self.burst_steps
+        by_growth = self.by_growth and grows and slow and not self.retried
+        flooded = by_growth or self.refused_steps >= self.burst_steps
         self.quiet_steps = 0 if flooded or step.refused else self.quiet_steps + 1
-        retrying = guard_retries and step.refused > self.RETRY_SHARE * step.completed
+        retrying = guard_retries and (
+            step.refused > self.RETRY_SHARE * step.completed or self._let_go_in_step
+        )
+        self._let_go_in_step = False
         held_on = self.bounded and self.quiet_steps < self.QUIET_STEPS
         self.retried = self.retried or retrying
         self.bounded = not retrying and (flooded or held_on)
         if flooded:
             self.bound_rate = self.rate
         return self.bounded
+
+    def retrying(self, refused: int, completed: int) -> bool:
+        """Whether ``refused`` refusals against ``completed`` completions so far in a step are a retry loop (then
+        the flow is let go at once, and remembered as retrying): the step's end is too late for a loop of light
+        requests, refused thousands of times in a quarter second."""
+        if not self.bounded or refused <= self.RETRY_SHARE * (completed + self.RETRY_FLOOR):
+            return False
+        self.bounded, self.retried, self._let_go_in_step = False, True, True
+        return True
 
     def bound(self, ceiling: int) -> int:
         """What completes within ``target_s`` at the rate of the flow's last flooded step, at least ``MIN_LIMIT``

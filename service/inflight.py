@@ -83,7 +83,7 @@ class InflightLimitMiddleware:
         self.limit = max_inflight
         self.key_limits: dict[bytes, int] = {}  # the tokens bounded under per_key now
         self._step_started = clock()
-        self._flow = Flow(self.TARGET_S, burst_steps=1)
+        self._flow = Flow(self.TARGET_S, burst_steps=1, by_growth=False)
         self._tally = Tally(self._step_started)
         # Tokens holding requests, refused or bounded: their flows, and their counts in the step under way.
         self._key_flows: dict[bytes, Flow] = {}
@@ -105,7 +105,11 @@ class InflightLimitMiddleware:
             return 503, Overloaded.code, f"server busy: {self.inflight} requests in progress"
         bound = self.key_limits.get(token, self.per_key) if token is not None else None
         if token is not None and bound is not None and self.held[token] >= bound:
-            self._key_tally(token, now).refused += 1
+            tally = self._key_tally(token, now)
+            tally.refused += 1
+            flow = self._key_flows.get(token)
+            if flow is not None and flow.retrying(tally.refused, tally.completed):
+                self.key_limits.pop(token, None)  # a retry loop: the share again, at once
             message = f"this API key has {self.held[token]} requests in progress; at most {bound} now"
             return 429, TooManyRequests.code, message
         self._tally.hold(self.inflight, now)
@@ -145,7 +149,7 @@ class InflightLimitMiddleware:
         bound set for the flood before would meet whatever load comes next (measured: a closed loop of 32
         connections starting under a bound of 4 left by a finished flood was refused 3,912 times in its first
         step)."""
-        self._flow = Flow(self.TARGET_S, burst_steps=1)
+        self._flow = Flow(self.TARGET_S, burst_steps=1, by_growth=False)
         self.limit = self.max_inflight
         self._key_flows.clear()
         self.key_limits = {}
