@@ -25,11 +25,10 @@ class InflightLimitMiddleware:
 
     ``limit`` starts at ``max_inflight`` and adapts to bound the time admitted requests spend in the server:
     by Little's law the mean time in the server is the requests in progress over the rate they complete at,
-    so while the server is flooded (:class:`service.backlog.Flow`: requests refused, or a backlog that grows
-    while requests spend over ``TARGET_S`` in the server) the limit is set each ``STEP_S`` to ``TARGET_S`` times
-    the measured completion rate (never under ``MIN_LIMIT``): what the server can finish within ``TARGET_S``. A
-    flood that saturates the event loop lowers the completion rate and with it the limit. After two quiet steps
-    in a row the limit is back at ``max_inflight``.
+    so while requests are being refused (:class:`service.backlog.Flow`) the limit is set each ``STEP_S`` to
+    ``TARGET_S`` times the measured completion rate (never under ``MIN_LIMIT``): what the server can finish
+    within ``TARGET_S``. A flood that saturates the event loop lowers the completion rate and with it the limit.
+    After four quiet steps in a row the limit is back at ``max_inflight``.
 
     ``per_key`` (None: no bound) is the most requests one bearer token may have in progress; beyond it that
     token is answered 429 ``too_many_requests`` (Retry-After) at once. The same law bounds each token's own
@@ -38,11 +37,9 @@ class InflightLimitMiddleware:
     ``KEY_TARGET_S`` times the rate at which its requests complete (never under ``MIN_LIMIT``, never over
     ``per_key``), so one client that offers more than the server completes (the only client of a deployment, at
     120 % of its peak) waits about that long per request instead of its whole share's worth (64 batch requests
-    of 100 items: about 0.9 s). Not while the token's refusals outnumber its completions (a client retrying a 429
-    in a tight loop, or slow bodies): then its refusals, not its admitted work, load the event loop, and fewer
-    slots would only multiply them until the completion rate and the bound fall to the minimum (measured: wrk
-    with 100 connections on one key served 30 requests/s with the bound, 72-81 with the fixed share); it keeps
-    ``per_key``. A growing backlog engages the bound before the share fills (refusals alone engaged it only then,
+    of 100 items: about 0.9 s). Not while the token retries its refusals in a tight loop (``Flow.RETRY_SHARE``):
+    then its refusals, not its admitted work, load the event loop, and fewer slots would only multiply them; it
+    keeps ``per_key``. A growing backlog engages the bound before the share fills (refusals alone engaged it only then,
     and every request admitted meanwhile waited behind that queue: accepted p99 1.8-2.2 s for batches at 120 %,
     BENCHMARKS.md); a standing one does not: a closed loop of 32 clients holds 32 requests whatever their wait,
     and bounding it only turns the clients' retries into refusals that cost the event loop (tried: the peak fell
@@ -132,6 +129,12 @@ class InflightLimitMiddleware:
             self.held[token] -= 1
             if not self.held[token]:
                 del self.held[token]
+            if token in self.key_limits:
+                flow = self._key_flows[token]
+                if flow.outpaced(tally.completed, now - self._step_started):
+                    del self.key_limits[
+                        token
+                    ]  # not the flood its bound was set for: the share again, at once
         elapsed = now - self._step_started
         if elapsed < self.STEP_S:
             return
