@@ -65,9 +65,10 @@ class Flow:
     (measured: wrk with 100 connections on one key served 30 requests/s with the bound, 72-81 without). An
     open loop is refused what it offers over the completions (at 3x capacity, twice them; the steps that drain
     a backlog down to a new bound refuse every arrival), a retry loop many times that (20x measured). A flow
-    seen retrying is not bounded for growth again while it lasts: a closed loop's held count swings as its
-    clients' refused requests come back, which read as growth and engaged it again and again (measured: 32
-    connections refused 9,327 times in 10 s, the peak down by a third)."""
+    seen retrying is not bounded for growth again until ``RETRIED_STEPS`` quiet steps in a row have passed: a
+    closed loop's held count swings as its clients' refused requests come back, which read as growth and engaged
+    it again and again (measured: 32 connections refused 9,327 times in 10 s, the peak down by a third); for
+    good, it left the same key's later floods unbounded (a bench's next mode)."""
 
     target_s: float
     burst_steps: int
@@ -77,8 +78,8 @@ class Flow:
     bound_rate: float = 0.0  # the rate of the last flooded step: the bound's
     bounded: bool = False
     refused_steps: int = 0  # in a row, up to the last step
-    quiet_steps: int = 0  # in a row without refusal or growth, while bounded
-    retried: bool = False  # seen retrying its refusals since it started: a closed loop
+    quiet_steps: int = 0  # in a row without refusal or growth
+    retried: bool = False  # seen retrying its refusals within RETRIED_STEPS quiet steps: a closed loop
     _retried_in_step: bool = False  # let go by :meth:`retrying` in the step under way
     _outpaced_in_step: bool = False  # let go by :meth:`outpaced` in the step under way
 
@@ -86,6 +87,7 @@ class Flow:
     RETRY_SHARE = 4
     RETRY_FLOOR = 8  # completions presumed at a step's start, before any is counted
     OUTPACE = 2
+    RETRIED_STEPS = 8
 
     def step(self, step: Step, guard_retries: bool = True) -> bool:
         """Records ``step``; True while the flow is to be bounded (then at ``target_s`` times :attr:`rate`)."""
@@ -102,7 +104,7 @@ class Flow:
         )
         outpaced, self._retried_in_step, self._outpaced_in_step = self._outpaced_in_step, False, False
         held_on = self.bounded and self.quiet_steps < self.QUIET_STEPS
-        self.retried = self.retried or retrying
+        self.retried = retrying or (self.retried and self.quiet_steps < self.RETRIED_STEPS)
         self.bounded = not retrying and not outpaced and (flooded or held_on)
         if flooded:
             self.bound_rate = self.rate

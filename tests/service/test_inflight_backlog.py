@@ -213,6 +213,11 @@ def test_a_flow_retrying_its_refusals_in_a_loop_is_not_bounded() -> None:
     assert flow_step(flow, 80.0, refused=20 * Flow.RETRY_SHARE + 1) is None
     growth = [flow_step(flow, 80.0, held=h, sojourn_s=0.4) for h in (10, 20, 30, 40)]
     assert growth == [None] * 4  # seen retrying: its held count swings with its retries, not a flood
+    for _ in range(Flow.RETRIED_STEPS - 4):
+        assert flow_step(flow, 80.0, held=40, sojourn_s=0.4) is None
+    assert not flow.retried  # quiet long enough: a later flood of the same key is a flood again
+    growth = [flow_step(flow, 80.0, held=h, sojourn_s=0.4) for h in (50, 60, 70)]
+    assert growth == [None, None, 8]
 
 
 def test_a_growing_backlog_is_a_flood_only_while_its_requests_wait_over_the_target() -> None:
