@@ -81,12 +81,10 @@ class Flow:
     quiet_steps: int = 0  # in a row without refusal or growth
     retried: bool = False  # seen retrying its refusals within RETRIED_STEPS quiet steps: a closed loop
     _retried_in_step: bool = False  # let go by :meth:`retrying` in the step under way
-    _outpaced_in_step: bool = False  # let go by :meth:`outpaced` in the step under way
 
     QUIET_STEPS = 4
     RETRY_SHARE = 4
     RETRY_FLOOR = 8  # completions presumed at a step's start, before any is counted
-    OUTPACE = 2
     RETRIED_STEPS = 8
 
     def step(self, step: Step, guard_retries: bool = True) -> bool:
@@ -102,10 +100,10 @@ class Flow:
         retrying = guard_retries and (
             step.refused > self.RETRY_SHARE * step.completed or self._retried_in_step
         )
-        outpaced, self._retried_in_step, self._outpaced_in_step = self._outpaced_in_step, False, False
+        self._retried_in_step = False
         held_on = self.bounded and self.quiet_steps < self.QUIET_STEPS
         self.retried = retrying or (self.retried and self.quiet_steps < self.RETRIED_STEPS)
-        self.bounded = not retrying and not outpaced and (flooded or held_on)
+        self.bounded = not retrying and (flooded or held_on)
         if flooded:
             self.bound_rate = self.rate
         return self.bounded
@@ -117,16 +115,6 @@ class Flow:
         if not self.bounded or refused <= self.RETRY_SHARE * (completed + self.RETRY_FLOOR):
             return False
         self.bounded, self.retried, self._retried_in_step = False, True, True
-        return True
-
-    def outpaced(self, completed: int, elapsed_s: float) -> bool:
-        """Whether ``completed`` completions in the first ``elapsed_s`` of a step outpace the rate the bound was
-        set at by over ``OUTPACE`` times (then the flow is let go at once): the load has changed, lighter
-        requests now meeting a bound set for heavier ones (measured: a stateless closed loop of 32 clients
-        starting under the bound a binary flood left, no pause between, refused 357 times in a step)."""
-        if not self.bounded or completed <= self.OUTPACE * self.bound_rate * elapsed_s + self.RETRY_FLOOR:
-            return False
-        self.bounded, self._outpaced_in_step = False, True
         return True
 
     def bound(self, ceiling: int) -> int:

@@ -129,12 +129,6 @@ class InflightLimitMiddleware:
             self.held[token] -= 1
             if not self.held[token]:
                 del self.held[token]
-            if token in self.key_limits:
-                flow = self._key_flows[token]
-                if flow.outpaced(tally.completed, now - self._step_started):
-                    del self.key_limits[
-                        token
-                    ]  # not the flood its bound was set for: the share again, at once
         elapsed = now - self._step_started
         if elapsed < self.STEP_S:
             return
