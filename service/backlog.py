@@ -80,6 +80,9 @@ class Flow:
     refused_steps: int = 0  # in a row, up to the last step
     quiet_steps: int = 0  # in a row without refusal or growth
     retried: bool = False  # seen retrying its refusals within RETRIED_STEPS quiet steps: a closed loop
+    engaged: str | None = (
+        None  # what bounded it in the last step, if that step bounded it: growth or refusals
+    )
     _retried_in_step: bool = False  # let go by :meth:`retrying` in the step under way
 
     QUIET_STEPS = 4
@@ -103,7 +106,8 @@ class Flow:
         self._retried_in_step = False
         held_on = self.bounded and self.quiet_steps < self.QUIET_STEPS
         self.retried = retrying or (self.retried and self.quiet_steps < self.RETRIED_STEPS)
-        self.bounded = not retrying and (flooded or held_on)
+        was_bounded, self.bounded = self.bounded, not retrying and (flooded or held_on)
+        self.engaged = None if was_bounded or not self.bounded else ("growth" if by_growth else "refusals")
         if flooded:
             self.bound_rate = self.rate
         return self.bounded

@@ -107,6 +107,7 @@ class InflightLimitMiddleware:
             flow = self._key_flows.get(token)
             if flow is not None and flow.retrying(tally.refused, tally.completed):
                 self.key_limits.pop(token, None)  # a retry loop: the share again, at once
+                self.metrics.bounded_keys.set(len(self.key_limits))
             message = f"this API key has {self.held[token]} requests in progress; at most {bound} now"
             return 429, TooManyRequests.code, message
         self._tally.hold(self.inflight, now)
@@ -136,6 +137,8 @@ class InflightLimitMiddleware:
         # The server's own refusals only: one token's excess is that client's, not the server's overload.
         bounded = self._flow.step(self._tally.close(self.inflight, now, elapsed), guard_retries=False)
         self.limit = self._flow.bound(self.max_inflight) if bounded else self.max_inflight
+        if self._flow.engaged is not None:
+            self.metrics.inflight_bounds.labels("server", self._flow.engaged).inc()
         if self.per_key is not None:
             self._adapt_keys(now, elapsed, self.per_key)
         if elapsed > self.IDLE_S:
@@ -150,6 +153,7 @@ class InflightLimitMiddleware:
         self.limit = self.max_inflight
         self._key_flows.clear()
         self.key_limits = {}
+        self.metrics.bounded_keys.set(0)
 
     def _adapt_keys(self, now: float, elapsed: float, per_key: int) -> None:
         """Each token's step is recorded in its flow; the flooded ones get the bound their own completion rate
@@ -160,11 +164,14 @@ class InflightLimitMiddleware:
             flow = self._key_flows.get(token) or Flow(self.KEY_TARGET_S, burst_steps=2)
             if flow.step(tally.close(self.held.get(token, 0), now, elapsed)):
                 self.key_limits[token] = flow.bound(per_key)
+            if flow.engaged is not None:
+                self.metrics.inflight_bounds.labels("key", flow.engaged).inc()
             if token in self.held or not flow.idle:
                 self._key_flows[token] = flow
             else:
                 self._key_flows.pop(token, None)
                 del self._key_tallies[token]
+        self.metrics.bounded_keys.set(len(self.key_limits))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:

@@ -118,6 +118,19 @@ class Metrics:
             multiprocess_mode="sum",
         )
         self.rejections = Counter("vigil_rejections_total", "Requests rejected", ["reason"], registry=r)
+        self.inflight_bounds = Counter(
+            "vigil_inflight_bounds_total",
+            "In-flight bounds engaged under the configured limits (service/inflight.py): scope server (503) or key"
+            " (429); cause refusals, or growth (a key's backlog rising step after step)",
+            ["scope", "cause"],
+            registry=r,
+        )
+        self.bounded_keys = Gauge(
+            "vigil_inflight_bounded_keys",
+            "API keys held under their per-key share now (what their own requests complete in 0.1 s)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.redis_latency = Histogram(
             "vigil_redis_duration_seconds", "Redis call latency", ["op"], buckets=LATENCY_BUCKETS, registry=r
         )

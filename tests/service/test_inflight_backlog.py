@@ -89,8 +89,10 @@ class Simulation:
         return self.outcome
 
 
-def open_loop(rate_per_s: float, duration_s: float, seed: int = 7) -> Outcome:
-    simulation = Simulation()
+def open_loop(
+    rate_per_s: float, duration_s: float, seed: int = 7, simulation: Simulation | None = None
+) -> Outcome:
+    simulation = simulation or Simulation()
     gaps = np.random.default_rng(seed).exponential(1 / rate_per_s, size=int(rate_per_s * duration_s * 2))
     for at in np.cumsum(gaps):
         if at < duration_s:
@@ -103,10 +105,13 @@ def test_a_flood_at_120_percent_is_bounded_long_before_its_share_fills(seed: int
     """One key offering 120 % of capacity: its share (64 requests, 0.9 s of work) used to be the bound until the
     share filled; now the growing backlog engages the key's bound within about a second, so the requests it
     admits afterwards wait about KEY_TARGET_S (p99 within 250 ms), and the server still completes at capacity."""
-    outcome = open_loop(1.2 * CAPACITY, 20.0, seed)
+    simulation = Simulation()
+    outcome = open_loop(1.2 * CAPACITY, 20.0, seed, simulation)
     assert outcome.refused > 0.1 * len(outcome.arrivals)
     assert outcome.admitted_p99_after(2.0) <= 0.25
     assert outcome.served >= 0.95 * CAPACITY * 20.0
+    exposed = simulation.limiter.metrics.render().decode()  # an operator sees why the key was refused
+    assert 'vigil_inflight_bounds_total{cause="growth",scope="key"} 1.0' in exposed
 
 
 def test_without_the_backlog_rule_the_same_flood_waits_for_its_whole_share(
@@ -127,6 +132,7 @@ def test_a_closed_loop_of_32_clients_is_a_standing_backlog_and_is_never_refused(
         simulation.arrive(0.0)
     outcome = simulation.run(20.0, closed_loop=True)
     assert outcome.refused == 0
+    assert "vigil_inflight_bounds_total{" not in simulation.limiter.metrics.render().decode()
     assert outcome.served >= 0.99 * CAPACITY * 20.0 - 32
 
 
@@ -255,6 +261,7 @@ def test_a_pause_forgets_the_last_floods_bound() -> None:
             simulation.arrive(float(at))
     simulation.run(7.0)
     assert simulation.limiter.key_limits  # the flood was bounded ...
+    assert "vigil_inflight_bounded_keys 1.0" in simulation.limiter.metrics.render().decode()
     flooded = simulation.outcome.refused
     for _ in range(32):
         simulation.arrive(7.0)  # ... and the bound is still set when the loop starts, the load having paused
