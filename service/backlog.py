@@ -67,8 +67,8 @@ class Flow:
     a backlog down to a new bound refuse every arrival), a retry loop many times that (20x measured). A flow
     seen retrying is not bounded for growth again until ``RETRIED_STEPS`` quiet steps in a row have passed: a
     closed loop's held count swings as its clients' refused requests come back, which read as growth and engaged
-    it again and again (measured: 32 connections refused 9,327 times in 10 s, the peak down by a third); for
-    good, it left the same key's later floods unbounded (a bench's next mode)."""
+    it again and again (measured: 32 connections refused 9,327 times in 10 s, the peak down by a third); kept for
+    good, the mark left the same key's later floods unbounded (a bench's next mode)."""
 
     target_s: float
     burst_steps: int
@@ -80,9 +80,8 @@ class Flow:
     refused_steps: int = 0  # in a row, up to the last step
     quiet_steps: int = 0  # in a row without refusal or growth
     retried: bool = False  # seen retrying its refusals within RETRIED_STEPS quiet steps: a closed loop
-    engaged: str | None = (
-        None  # what bounded it in the last step, if that step bounded it: growth or refusals
-    )
+    # What bounded it in the last step, if that step bounded it ("growth" or "refusals"): for the metrics.
+    engaged: str | None = None
     _retried_in_step: bool = False  # let go by :meth:`retrying` in the step under way
 
     QUIET_STEPS = 4
