@@ -125,6 +125,8 @@ class Metrics:
             ["scope", "cause"],
             registry=r,
         )
+        for scope, cause in (("key", "growth"), ("key", "refusals"), ("server", "refusals")):
+            self.inflight_bounds.labels(scope, cause)  # at 0 from the start: a rate of none is 0, not no data
         self.bounded_keys = Gauge(
             "vigil_inflight_bounded_keys",
             "API keys held under their per-key share now (what their own requests complete in 0.1 s)",
