@@ -123,8 +123,9 @@ class Flow:
     def bound(self, ceiling: int) -> int:
         """What completes within ``target_s`` at the rate of the flow's last flooded step, at least ``MIN_LIMIT``
         and never over ``ceiling`` (the configured bound, which wins where it is under ``MIN_LIMIT``). Quiet
-        steps leave it where it was: their rate can fall for other reasons (a client that turns to heavier
-        requests, measured: held at the last flood's lighter rate, 32 connections were refused 2,683 times)."""
+        steps leave it where it was: their rate can fall for other reasons (measured: a bound that followed the
+        falling rate through quiet steps, as a light flood gave way to a closed loop of heavier requests, fell to
+        23 and refused the loop's 32 connections 2,683 times in a step)."""
         return min(ceiling, max(MIN_LIMIT, int(self.target_s * self.bound_rate)))
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.backlog import MIN_LIMIT, Flow, Step
+from service.backlog import Flow, Step
 from service.errors import Overloaded, TooManyRequests, error_body
 from service.metrics import Metrics
 from service.responses import JSONBytesResponse
@@ -60,7 +60,6 @@ class InflightLimitMiddleware:
     KEY_TARGET_S = 0.1
     STEP_S = 0.25
     IDLE_S = 2 * STEP_S
-    MIN_LIMIT = MIN_LIMIT
 
     def __init__(
         self,
