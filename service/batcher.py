@@ -5,8 +5,11 @@ below ``max_batch_size``, runs one inference and scoring pass over the stacked w
 job's future; a failed batch fails every job in it with the same error.
 
 A supervisor thread watches the worker. If the worker dies (an exception that escapes the per-batch handler,
-such as a ``BaseException``, or the thread being killed), the jobs it held fail with :class:`InferenceFailed`,
-a fresh worker takes over the queue and ``on_restart`` is called, so no submitted future waits forever.
+such as a ``BaseException``, or the thread being killed), every job it had taken from the queue and not settled
+fails with :class:`InferenceFailed`, a fresh worker takes over the queue and ``on_restart`` is called, so no
+submitted future waits forever. Which jobs those are is not tracked by the worker (it can die between any two
+bytecodes, e.g. just after the queue handed it a job): the batcher keeps every admitted job until the worker
+settles it, and the supervisor fails those no longer in the queue.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ BatchObserver = Callable[[int, float, float], None]  # (windows, queue wait s, i
 RestartObserver = Callable[[], None]
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the batcher keeps a set of the unsettled ones
 class WindowJob:
     """Windows ``[k, L, C]`` (normalised) of one request, and the future that receives their scores."""
 
@@ -75,9 +78,9 @@ class MicroBatcher:
         self._observe = observe
         self._on_restart = on_restart
         self._queue: queue.SimpleQueue[WindowJob | object] = queue.SimpleQueue()
-        self._pending = 0  # windows queued or running
-        self._lock = threading.Lock()
-        self._held: list[WindowJob] = []  # taken from the queue by the worker, not yet resolved
+        self._pending = 0  # windows of the unsettled jobs
+        self._lock = threading.Lock()  # guards both, and makes a job's admission and its put one step
+        self._unsettled: set[WindowJob] = set()  # admitted, not yet settled by the worker (queued or taken)
         self._clean_exit = False  # the current worker saw the stop marker and drained the queue
         self._death: BaseException | None = None
         self._stopping = False
@@ -115,14 +118,15 @@ class MicroBatcher:
     async def submit(self, windows: F32) -> WindowScores:
         """Score windows ``[k, L, C]``; raises :class:`Overloaded` at once when the queue is full."""
         count = len(windows)
+        loop = asyncio.get_running_loop()
+        job = WindowJob(windows=windows, future=loop.create_future(), loop=loop)
         with self._lock:
             refusal = self._refusal(count)
             if refusal is not None:
                 raise Overloaded(f"model {self.name!r}: {refusal}")
             self._pending += count
-        loop = asyncio.get_running_loop()
-        job = WindowJob(windows=windows, future=loop.create_future(), loop=loop)
-        self._queue.put(job)
+            self._unsettled.add(job)
+            self._queue.put(job)
         return await job.future
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -147,12 +151,35 @@ class MicroBatcher:
             self._worker = self._new_worker()
             self._worker.start()
 
-    def _recover(self) -> None:
-        """Fail the jobs the dead worker held (resolved ones ignore it) and release their queue slots."""
-        jobs, self._held = self._held, []
-        count = sum(len(job.windows) for job in jobs)
+    def _taken(self) -> list[WindowJob]:
+        """The unsettled jobs that are no longer in the queue: those the dead worker had taken. With the lock
+        held no job is admitted meanwhile, and with the worker dead nothing else takes from the queue, so the
+        queue is emptied, compared and put back in its order."""
         with self._lock:
+            queued: list[WindowJob | object] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    queued.append(self._queue.get_nowait())
+            for item in queued:
+                self._queue.put(item)
+            still_queued = set(queued)
+            return [job for job in self._unsettled if job not in still_queued]
+
+    def _settle(self, jobs: list[WindowJob]) -> int:
+        """Release the queue slots of ``jobs`` that are still unsettled (once per job, whoever settles it
+        first: the worker or the supervisor); returns how many windows that was."""
+        with self._lock:
+            settled = [job for job in jobs if job in self._unsettled]
+            self._unsettled.difference_update(settled)
+            count = sum(len(job.windows) for job in settled)
             self._pending -= count
+        return count
+
+    def _recover(self) -> None:
+        """Fail the jobs the dead worker had taken (one it resolved before dying keeps its result: a future
+        is set once) and release their queue slots."""
+        jobs = self._taken()
+        count = self._settle(jobs)
         cause = type(self._death).__name__ if self._death is not None else "killed"
         self._death = None
         log.error(
@@ -175,7 +202,6 @@ class MicroBatcher:
 
     def _collect(self, first: WindowJob) -> tuple[list[WindowJob], bool]:
         jobs, size, stopping = [first], len(first.windows), False
-        self._held = jobs  # filled in place: the supervisor fails whatever a dying worker held
         deadline = time.perf_counter() + self._max_wait_s
         while size < self._max_batch:
             try:
@@ -212,8 +238,7 @@ class MicroBatcher:
             except queue.Empty:
                 return
             if isinstance(item, WindowJob):
-                self._held = [item]
-                self._run(self._held)
+                self._run([item])
 
     def _expire(self, jobs: list[WindowJob], now: float) -> list[WindowJob]:
         """Fail the jobs that waited past ``max_queue_wait_ms``; returns the others."""
@@ -222,14 +247,12 @@ class MicroBatcher:
         fresh = [job for job in jobs if now - job.enqueued_at <= self._max_queue_wait_s]
         if len(fresh) < len(jobs):
             expired = [job for job in jobs if now - job.enqueued_at > self._max_queue_wait_s]
-            count = sum(len(job.windows) for job in expired)
             error = Overloaded(
                 f"model {self.name!r}: queued longer than {self._max_queue_wait_s * 1000:g} ms; retry later"
             )
             for job in expired:
                 _resolve(job, _set_exception, error)
-            with self._lock:
-                self._pending -= count
+            self._settle(expired)
         return fresh
 
     def _run(self, jobs: list[WindowJob]) -> None:
@@ -237,7 +260,6 @@ class MicroBatcher:
         wait_s = started - min(job.enqueued_at for job in jobs)
         self._last_wait_s = wait_s
         jobs = self._expire(jobs, started)
-        self._held = jobs
         if not jobs:
             return
         count = sum(len(job.windows) for job in jobs)
@@ -258,10 +280,8 @@ class MicroBatcher:
                 )
                 _resolve(job, _set_result, part)
                 offset += n
-        # Not in a ``finally``: a worker that dies mid-batch leaves its held jobs to the supervisor.
-        with self._lock:
-            self._held = []
-            self._pending -= count
+        # Not in a ``finally``: a worker that dies mid-batch leaves its taken jobs to the supervisor.
+        self._settle(jobs)
         if self._observe is not None:
             self._observe(count, wait_s, time.perf_counter() - started)
 

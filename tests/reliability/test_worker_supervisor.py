@@ -190,6 +190,42 @@ def test_batcher_restarts_a_worker_killed_from_outside(
     assert isinstance(after, WindowScores) and restarts == [0.0]
 
 
+def test_a_worker_killed_just_as_it_takes_a_job_fails_that_job(
+    engine: ONNXEngine, windows: tuple[F32, F32], restarts: list[float]
+) -> None:
+    """The exception is made pending while the idle worker blocks in the queue's ``get``; it is delivered at
+    the first bytecode after ``get`` returns the job, before the worker has the job in any batch. The job
+    must still fail (not wait forever), and the next one run on the restarted worker."""
+    z, _ = windows
+    batcher = MicroBatcher(
+        "sup", scoring_function(engine), 8, 0, 100, on_restart=lambda: restarts.append(0.0)
+    )
+    batcher.start()
+
+    async def scenario() -> tuple[object, object]:
+        deadline = time.monotonic() + 5
+        while not worker_threads("sup") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # idle: blocked in the queue's get
+        (thread,) = worker_threads("sup")
+        assert (
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident or 0), ctypes.py_object(WorkerKilled)
+            )
+            == 1
+        )
+        taken = await asyncio.wait_for(asyncio.gather(batcher.submit(z), return_exceptions=True), 10)
+        return taken[0], await asyncio.wait_for(batcher.submit(z), 10)
+
+    try:
+        taken, after = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert isinstance(taken, InferenceFailed) and "WorkerKilled" in str(taken), taken
+    assert isinstance(after, WindowScores) and restarts == [0.0]
+    assert batcher.depth == 0
+
+
 def test_a_dying_worker_fails_its_requests_cleanly_through_the_service(
     models_dir: Path,
     redis_url: str,
