@@ -44,7 +44,6 @@ from service.routes import feed, health, score, streams, ui
 from service.schemas import BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
 from service.scorer import StreamScorer
 from service.settings import Settings
-from service.switching import set_switch_interval
 from service.tasks import stop_task
 from service.windows import WindowStore
 
@@ -303,7 +302,6 @@ def create_app(settings: Settings) -> FastAPI:
             reloads = asyncio.create_task(follow_reloads(redis, models), name="model-reloads")
             if settings.gc_freeze:
                 freeze_startup_objects()
-            set_switch_interval(settings.switch_interval_ms)
             async with looplag.watching(metrics.loop_lag):
                 yield
         finally:

@@ -35,7 +35,6 @@ from service.redis_clients import redis_client
 from service.registry import ModelRegistry
 from service.reloads import follow as follow_reloads
 from service.settings import Settings
-from service.switching import set_switch_interval
 from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,6 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     if settings.gc_freeze:
         freeze_startup_objects()
-    set_switch_interval(settings.switch_interval_ms)
     log.info(
         "inference process %d serving %s on %s", os.getpid(), [h.name for h in registry.all()], socket_path
     )

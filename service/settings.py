@@ -240,8 +240,6 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1)
     # Freeze what start-up built out of the garbage collector's full walks (service/gcpolicy.py).
     gc_freeze: bool = True
-    # The interpreter's switch interval, ms (service/switching.py; None: CPython's 5 ms).
-    switch_interval_ms: float | None = Field(None, gt=0, le=100)
     # "shared": the API processes send windows to one inference process per device that batches across all of
     # them (service/inference_server.py); "in_process": each process runs its own sessions (the default).
     inference: Literal["in_process", "shared"] = "in_process"
