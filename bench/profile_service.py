@@ -1,6 +1,6 @@
 """Where a request's time goes: py-spy samples ``vigil serve`` while wrk drives one request kind at peak.
 
-    .venv/bin/python -m bench.profile_service --model tvnet --mode e [--seconds 15] [--workers 1]
+    .venv/bin/python -m bench.profile_service --model tvnet --mode e [--seconds 15] [--workers 1] [--stride 1]
 
 Prints the functions with the most samples (own time and total time, as py-spy's ``--format raw`` folded
 stacks give them) and writes the folded stacks to ``artifacts/bench/profiles/<model>-<mode>.folded`` (feed
@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench import bundles, harness, peakload, workload
+from bench import bundles, harness, peakload, report, workload
 from models.manifest import Manifest
 
 PROFILE_DIR = harness.BENCH_DIR / "profiles"
@@ -52,17 +52,20 @@ def main() -> None:
         "--threads", type=int, default=None, help="VIGIL_INTRA_OP_THREADS (default: the service's)"
     )
     parser.add_argument("--spinning", action="store_true", help="VIGIL_INTRA_OP_SPINNING=true")
+    parser.add_argument("--stride", type=int, default=None, help="serve the bundle at this stride (default 10)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(harness.ROOT, ".venv", "bin", "py-spy"))
 
     bundle = bundles.family_bundle(args.model)
+    if args.stride is not None:
+        bundle = bundles.derived_bundle(bundle, args.stride)
     manifest = Manifest.load(bundle)
     mode = workload.modes()[args.mode]
     load = workload.Workload(
         mode, workload.sample_rows(), manifest.window_length, manifest.stride, n_streams=200
     )
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-    folded = PROFILE_DIR / f"{args.model}-{args.mode}.folded"
+    folded = PROFILE_DIR / f"{args.model}-{args.mode}-s{manifest.stride}.folded"
     with (
         harness.redis_server() as redis_srv,
         harness.vigil_server(
@@ -110,7 +113,7 @@ def main() -> None:
         if spy.returncode != 0:
             raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
     print(f"# Profile of `vigil serve` ({args.model}, mode {args.mode}: {mode.title})")
-    print(f"- command: `.venv/bin/python -m bench.profile_service --model {args.model} --mode {args.mode}`")
+    print(f"- command: `{report.command_line()}`")
     print(
         f"- load: wrk -c{args.connections} {args.seconds:g}s: {peak.rps:,.1f} req/s, p99 {peak.p99_ms:,.1f} ms"
     )
