@@ -75,6 +75,9 @@ class Flow:
     by_growth: bool = True  # whether a growing backlog floods it, or refusals alone
     backlog: Backlog = field(default_factory=Backlog)
     rate: float = 0.0  # completions per second, exponentially weighted over steps
+    # The same over about SLOW_STEPS steps: what the flow completes when nothing stalls, which a stall of a
+    # step or two (a full garbage collection, a slow batch) moves by a fraction only.
+    slow_rate: float = 0.0
     bound_rate: float = 0.0  # the rate of the last flooded step: the bound's
     bounded: bool = False
     refused_steps: int = 0  # in a row, up to the last step
@@ -88,11 +91,15 @@ class Flow:
     RETRY_SHARE = 4
     RETRY_FLOOR = 8  # completions presumed at a step's start, before any is counted
     RETRIED_STEPS = 8
+    SLOW_STEPS = 8
 
     def step(self, step: Step, guard_retries: bool = True) -> bool:
         """Records ``step``; True while the flow is to be bounded (then at ``target_s`` times :attr:`rate`)."""
         rate = step.completed / step.elapsed_s
         self.rate = rate if self.rate == 0.0 else 0.5 * self.rate + 0.5 * rate
+        self.slow_rate = (
+            rate if self.slow_rate == 0.0 else self.slow_rate + (rate - self.slow_rate) / self.SLOW_STEPS
+        )
         grows = self.backlog.record(step.held, step.completed)
         slow = step.completed > 0 and step.sojourn_s / step.completed > self.target_s
         self.refused_steps = self.refused_steps + 1 if step.refused else 0

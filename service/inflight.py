@@ -30,8 +30,12 @@ class InflightLimitMiddleware:
     within ``TARGET_S``. A flood that saturates the event loop lowers the completion rate and with it the limit.
     After four quiet steps in a row the limit is back at ``max_inflight``.
 
-    ``per_key`` (None: no bound) is the most requests one bearer token may have in progress; beyond it that
-    token is answered 429 ``too_many_requests`` (Retry-After) at once. The same law bounds each token's own
+    ``per_key`` (None: no bound) is the most requests one bearer token may have in progress, or what the token
+    completes in ``TARGET_S`` at its usual rate where that is more (``Flow.slow_rate``, at most ``max_inflight``);
+    beyond it that token is answered 429 ``too_many_requests`` (Retry-After) at once. A fixed count alone refused a
+    light key's requests in every stall longer than the share's worth of its arrivals (64 at 500 requests/s:
+    128 ms; the soak, 1 % of its requests at 70 % of capacity, RELIABILITY.md), a stall its backlog drains from;
+    a slow client's share stays ``per_key``, since its requests complete at no rate. The same law bounds each token's own
     wait: while a token floods (refused in two steps in a row, a burst of one step at 70 % of capacity being left
     alone; or its backlog grows while its requests spend over ``KEY_TARGET_S``), its bound is set each step to
     ``KEY_TARGET_S`` times the rate at which its requests complete (never under ``MIN_LIMIT``, never over
@@ -59,6 +63,7 @@ class InflightLimitMiddleware:
     # with the fixed share, 194-214 ms with this bound; BENCHMARKS.md).
     KEY_TARGET_S = 0.1
     STEP_S = 0.25
+    SHARE_S = 0.25
     IDLE_S = 2 * STEP_S
 
     def __init__(
@@ -77,7 +82,8 @@ class InflightLimitMiddleware:
         self.inflight = 0
         self.held: Counter[bytes] = Counter()  # requests in progress per bearer token
         self.limit = max_inflight
-        self.key_limits: dict[bytes, int] = {}  # the tokens bounded under per_key now
+        self.key_limits: dict[bytes, int] = {}  # the tokens bounded under their share now
+        self.key_shares: dict[bytes, int] = {}  # the tokens whose share is over per_key now
         self._step_started = clock()
         self._flow = Flow(self.TARGET_S, burst_steps=1, by_growth=False)
         self._tally = Tally(self._step_started)
@@ -99,7 +105,9 @@ class InflightLimitMiddleware:
         if self.inflight >= self.limit:
             self._tally.refused += 1
             return 503, Overloaded.code, f"server busy: {self.inflight} requests in progress"
-        bound = self.key_limits.get(token, self.per_key) if token is not None else None
+        bound = None
+        if token is not None and self.per_key is not None:
+            bound = self.key_limits.get(token) or self.key_shares.get(token, self.per_key)
         if token is not None and bound is not None and self.held[token] >= bound:
             tally = self._key_tally(token, now)
             tally.refused += 1
@@ -156,16 +164,22 @@ class InflightLimitMiddleware:
 
     def _adapt_keys(self, now: float, elapsed: float, per_key: int) -> None:
         """Each token's step is recorded in its flow; the flooded ones get the bound their own completion rate
-        allows, the others are back at ``per_key``. A token that holds nothing and is neither refused nor
-        bounded is forgotten: a later flow of its starts afresh."""
-        self.key_limits = {}
+        allows, the others are back at their share. A token that holds nothing, completed nothing in the step
+        and is neither refused nor bounded is forgotten: a later flow of its starts afresh."""
+        self.key_limits, self.key_shares = {}, {}
         for token, tally in list(self._key_tallies.items()):
             flow = self._key_flows.get(token) or Flow(self.KEY_TARGET_S, burst_steps=2)
-            if flow.step(tally.close(self.held.get(token, 0), now, elapsed)):
+            step = tally.close(self.held.get(token, 0), now, elapsed)
+            if flow.step(step):
                 self.key_limits[token] = flow.bound(per_key)
+            share = min(self.max_inflight, int(self.SHARE_S * flow.slow_rate))
+            if share > per_key:
+                self.key_shares[token] = share
             if flow.engaged is not None:
                 self.metrics.inflight_bounds.labels("key", flow.engaged).inc()
-            if token in self.held or not flow.idle:
+            # Kept while the token completed anything in the step: a steady key caught between requests at the
+            # step's end keeps its rates (a flow made afresh in a stall's step took the stall's rate as its own).
+            if token in self.held or step.completed or not flow.idle:
                 self._key_flows[token] = flow
             else:
                 self._key_flows.pop(token, None)
