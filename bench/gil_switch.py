@@ -65,7 +65,11 @@ def probe(interval_ms: float, busy: bool, windows: int, seconds: float) -> dict[
     finally:
         stop.set()
     ms = np.asarray(times) * 1000.0
-    return {"batches": float(len(ms)), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+    return {
+        "batches": float(len(ms)),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+    }
 
 
 def run_probe(interval_ms: float, busy: bool, args: argparse.Namespace) -> dict[str, float]:
@@ -76,7 +80,9 @@ def run_probe(interval_ms: float, busy: bool, args: argparse.Namespace) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--intervals", default="5,2,1,0.5,0.2", help="switch intervals to try, ms")
     parser.add_argument("--windows", type=int, default=20, help="windows per batch")
     parser.add_argument("--seconds", type=float, default=5.0, help="per interval and repeat")

@@ -52,7 +52,9 @@ def main() -> None:
         "--threads", type=int, default=None, help="VIGIL_INTRA_OP_THREADS (default: the service's)"
     )
     parser.add_argument("--spinning", action="store_true", help="VIGIL_INTRA_OP_SPINNING=true")
-    parser.add_argument("--stride", type=int, default=None, help="serve the bundle at this stride (default 10)")
+    parser.add_argument(
+        "--stride", type=int, default=None, help="serve the bundle at this stride (default 10)"
+    )
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(harness.ROOT, ".venv", "bin", "py-spy"))
 
