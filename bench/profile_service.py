@@ -1,6 +1,11 @@
 """Where a request's time goes: py-spy samples ``vigil serve`` while wrk drives one request kind at peak.
 
     .venv/bin/python -m bench.profile_service --model tvnet --mode e [--seconds 15] [--workers 1] [--stride 1]
+    .venv/bin/python -m bench.profile_service --folded STACKS [--functions]   # summarise stacks recorded before
+
+``--folded`` reads folded stacks already recorded (by this script, or by ``py-spy record --format raw`` around any
+command, e.g. ``bench.route_cost`` with ``--gil``) instead of recording; ``--functions`` counts a function once
+whatever line of it a sample was on (py-spy names frames by line).
 
 Prints the functions with the most samples (own time and total time, as py-spy's ``--format raw`` folded
 stacks give them) and writes the folded stacks to ``artifacts/bench/profiles/<model>-<mode>.folded`` (feed
@@ -21,8 +26,9 @@ from models.manifest import Manifest
 PROFILE_DIR = harness.BENCH_DIR / "profiles"
 
 
-def summarise(folded: Path, top: int) -> tuple[list[tuple[str, int, int]], int]:
-    """(frame, own samples, total samples) for the ``top`` frames by total, and the sample count."""
+def summarise(folded: Path, top: int, functions: bool = False) -> tuple[list[tuple[str, int, int]], int]:
+    """(frame, own samples, total samples) for the ``top`` frames by total, and the sample count; with
+    ``functions``, frames are functions (``name (file)``), their line numbers dropped."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
@@ -30,6 +36,8 @@ def summarise(folded: Path, top: int) -> tuple[list[tuple[str, int, int]], int]:
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
         frames = stack.split(";")
+        if functions:
+            frames = [frame.rpartition(":")[0] + ")" if frame.endswith(")") else frame for frame in frames]
         samples += count
         own[frames[-1]] += count
         for frame in set(frames):
@@ -55,7 +63,14 @@ def main() -> None:
     parser.add_argument(
         "--stride", type=int, default=None, help="serve the bundle at this stride (default 10)"
     )
+    parser.add_argument(
+        "--folded", type=Path, default=None, help="summarise these folded stacks, record none"
+    )
+    parser.add_argument("--functions", action="store_true", help="count by function, not by line")
     args = parser.parse_args()
+    if args.folded is not None:
+        print_summary(args.folded, args.top, args.functions)
+        return
     py_spy = shutil.which("py-spy") or str(Path(harness.ROOT, ".venv", "bin", "py-spy"))
 
     bundle = bundles.family_bundle(args.model)
@@ -119,8 +134,12 @@ def main() -> None:
     print(
         f"- load: wrk -c{args.connections} {args.seconds:g}s: {peak.rps:,.1f} req/s, p99 {peak.p99_ms:,.1f} ms"
     )
-    rows, samples = summarise(folded, args.top)
-    print(f"- {samples} samples at 200 Hz; folded stacks: {folded}\n")
+    print_summary(folded, args.top, args.functions)
+
+
+def print_summary(folded: Path, top: int, functions: bool) -> None:
+    rows, samples = summarise(folded, top, functions)
+    print(f"- {samples} samples; folded stacks: {folded}\n")
     print("| frame | own % | total % |\n| --- | --- | --- |")
     for frame, own, total in rows:
         print(f"| `{frame}` | {100 * own / samples:.1f} | {100 * total / samples:.1f} |")

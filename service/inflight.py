@@ -68,7 +68,6 @@ class InflightLimitMiddleware:
     # with the fixed share, 194-214 ms with this bound; BENCHMARKS.md).
     KEY_TARGET_S = 0.1
     STEP_S = 0.25
-    SHARE_S = 0.25
     IDLE_S = 2 * STEP_S
 
     def __init__(
@@ -102,6 +101,13 @@ class InflightLimitMiddleware:
             tally = self._key_tallies[token] = Tally(now)
         return tally
 
+    def _key_bound(self, token: bytes | None) -> int | None:
+        """The most requests ``token`` may hold now: its flood's bound, else its share; None: no bound."""
+        if token is None or self.per_key is None:
+            return None
+        bound = self.key_limits.get(token)
+        return self.key_shares.get(token, self.per_key) if bound is None else bound
+
     def admit(self, token: bytes | None, now: float) -> tuple[int, str, str] | None:
         """Takes a slot for a request of ``token`` arriving at ``now``, or gives the refusal: (status, code,
         message)."""
@@ -110,9 +116,7 @@ class InflightLimitMiddleware:
         if self.inflight >= self.limit:
             self._tally.refused += 1
             return 503, Overloaded.code, f"server busy: {self.inflight} requests in progress"
-        bound = None
-        if token is not None and self.per_key is not None:
-            bound = self.key_limits.get(token) or self.key_shares.get(token, self.per_key)
+        bound = self._key_bound(token)
         if token is not None and bound is not None and self.held[token] >= bound:
             tally = self._key_tally(token, now)
             tally.refused += 1
@@ -177,7 +181,7 @@ class InflightLimitMiddleware:
             step = tally.close(self.held.get(token, 0), now, elapsed)
             if flow.step(step):
                 self.key_limits[token] = flow.bound(per_key)
-            share = min(self.max_inflight // 2, int(self.SHARE_S * flow.slow_rate))
+            share = min(self.max_inflight // 2, int(self.TARGET_S * flow.slow_rate))
             if share > per_key and not flow.refused_steps and not flow.retried:
                 self.key_shares[token] = share
             if flow.engaged is not None:

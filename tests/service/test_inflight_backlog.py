@@ -7,111 +7,13 @@ requests it admits wait about ``KEY_TARGET_S``, not the whole share's worth), wh
 
 from __future__ import annotations
 
-import heapq
 import re
-from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 
+from bench.inflight_sim import CAPACITY, KEY, Simulation, open_loop, stalled_light_key
 from service.backlog import MIN_LIMIT, Backlog, Flow, Step
-from service.inflight import InflightLimitMiddleware, Tally
-from service.metrics import Metrics
-
-KEY = b"key"
-CAPACITY = 70.0  # requests a second: a 100-item /score/batch request on two cores
-
-
-@dataclass
-class Outcome:
-    """Per request: its arrival, and its time in the server (None: refused or not done)."""
-
-    arrivals: list[float] = field(default_factory=list)
-    sojourns: list[float | None] = field(default_factory=list)
-    refused: int = 0
-
-    def admitted_p99_after(self, start_s: float) -> float:
-        kept = [
-            s for t, s in zip(self.arrivals, self.sojourns, strict=True) if t >= start_s and s is not None
-        ]
-        return float(np.percentile(kept, 99))
-
-    @property
-    def served(self) -> int:
-        return sum(s is not None for s in self.sojourns)
-
-
-class Simulation:
-    """Events on a virtual clock: arrivals, and completions ``1 / CAPACITY`` apart once the server is busy."""
-
-    def __init__(self, per_key: int = 64, capacity: float = CAPACITY) -> None:
-        self.now = 0.0
-        self.capacity = capacity
-        self.limiter = InflightLimitMiddleware(
-            None,  # type: ignore[arg-type]  # admit and release only: no ASGI call
-            max_inflight=256,
-            metrics=Metrics(),
-            per_key=per_key,
-            clock=lambda: self.now,
-        )
-        self.free_at = 0.0
-        self.events: list[tuple[float, int, str, int]] = []  # (time, order, kind, request)
-        self.outcome = Outcome()
-        self._order = 0
-
-    def arrive(self, at_s: float) -> None:
-        self._push(at_s, "arrive", -1)
-
-    def poisson(self, rate_per_s: float, until_s: float, seed: int) -> None:
-        """Arrivals at ``rate_per_s`` on average, independent of one another (an open loop), until ``until_s``."""
-        gaps = np.random.default_rng(seed).exponential(
-            1 / rate_per_s, size=int(rate_per_s * until_s * 2) + 10
-        )
-        for at in np.cumsum(gaps):
-            if at < until_s:
-                self.arrive(float(at))
-
-    def stall(self, at_s: float, duration_s: float) -> None:
-        """The server does nothing for ``duration_s`` once the requests admitted before ``at_s`` are done (a full
-        garbage collection, a slow batch, the cores taken by something else)."""
-        self._push(at_s, "stall", int(duration_s * 1e6))
-
-    def _push(self, at_s: float, kind: str, request: int) -> None:
-        self._order += 1
-        heapq.heappush(self.events, (at_s, self._order, kind, request))
-
-    def run(self, until_s: float, closed_loop: bool = False) -> Outcome:
-        while self.events and self.events[0][0] < until_s:
-            self.now, _, kind, request = heapq.heappop(self.events)
-            if kind == "stall":
-                self.free_at = max(self.now, self.free_at) + request / 1e6
-                continue
-            if kind == "arrive":
-                request = len(self.outcome.arrivals)
-                self.outcome.arrivals.append(self.now)
-                self.outcome.sojourns.append(None)
-                if self.limiter.admit(KEY, self.now) is None:
-                    self.free_at = max(self.now, self.free_at) + 1 / self.capacity
-                    self._push(self.free_at, "complete", request)
-                    continue
-                self.outcome.refused += 1
-                if closed_loop:
-                    self.arrive(self.now + 0.001)  # the client sends again at once, as wrk does
-            else:
-                sojourn = self.now - self.outcome.arrivals[request]
-                self.outcome.sojourns[request] = sojourn
-                self.limiter.release(KEY, self.now, sojourn)
-                if closed_loop:
-                    self.arrive(self.now + 0.002)  # the answer's way back and the next request's way in
-        return self.outcome
-
-
-def open_loop(
-    rate_per_s: float, duration_s: float, seed: int = 7, simulation: Simulation | None = None
-) -> Outcome:
-    simulation = simulation or Simulation()
-    simulation.poisson(rate_per_s, duration_s, seed)
-    return simulation.run(duration_s + 5)
+from service.inflight import Tally
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -166,12 +68,8 @@ def test_a_light_key_at_70_percent_rides_out_stalls_its_backlog_drains_from(seed
     every 5 s: each stall queues ~100 requests, over the fixed share of 64, which refused 372-409 of ~29,500
     (and with the bound that refusals then engaged, the drain's arrivals too). The key's share is what it
     completes in TARGET_S at its usual rate (~122): nearly nothing is refused, and no request waits much over
-    the stall."""
-    simulation = Simulation(capacity=700.0)
-    simulation.poisson(0.7 * 700.0, 60.0, seed)
-    for at in np.arange(5.0, 60.0, 5.0):
-        simulation.stall(float(at), 0.2)
-    outcome = simulation.run(65.0)
+    the stall (``.venv/bin/python -m bench.inflight_sim`` prints these counts for other stall lengths)."""
+    outcome = stalled_light_key(700.0, 0.2, seed)
     assert outcome.refused <= 0.001 * len(outcome.arrivals)
     assert outcome.admitted_p99_after(0.0) <= 0.3
 
