@@ -203,18 +203,20 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     },
 }
 ROWS = [*FAMILIES, *VARIANTS, *FLEETS, *CALIBRATIONS]
-# Scoring rows measured on request only (EVALUATION.md gives their command), so that the plain run stays within
-# the hour: the absolute-error and level-change ablations of 2026-12-06.
+# Rows measured on request only (EVALUATION.md gives their command), so that one full run fits a working
+# session on 2 cores (2.8 hours with every row, 2026-12-06): the scoring ablations that chose the default
+# scoring (each option alone on TVNet and ConvTimeNet, 2026-12-04 to 12-06), the calibration controls of
+# 2026-12-05 and the fleet's older scorings. Their tables in EVALUATION.md's history are from their own runs.
+ABLATIONS = ("smooth", "level", "blevel", "smooth2", "q99_smooth", "median_smooth", "top5_smooth", "max_smooth")
 ON_REQUEST = [
     *(
         f"{family}+{name}"
         for family in ("tvnet", "convtimenet")
-        for name in ("abs_smooth", "abs_smooth_blevel", "smooth_clevel", "smooth2f5_blevel")
+        for name in (*ABLATIONS, "abs_smooth", "abs_smooth_blevel", "smooth_clevel", "smooth2f5_blevel")
     ),
-    # measured on request since 2026-12-06 (seventh session), until a full run has them for every family
-    *(f"{family}+smooth2_blevel_disturbed1" for family in SCORED_FAMILIES),
-    # measured on request since 2026-12-07 (ninth session), likewise
-    *(f"{family}+smooth2_blevel_adaptive" for family in SCORED_FAMILIES),
+    *(f"{family}+smooth_blevel{suffix}" for family in SCORED_FAMILIES for suffix in CALIBRATION_CONTROLS),
+    *(f"{family}{suffix}" for family in ("tvnet", "convtimenet") for suffix in CALIBRATION_CONTROLS),
+    *(f"{fleet}+{name}" for fleet in FLEETS for name in ("smooth_level", "smooth_blevel")),
 ]
 # What one plain run evaluates: every family, the fleet and every calibration/scoring row of them (the training
 # variants and their scoring rows are measured on request: --families tvnet_levelae,tvnet_levelae+smooth).
