@@ -222,6 +222,9 @@ def write_tables(out: Path, families: list[str], command: str, path: Path) -> No
         "",
         *alert_table(results, families, "fixed"),
         "",
+        "Rows `*_adaptive` are calibrated for per-stream thresholds and their bundles serve them: what they "
+        "page is in the next table; here, their anchors served as fixed thresholds (which no bundle does).",
+        "",
         "### The same with thresholds that follow each stream (adaptive, from the test period's own start)",
         "",
         *alert_table(results, families, "adaptive"),

@@ -207,7 +207,16 @@ ROWS = [*FAMILIES, *VARIANTS, *FLEETS, *CALIBRATIONS]
 # session on 2 cores (2.8 hours with every row, 2026-12-06): the scoring ablations that chose the default
 # scoring (each option alone on TVNet and ConvTimeNet, 2026-12-04 to 12-06), the calibration controls of
 # 2026-12-05 and the fleet's older scorings. Their tables in EVALUATION.md's history are from their own runs.
-ABLATIONS = ("smooth", "level", "blevel", "smooth2", "q99_smooth", "median_smooth", "top5_smooth", "max_smooth")
+ABLATIONS = (
+    "smooth",
+    "level",
+    "blevel",
+    "smooth2",
+    "q99_smooth",
+    "median_smooth",
+    "top5_smooth",
+    "max_smooth",
+)
 ON_REQUEST = [
     *(
         f"{family}+{name}"
