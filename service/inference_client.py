@@ -10,7 +10,6 @@ when the inference process dies every request it held fails with ``inference_fai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from models.scoring import F32, WindowScores
 from service.errors import InferenceFailed, Overloaded, UnknownModel, VigilError
 from service.inference_wire import InferenceRequest, decode_answer, encode_request, read_frame
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ class InferenceConnection:
 
     async def close(self) -> None:
         if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
+            await stop_task(self._reader_task, 2.0, "inference client reader")
         self._drop(InferenceFailed("the service is stopping"))
 
 

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import Histogram
 
+from service.tasks import stop_task
+
 INTERVAL_S = 0.05
 
 
@@ -30,6 +32,4 @@ async def watching(histogram: Histogram, interval_s: float = INTERVAL_S) -> Asyn
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task, 1.0, "loop lag watch")

@@ -50,11 +50,12 @@ from service.lease import Lease
 from service.metrics import Metrics
 from service.peak import Describe
 from service.settings import AlertmanagerSettings
-from service.tasks import stop_task
+from service.tasks import stop_task, stop_tasks
 
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "vigil:notify:lease"
+STEP_DOWN_S = 10.0  # a follower is cancelled again every 50 ms meanwhile (service.tasks)
 GROUP_PREFIX = "vigil-notify:"
 GONE_RESOLUTION = "the stream was deleted, or its state expired, while this alert fired"
 
@@ -146,11 +147,8 @@ class AlertDelivery:
             await asyncio.sleep(self._settings.lease_s / 3)
 
     async def _step_down(self) -> None:
-        for task in self._followers:
-            task.cancel()
-        for task in self._followers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Every follower ends before another replica may lead: one left running would deliver twice.
+        await stop_tasks(self._followers, STEP_DOWN_S, "alert delivery followers")
         self._followers = []
         self._metrics.delivery_leader.set(0)
         for url in self._settings.urls:

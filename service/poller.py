@@ -55,6 +55,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.scorer import StreamScorer
 from service.settings import SourceClock, SourceSettings
+from service.tasks import stop_tasks
 from service.windows import WindowStore
 
 log = logging.getLogger(__name__)
@@ -189,12 +190,7 @@ class SourcePoller:
         not hold the shutdown)."""
         self._stopping.set()
         tasks = [*self._tasks.values(), *([self._supervisor] if self._supervisor is not None else [])]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-            if pending:
-                log.warning("%d source poller(s) did not stop within %g s", len(pending), timeout_s)
+        await stop_tasks(tasks, timeout_s, "source pollers")
         self._tasks.clear()
 
     def status(self) -> dict[str, dict[str, Any]]:
