@@ -7,7 +7,8 @@ validation part only, each measured on the untouched test part through the refer
 
 Rules: ``cross-fit`` (the default: the validation part and each training block scored by the fold model that never
 saw it), ``cross-fit-disturbed1`` (the same with the period that has the most alerts beyond its share left out of
-the budget: ``--disturbed-periods 1``), ``validation`` (the validation part alone: the calibration before
+the budget: ``--disturbed-periods 1``), ``cross-fit-auto`` (0 or 1 such periods, as the held-out periods choose,
+each set aside in turn: ``--disturbed-periods auto``), ``validation`` (the validation part alone: the calibration before
 cross-fitting became the default) and
 ``train+validation`` (the training part scored by the shipped model itself, which trained on it: in-sample
 scores, so a diagnostic of how much more normal time helps, never a calibration to ship; the default
@@ -108,6 +109,12 @@ def cross_fitted_disturbed(s: Scores, m: Manifest) -> tuple[float, float, AlertP
     return calibrated_on(s, m, tuple(periods(s)), disturbed_periods=1)
 
 
+def cross_fitted_auto(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
+    """The same, with 0 or 1 periods left out as the held-out periods choose, each set aside in turn
+    (``--disturbed-periods auto``, training/disturbed.py)."""
+    return calibrated_on(s, m, tuple(periods(s)), disturbed_periods="auto")
+
+
 def periods(s: Scores) -> list[str]:
     """The held-out periods of the cross-fitted calibration: the validation part, then each block."""
     return ["validation", *sorted(k for k in s if k.startswith("fold"))]
@@ -123,6 +130,7 @@ RULES: dict[str, Rule] = {
     "validation": calibrated_on,
     "cross-fit": cross_fitted,
     "cross-fit-disturbed1": cross_fitted_disturbed,
+    "cross-fit-auto": cross_fitted_auto,
     "train+validation": lambda s, m: calibrated_on(s, m, ("train", "validation")),
 }
 

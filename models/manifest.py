@@ -217,6 +217,10 @@ class AlertCalibration(_Frozen):
     # budget, and the rate over the periods it counted (``achieved_per_day`` counts every period).
     disturbed_periods: int = 0
     counted_per_day: float | None = None
+    # With ``disturbed_periods="auto"``: by setting ("0", "1"), the alerts a day that thresholds calibrated on the
+    # other periods fired on each held-out period set aside in turn (training/disturbed.py); the largest setting
+    # within the target was chosen.
+    disturbed_choice: dict[str, float] | None = None
 
     @model_serializer(mode="wrap")
     def _without_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -226,6 +230,8 @@ class AlertCalibration(_Frozen):
         if not self.disturbed_periods:
             data.pop("disturbed_periods", None)
             data.pop("counted_per_day", None)
+        if self.disturbed_choice is None:
+            data.pop("disturbed_choice", None)
         return data
 
 

@@ -22,6 +22,7 @@ from libspot import Spot
 from models.lifecycle import LevelThresholds, StreamAlertState, advance, replay_series
 from models.manifest import AlertCalibration, AlertPolicy, ScoreBaseline, ThresholdLevel, Thresholds
 from training.config import CalibrationConfig
+from training.disturbed import choose_disturbed
 
 
 class CalibrationError(ValueError):
@@ -226,6 +227,7 @@ def calibrate_alerts(
     ``config.disturbed_periods`` series that ``AlertBudget`` leaves out. Never sees test data.
     """
     assert config.false_alerts_per_day is not None
+    assert config.disturbed_periods != "auto", "calibrate_held_out resolves 'auto' first"
     parts = validation_scores if isinstance(validation_scores, list) else [validation_scores]
     arrays = [np.asarray(p, dtype=np.float64) for p in parts]
     series = [a for a in arrays if np.isfinite(a).any()]  # a part too short for a window scores nothing
@@ -349,4 +351,38 @@ def calibrate_held_out(
     thresholds = calibrate(pooled, config)
     if config.false_alerts_per_day is None:
         return thresholds, None
+    if config.disturbed_periods == "auto":
+        return _calibrate_auto(series, thresholds, config)
     return calibrate_alerts(series, thresholds, config)
+
+
+def count_alerts(scores: npt.NDArray[np.floating], thresholds: Thresholds, policy: AlertPolicy) -> int:
+    """Alerts that ``scores``, replayed as a new stream, fire at ``thresholds`` through ``policy``."""
+    levels = LevelThresholds(thresholds.warning, thresholds.critical, policy, thresholds.baseline)
+    return len(replay_series(np.asarray(scores, dtype=np.float64), levels))
+
+
+def _calibrate_auto(
+    series: list[npt.NDArray[np.floating]], point: Thresholds, config: CalibrationConfig
+) -> tuple[Thresholds, AlertPolicy]:
+    """``disturbed_periods="auto"``: the setting the held-out periods choose (training/disturbed.py), then the
+    calibration on every period with it; the manifest records the rates behind the choice."""
+    assert config.false_alerts_per_day is not None
+
+    def calibrate_on(
+        rest: list[npt.NDArray[np.floating]], disturbed: int
+    ) -> tuple[Thresholds, AlertPolicy | None]:
+        return calibrate_held_out(rest, config.model_copy(update={"disturbed_periods": disturbed}))
+
+    usable = [s for s in series if np.isfinite(np.asarray(s, dtype=np.float64)).any()]
+    choice = choose_disturbed(
+        usable, config.false_alerts_per_day, config.sampling_interval_s, calibrate_on, count_alerts
+    )
+    thresholds, policy = calibrate_alerts(
+        series, point, config.model_copy(update={"disturbed_periods": choice.chosen})
+    )
+    assert thresholds.alert_calibration is not None
+    calibration = thresholds.alert_calibration.model_copy(
+        update={"disturbed_choice": {str(d): rate for d, rate in choice.out_of_period_per_day.items()}}
+    )
+    return thresholds.model_copy(update={"alert_calibration": calibration}), policy

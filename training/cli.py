@@ -215,11 +215,12 @@ def _calibration_arguments(parser: argparse.ArgumentParser, keeps_bundle: bool) 
     )
     parser.add_argument(
         "--disturbed-periods",
-        type=int,
+        type=periods_or_auto,
         default=default(0),
         help="held-out periods (the validation part and each cross-fitted block) that may hold an unlabelled "
         "incident or a drift: the false-alert budget leaves out this many periods with the most alerts beyond "
-        "their share of it (periods of one length: the most alerts a day; default 0: every period counts; at most --cross-fit-folds)",
+        "their share of it (periods of one length: the most alerts a day; default 0: every period counts; at most "
+        "--cross-fit-folds; auto: 0 or 1, whichever pages within the target on each period set aside in turn)",
     )
     parser.add_argument(
         "--thresholds",
@@ -236,6 +237,18 @@ def _calibration_arguments(parser: argparse.ArgumentParser, keeps_bundle: bool) 
         help="the shortest incident, in points, the chosen lifecycle must be able to page: only lifecycles "
         "needing at most this many points over warning (k) are tried (default 3; calibrate: the bundle's own)",
     )
+
+
+def periods_or_auto(text: str) -> int | str:
+    """``--disturbed-periods``: a count, or "auto" (training/disturbed.py)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of periods or 'auto', got {text!r}"
+        ) from None
 
 
 def _ensemble_size(text: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,8 +53,9 @@ class CalibrationConfig(BaseModel):
     # may be disturbed: the alert budget leaves out this many periods with the most alerts beyond their share
     # of it (training.calibrate.AlertBudget) and counts the rest. Normal data is rarely clean: a period holding an unlabelled incident, a deploy or a drift
     # counts its alerts as false ones and lifts the thresholds for every later incident. 0 counts every
-    # period (the default); it must leave at least one period counted.
-    disturbed_periods: int = Field(0, ge=0, le=10)
+    # period (the default); it must leave at least one period counted. "auto": the bundle's own held-out periods
+    # choose between 0 and 1, each set aside in turn (training/disturbed.py); the manifest records the choice.
+    disturbed_periods: Annotated[int, Field(ge=0, le=10)] | Literal["auto"] = 0
     # How per-stream thresholds adapt, when a deployment switches them on (recorded in the bundle's policy).
     adaptive: AdaptivePolicy = AdaptivePolicy()
     # The thresholds the alert calibration replays, and the bundle's policy then serves: "fixed" (the calibrated
@@ -69,7 +70,7 @@ class CalibrationConfig(BaseModel):
             raise ValueError(
                 "cross_fit_folds must be 0 (validation only) or at least 2: one fold would train on nothing"
             )
-        if self.disturbed_periods > self.cross_fit_folds:
+        if self.disturbed_periods != "auto" and self.disturbed_periods > self.cross_fit_folds:
             raise ValueError(
                 f"disturbed_periods {self.disturbed_periods} would leave no held-out period counted: "
                 f"{self.cross_fit_folds} cross-fitting folds hold out {self.cross_fit_folds + 1} periods"

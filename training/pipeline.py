@@ -211,7 +211,7 @@ def cross_fitting_that_fits(config: TrainConfig, train_z: list[F32]) -> TrainCon
     except CrossFitError as error:
         if "cross_fit_folds" in calibration.model_fields_set:
             raise
-        if calibration.disturbed_periods:
+        if calibration.disturbed_periods and calibration.disturbed_periods != "auto":  # auto falls back to 0
             raise CrossFitError(
                 f"{error}; disturbed_periods={calibration.disturbed_periods} needs the cross-fitted blocks"
             ) from error

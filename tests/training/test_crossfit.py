@@ -223,3 +223,24 @@ def test_vigil_calibrate_leaves_out_disturbed_periods_only_where_there_are_perio
     args = ["--cross-fit-folds", "0", "--disturbed-periods", "1"]
     assert main(["calibrate", "--bundle", bundle, "--version", "alone", *args]) == 2
     assert "would leave no held-out period counted" in capsys.readouterr().err
+
+
+def test_vigil_calibrate_with_disturbed_periods_auto_records_the_choice_and_keeps_auto(
+    cross_fitted: Path, tmp_path: Path
+) -> None:
+    """``--disturbed-periods auto`` on the bundle's 3 held-out periods: the manifest records both settings'
+    rates on the periods set aside and the one chosen, and a recalibration keeps asking for auto."""
+    models = tmp_path / "models"
+    shutil.copytree(cross_fitted, models / "tvnet" / "v")
+    bundle = str(models / "tvnet" / "v")
+    assert main(["calibrate", "--bundle", bundle, "--version", "auto", "--disturbed-periods", "auto"]) == 0
+    manifest = Manifest.load(models / "tvnet" / "auto")
+    record = manifest.thresholds.alert_calibration
+    assert record is not None and record.disturbed_choice is not None
+    assert set(record.disturbed_choice) == {"0", "1"}
+    within = [int(s) for s, rate in record.disturbed_choice.items() if rate <= record.target_per_day]
+    assert record.disturbed_periods == max(within, default=0)
+    assert manifest.training.config["calibration"]["disturbed_periods"] == "auto"
+    assert main(["calibrate", "--bundle", str(models / "tvnet" / "auto"), "--version", "again"]) == 0
+    again = Manifest.load(models / "tvnet" / "again").thresholds.alert_calibration
+    assert again is not None and again.disturbed_choice == record.disturbed_choice
