@@ -190,6 +190,16 @@ CALIBRATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         f"{family}+smooth2_blevel_disturbed1": (family, {"disturbed_periods": 1}, SCORINGS["smooth2_blevel"])
         for family in SCORED_FAMILIES
     },
+    # The same with 0 or 1 such periods as each bundle's held-out periods choose, each set aside in turn
+    # (`disturbed_periods` "auto", training/disturbed.py).
+    **{
+        f"{family}+smooth2_blevel_disturbed_auto": (
+            family,
+            {"disturbed_periods": "auto"},
+            SCORINGS["smooth2_blevel"],
+        )
+        for family in SCORED_FAMILIES
+    },
     # The default with the false-alert budget met by per-stream thresholds (`thresholds` "adaptive"): each held-out
     # period replayed as a new stream that follows its own scores; the bundle then serves them.
     **{
@@ -226,6 +236,8 @@ ON_REQUEST = [
     *(f"{family}+smooth_blevel{suffix}" for family in SCORED_FAMILIES for suffix in CALIBRATION_CONTROLS),
     *(f"{family}{suffix}" for family in ("tvnet", "convtimenet") for suffix in CALIBRATION_CONTROLS),
     *(f"{fleet}+{name}" for fleet in FLEETS for name in ("smooth_level", "smooth_blevel")),
+    # `--disturbed-periods auto` chose 0, the default, on 13 of TVNet's 14 machines (EVALUATION.md, 2026-12-07).
+    *(f"{family}+smooth2_blevel_disturbed_auto" for family in SCORED_FAMILIES),
 ]
 # What one plain run evaluates: every family, the fleet and every calibration/scoring row of them (the training
 # variants and their scoring rows are measured on request: --families tvnet_levelae,tvnet_levelae+smooth).
