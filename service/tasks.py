@@ -24,8 +24,8 @@ RECANCEL_S = 0.05
 
 async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], timeout_s: float, name: str) -> bool:
     """Cancel ``tasks``, again every ``RECANCEL_S`` while any runs, for at most ``timeout_s``; True when every
-    one ended. A task that ended with an error is logged. The caller is not cancelled by a task's cancel: a
-    cancel of the caller itself still propagates (``asyncio.wait`` never swallows it)."""
+    one ended. A task that ended with an error is logged. A cancel of the caller itself propagates as usual
+    (``asyncio.wait`` does not swallow it)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     tasks = list(tasks)
