@@ -55,7 +55,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.scorer import StreamScorer
 from service.settings import SourceClock, SourceSettings
-from service.tasks import stop_tasks
+from service.tasks import stop_task, stop_tasks
 from service.windows import WindowStore
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ class SourcePoller:
                 self._status[name] = SourceStatus(redact(url))
                 self._tasks[name] = asyncio.create_task(self._run(name, url), name=f"source-poller:{name}")
             for name in [n for n in self._tasks if n not in wanted]:
-                self._tasks.pop(name).cancel()
+                # a model no longer loaded: its poller ends (one cancel can be lost: service/tasks.py)
+                await stop_task(self._tasks.pop(name), 5.0, f"source poller {name}")
                 self._status.pop(name, None)
             await self._pause(SUPERVISE_S)
 
