@@ -358,8 +358,11 @@ def calibrate_held_out(
 
 def count_alerts(scores: npt.NDArray[np.floating], thresholds: Thresholds, policy: AlertPolicy) -> int:
     """Alerts that ``scores``, replayed as a new stream, fire at ``thresholds`` through ``policy``."""
-    levels = LevelThresholds(thresholds.warning, thresholds.critical, policy, thresholds.baseline)
-    return len(replay_series(np.asarray(scores, dtype=np.float64), levels))
+    series = [np.asarray(scores, dtype=np.float64)]
+    counts, _ = _alerts_by_series(
+        series, thresholds.warning, thresholds.critical, policy, thresholds.baseline
+    )
+    return counts[0]
 
 
 def _calibrate_auto(

@@ -46,7 +46,7 @@ def choose_disturbed(
     one of the remaining periods counted."""
     if len(series) < 2:
         return DisturbedChoice(0, {})
-    days = [int(np.isfinite(s).sum()) * sampling_interval_s / 86_400.0 for s in series]
+    days = sum(int(np.isfinite(s).sum()) for s in series) * sampling_interval_s / 86_400.0
     rates: dict[int, float] = {}
     for disturbed in candidates:
         if disturbed > len(series) - 2:
@@ -57,6 +57,6 @@ def choose_disturbed(
             thresholds, policy = calibrate_on(rest, disturbed)
             assert policy is not None  # the choice is made only with a false-alert target
             alerts += count_alerts(series[aside], thresholds, policy)
-        rates[disturbed] = alerts / sum(days) if sum(days) else 0.0
+        rates[disturbed] = alerts / days if days else 0.0
     within = [d for d, rate in rates.items() if rate <= target_per_day]
     return DisturbedChoice(max(within, default=0), rates)

@@ -8,7 +8,7 @@ import pytest
 from models.manifest import AlertPolicy, Thresholds
 from training.calibrate import calibrate_held_out, count_alerts
 from training.config import CalibrationConfig
-from training.disturbed import choose_disturbed
+from training.disturbed import Count, choose_disturbed
 
 
 def _period(seed: int, days: int = 2) -> np.ndarray:
@@ -28,14 +28,15 @@ def _thresholds(warning: float) -> Thresholds:
 def test_the_largest_setting_within_the_target_is_chosen_and_none_within_keeps_every_period() -> None:
     """The rule alone: pure functions stand for the calibration (setting d gives a warning of 10 - d) and the
     count (the set-aside period's alerts at that warning, as given)."""
-    series = [np.zeros(1440) for _ in range(5)]  # one day each
+    series: list[np.ndarray] = [np.zeros(1440) for _ in range(5)]  # one day each
     policy = AlertPolicy(k=1, n=1, m=1)
+    rest_sizes: list[int] = []
 
     def calibrate_on(rest: list[np.ndarray], disturbed: int) -> tuple[Thresholds, AlertPolicy | None]:
-        assert len(rest) == 4  # every period but the one set aside
+        rest_sizes.append(len(rest))
         return _thresholds(10.0 - disturbed), policy
 
-    def counting(per_setting: dict[float, int]):  # type: ignore[no-untyped-def]
+    def counting(per_setting: dict[float, int]) -> Count:
         def count(_: np.ndarray, thresholds: Thresholds, __: AlertPolicy) -> int:
             return per_setting[round(thresholds.warning)]
 
@@ -43,15 +44,12 @@ def test_the_largest_setting_within_the_target_is_chosen_and_none_within_keeps_e
 
     low = choose_disturbed(series, 1.0, 60.0, calibrate_on, counting({10: 0, 9: 1}))
     assert low.chosen == 1 and low.out_of_period_per_day == {0: 0.0, 1: 1.0}  # 5 alerts in 5 days: within
+    assert rest_sizes == [4] * 10  # every period but the one set aside, for each of the two settings
     high = choose_disturbed(series, 1.0, 60.0, calibrate_on, counting({10: 1, 9: 2}))
     assert high.chosen == 0 and high.out_of_period_per_day == {0: 1.0, 1: 2.0}
     none = choose_disturbed(series, 1.0, 60.0, calibrate_on, counting({10: 3, 9: 4}))
     assert none.chosen == 0  # none within: every period counts, the highest thresholds
-
-    def calibrate_on_one(rest: list[np.ndarray], disturbed: int) -> tuple[Thresholds, AlertPolicy | None]:
-        return _thresholds(10.0 - disturbed), policy
-
-    two = choose_disturbed(series[:2], 1.0, 60.0, calibrate_on_one, counting({10: 0, 9: 0}))
+    two = choose_disturbed(series[:2], 1.0, 60.0, calibrate_on, counting({10: 0, 9: 0}))
     assert two.out_of_period_per_day == {0: 0.0}  # with one period set aside, 1 would leave none counted
 
 
