@@ -1,0 +1,118 @@
+"""Which incidents go unpaged: event recall by the length of the labelled event, pooled over the machines.
+
+    .venv/bin/python -m bench.event_lengths --rows tvnet+smooth2_blevel,convtimenet+smooth2_blevel [--machines ...]
+
+Reads the calibrated bundles `bench/evaluate_smd.py` left under ``artifacts/eval/bundles`` (run it first),
+replays each machine's test scores through the reference lifecycle with the bundle's fixed thresholds and with
+per-stream (adaptive) thresholds, exactly as the evaluation does, and counts the labelled events each alert
+overlaps by length class (points; SMD is one point a minute). A diagnostic of where the misses are: the
+thresholds are the bundles' own, calibrated without test data; nothing here chooses a setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.smd_rows import CALIBRATIONS, FLEETS  # noqa: E402
+from models.lifecycle import AlertSpan, replay_series  # noqa: E402
+from models.runtime import load_bundle  # noqa: E402
+from training.alert_metrics import event_runs  # noqa: E402
+from training.data import load_labels  # noqa: E402
+from training.evaluate import alert_levels, score_test_series  # noqa: E402
+
+EDGES = (1, 5, 20, 100)  # classes [1, 5), [5, 20), [20, 100), [100, inf): fixed before any count was seen
+
+
+@dataclass(frozen=True)
+class LengthClass:
+    low: int  # shortest length in the class, in points
+    high: int | None  # one past the longest (None: unbounded)
+    events: int
+    detected: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.low}+" if self.high is None else f"{self.low}-{self.high - 1}"
+
+    @property
+    def recall(self) -> float:
+        return self.detected / self.events if self.events else float("nan")
+
+
+def recall_by_length(
+    spans: list[AlertSpan], labels: npt.ArrayLike, edges: tuple[int, ...] = EDGES
+) -> list[LengthClass]:
+    """Labelled events (maximal runs of 1s) and those a firing span overlaps, per length class: the classes are
+    ``[edges[i], edges[i+1])`` and the last one is unbounded."""
+    bounds = [*edges[1:], None]
+    events = [0] * len(edges)
+    detected = [0] * len(edges)
+    for start, end in event_runs(labels):
+        i = next(j for j, high in enumerate(bounds) if high is None or end - start < high)
+        events[i] += 1
+        detected[i] += any(s.start < end and s.end > start for s in spans)
+    return [
+        LengthClass(low, high, n, d) for low, high, n, d in zip(edges, bounds, events, detected, strict=True)
+    ]
+
+
+def pooled(classes: list[list[LengthClass]]) -> list[LengthClass]:
+    """Counts summed class by class over several series (same edges)."""
+    return [
+        LengthClass(group[0].low, group[0].high, sum(c.events for c in group), sum(c.detected for c in group))
+        for group in zip(*classes, strict=True)
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", required=True)
+    parser.add_argument("--machines", default=None)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "smd")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "eval")
+    args = parser.parse_args()
+    machines = (
+        args.machines.split(",")
+        if args.machines
+        else sorted(p.name.removesuffix(".txt.gz") for p in (args.data / "test").glob("machine-*.txt.gz"))
+    )
+    columns = ["row", "thresholds", *(f"{c.label} points" for c in recall_by_length([], np.zeros(0))), "all"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
+    for row in args.rows.split(","):
+        base = CALIBRATIONS.get(row, (row, {}, {}))[0]
+        found: dict[str, list[list[LengthClass]]] = {"fixed": [], "adaptive": []}
+        for machine in machines:
+            bundle_dir = args.out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row
+            if not (bundle_dir / "manifest.json").exists():
+                print(f"{row}: no bundle for {machine}", file=sys.stderr)
+                continue
+            bundle = load_bundle(bundle_dir, "cpu", 2)
+            scored = score_test_series(bundle, args.data / "test" / f"{machine}.txt.gz")
+            labels = load_labels(args.data / "test_label" / f"{machine}.txt.gz", n_rows=scored.scores.size)
+            for mode, kept in found.items():
+                spans = replay_series(scored.scores, alert_levels(bundle.manifest, mode))
+                kept.append(recall_by_length(spans, labels))
+        for mode, kept in found.items():
+            if not kept:
+                continue
+            classes = pooled(kept)
+            total = LengthClass(1, None, sum(c.events for c in classes), sum(c.detected for c in classes))
+            cells = [f"{c.detected}/{c.events} ({c.recall:.2f})" for c in [*classes, total]]
+            print(f"| {row} | {mode} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
