@@ -2,7 +2,9 @@
 
 ``hold()`` takes the lease when nobody holds it, or extends it when this owner does (one Lua call); a holder
 that stops renewing loses it after ``ttl_s``, and ``release()`` hands it over at once. Used where exactly one
-replica must act (alert delivery, service/notify.py).
+replica must act (alert delivery, service/notify.py; source polling, service/poller.py). ``held()`` only looks:
+a holder checks it right before a step another holder must not take twice (a fence against its own pause past
+``ttl_s``: the check and the step are not atomic, so it narrows that window to the time between them).
 """
 
 from __future__ import annotations
@@ -31,12 +33,18 @@ class Lease:
         self.key = key
         self.owner = owner
         self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._redis = redis
         self._hold = redis.register_script(HOLD_LUA)
         self._release = redis.register_script(RELEASE_LUA)
 
     async def hold(self) -> bool:
         """True when this owner holds the lease for the next ``ttl_s``."""
         return bool(await self._hold(keys=[self.key], args=[self.owner, self._ttl_ms]))
+
+    async def held(self) -> bool:
+        """True when this owner holds the lease now (nothing renewed)."""
+        holder = await self._redis.get(self.key)
+        return holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == self.owner
 
     async def release(self) -> None:
         """Give the lease up if this owner holds it."""

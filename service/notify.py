@@ -7,8 +7,9 @@ at least once, across restarts and replicas.
   ``firing`` and ``resolved`` concurrently could leave Alertmanager with the older one, a stuck alert.
 - **Progress in Redis.** Each Alertmanager has its own consumer group on ``vigil:alerts`` (``vigil-notify:<host:
   port/path>``): an entry is acknowledged only after that Alertmanager accepted the post holding it, so a crash
-  or a restart resumes there, a new deliverer first claims what the previous one left pending, and one
-  Alertmanager that is down holds back only its own deliveries.
+  or a restart resumes there, a new deliverer first claims what the previous one left pending (and, every
+  ``lease_s``, what any other consumer has left idle that long), and one Alertmanager that is down holds back
+  only its own deliveries. A follower reads only while its replica holds the lease (checked before each read).
 - **Failures.** 5xx or no answer: the same batch again after a capped exponential backoff with jitter; nothing
   after it goes first, so a stream's events stay in order and none is dropped within the stream's retention.
   4xx: logged with the body, counted, acknowledged (Alertmanager keeps the valid alerts of a refused batch).
@@ -164,7 +165,13 @@ class AlertDelivery:
                 await self._join(group)
                 start: str | None = "0-0"  # this consumer's pending entries (claimed or its own) first
                 next_resend = 0.0
+                next_claim = time.monotonic() + self._settings.lease_s
                 while True:
+                    if not await self._lease.held():
+                        # The lease lapsed under this follower (the process paused past it) and another replica
+                        # may lead: read nothing, until the supervisor steps down or holds the lease again.
+                        await asyncio.sleep(self._block_ms / 1000)
+                        continue
                     reply: Any = await self._redis.xreadgroup(
                         group,
                         self._replica,
@@ -184,6 +191,12 @@ class AlertDelivery:
                     if len(entries) < self._settings.batch_size and time.monotonic() >= next_resend:
                         await self._resend(url, target)
                         next_resend = time.monotonic() + self._settings.resend_interval_s
+                    if start is None and time.monotonic() >= next_claim:
+                        # Entries another consumer read and left (a replica that read after its lease lapsed,
+                        # then stepped down) would otherwise wait for the next change of leader.
+                        if await self._claim(group, min_idle_ms=int(self._settings.lease_s * 1000)):
+                            start = "0-0"
+                        next_claim = time.monotonic() + self._settings.lease_s
                     attempt = 0
             except (RedisError, OSError) as exc:
                 attempt += 1
@@ -204,19 +217,24 @@ class AlertDelivery:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        cursor = "0-0"
-        while True:
-            reply: Any = await self._redis.xautoclaim(
-                EVENTS_KEY, group, self._replica, min_idle_time=0, start_id=cursor, count=500
-            )
-            cursor = text(reply[0])
-            if cursor == "0-0":
-                break
+        await self._claim(group, min_idle_ms=0)
         consumers: Any = await self._redis.xinfo_consumers(EVENTS_KEY, group)
         for consumer in consumers:
             name = text(consumer["name"])
             if name != self._replica and int(consumer["pending"]) == 0:
                 await self._redis.xgroup_delconsumer(EVENTS_KEY, group, name)
+
+    async def _claim(self, group: str, min_idle_ms: int) -> int:
+        """Take over the group's pending entries idle for at least ``min_idle_ms`` (any consumer's); returns
+        how many."""
+        cursor, claimed = "0-0", 0
+        while True:
+            reply: Any = await self._redis.xautoclaim(
+                EVENTS_KEY, group, self._replica, min_idle_time=min_idle_ms, start_id=cursor, count=500
+            )
+            cursor, claimed = text(reply[0]), claimed + len(reply[1])
+            if cursor == "0-0":
+                return claimed
 
     async def _deliver(self, url: str, target: str, entries: list[Any]) -> None:
         """Post a batch's alerts until the Alertmanager accepts or refuses them, then record what fires."""

@@ -47,14 +47,14 @@ def alertmanager(tmp_path: Path, hook: WebhookReceiver) -> Iterator[Alertmanager
     process.stop()
 
 
-def delivering_client(models_dir: Path, redis_url: str, url: str) -> TestClient:
+def delivering_client(models_dir: Path, redis_url: str, url: str, lease_s: float = 3) -> TestClient:
     settings = make_settings(
         models_dir,
         redis_url,
         alertmanager={
             "urls": [url],
             "resend_interval_s": RESEND_S,
-            "lease_s": 3,
+            "lease_s": lease_s,
             "backoff_max_s": 1,
             "labels": {"env": "test"},
         },
@@ -189,7 +189,9 @@ def test_a_silence_in_alertmanager_keeps_the_notification_from_the_receiver(
 def metric(client: TestClient, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((f"{name}{{", f"{name} ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name}{{{wanted}}}")
 
@@ -274,3 +276,96 @@ def test_a_stream_deleted_while_its_alert_fires_has_it_resolved_at_the_next_rese
         assert not alertmanager.alerts(stream="gone-1")
         assert clean_redis.hlen(f"vigil:notify:firing:{alertmanager.url.removeprefix('http://')}") == 0
         assert metric(client, "vigil_alertmanager_posts_total", kind="gone", outcome="accepted") >= 1
+
+
+def event_fields(stream_id: str, started_ts: float) -> dict[str, str]:
+    """A firing event as the alert tracker writes it to ``vigil:alerts``."""
+    return {
+        "stream_id": stream_id,
+        "model": "tvnet",
+        "state": "firing",
+        "severity": "critical",
+        "ts": repr(started_ts + 5),
+        "started_ts": repr(started_ts),
+        "peak_score": "9.5",
+        "threshold": "1.0",
+        "sensors": "s01",
+        "escalated": "0",
+    }
+
+
+def test_entries_another_consumer_read_and_left_are_delivered_within_two_leases(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: Any,
+    alertmanager: AlertmanagerProcess,
+) -> None:
+    """A replica that read entries after its lease lapsed (it paused past it), then stepped down, leaves them in
+    its own pending list: the leader, which joined before, takes them over after they idle for ``lease_s``
+    (here 3 s) instead of leaving them until the next change of leader."""
+    group = f"vigil-notify:{alertmanager.url.removeprefix('http://')}"
+    started = float(int(time.time()) - 60)
+    with delivering_client(models_dir, redis_url, alertmanager.url) as client:
+        wait_until("the leader's group", lambda: metric(client, "vigil_alert_delivery_leader") == 1, 15)
+        wait_until(
+            "the group",
+            lambda: any(g["name"] == group.encode() for g in clean_redis.xinfo_groups("vigil:alerts")),
+            15,
+        )
+        # Added and read by the stale consumer in one transaction: the leader's blocked read is served after
+        # it, and finds nothing new.
+        pipe = clean_redis.pipeline(transaction=True)
+        pipe.xadd("vigil:alerts", event_fields("stale-1", started))
+        pipe.xreadgroup(group, "paused-replica", {"vigil:alerts": ">"}, count=10)
+        entry_id, read = pipe.execute()
+        assert read[0][1][0][0] == entry_id  # the stale consumer holds it
+        left_at = time.monotonic()
+        # Accepted by Alertmanager (the stream has no alert state, so the next re-send posts it resolved: its
+        # acceptance, not its presence, is what to wait for).
+        wait_until("the stale consumer's entry delivered", lambda: delivered(client, alertmanager) == 1, 15)
+        assert (
+            time.monotonic() - left_at <= 2 * 3 + 2
+        )  # idle a lease, then claimed at the next check (a lease)
+        assert clean_redis.xpending("vigil:alerts", group)["pending"] == 0
+
+
+def delivered(client: TestClient, alertmanager: AlertmanagerProcess) -> float:
+    target = alertmanager.url.removeprefix("http://")
+    return metric(client, "vigil_alert_deliveries_total", alertmanager=target, outcome="delivered")
+
+
+def test_a_follower_whose_lease_was_taken_reads_nothing_until_it_holds_it_again(
+    models_dir: Path,
+    redis_url: str,
+    clean_redis: Any,
+    alertmanager: AlertmanagerProcess,
+) -> None:
+    """The fence before each read: with a lease of 60 s the supervisor renews every 20 s, so for most of that
+    time only the follower's own check can keep it from reading once another replica holds the lease (as after
+    a pause of this replica past its lease). A read already blocked when the lease was taken still returns what
+    arrives within its block (1 s): the entry is added after that."""
+    group = f"vigil-notify:{alertmanager.url.removeprefix('http://')}"
+    started = float(int(time.time()) - 60)
+
+    def last_read() -> bytes:
+        (info,) = [g for g in clean_redis.xinfo_groups("vigil:alerts") if g["name"] == group.encode()]
+        return bytes(info["last-delivered-id"])
+
+    with delivering_client(models_dir, redis_url, alertmanager.url, lease_s=60) as client:
+        wait_until("the leader", lambda: metric(client, "vigil_alert_delivery_leader") == 1, 15)
+        wait_until(
+            "the group",
+            lambda: any(g["name"] == group.encode() for g in clean_redis.xinfo_groups("vigil:alerts")),
+            15,
+        )
+        owner = clean_redis.get("vigil:notify:lease")
+        clean_redis.set("vigil:notify:lease", "another-replica", px=60_000)
+        time.sleep(1.5)  # the read blocked before the lease was taken has returned
+        entry_id = clean_redis.xadd("vigil:alerts", event_fields("held-back-1", started))
+        time.sleep(1.5)
+        assert last_read() < entry_id
+        assert delivered(client, alertmanager) == 0
+        # The lease back to this replica (as if the other had released it to it): it reads and delivers.
+        clean_redis.set("vigil:notify:lease", owner, px=60_000)
+        wait_until("the entry delivered", lambda: delivered(client, alertmanager) == 1, 30)
+        assert last_read() == entry_id
