@@ -10,9 +10,11 @@ those of ``models.lifecycle``, the pure-Python reference that offline evaluation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,6 +25,7 @@ from redis.exceptions import RedisError
 from models.lifecycle import AdaptiveConstants, LevelThresholds, StreamAlertState, stream_thresholds
 from service.alert_scripts import ALERT_LUA, PUBLISH_LUA
 from service.errors import StoreUnavailable
+from service.lease import RELEASE_LUA
 from service.results import AlertEventData
 from service.roundtrip import LuaScript, RoundTrip, raise_if_error
 
@@ -71,6 +74,14 @@ def alert_key(stream_id: str) -> str:
 def outbox_key(stream_id: str) -> str:
     """Events raised for the stream and not yet in ``vigil:alerts`` (same slot as its state)."""
     return f"vigil:{{{stream_id}}}:o"
+
+
+def flush_lock_key(stream_id: str) -> str:
+    """Held while one process moves the stream's outbox to ``vigil:alerts`` on a cluster (same slot)."""
+    return f"vigil:{{{stream_id}}}:of"
+
+
+FLUSH_LOCK_S = 10.0
 
 
 def lifecycle_args(levels: LevelThresholds, ttl_s: int, points: PointColumns) -> list[str | int]:
@@ -193,6 +204,7 @@ class AlertTracker:
         self.stranded: dict[str, str] = {}
         self._script = LuaScript(ALERT_LUA)
         self._publish = LuaScript(PUBLISH_LUA)
+        self._unlock = redis.register_script(RELEASE_LUA)  # deletes the lock only if it holds this token
 
     def queue_observe(
         self,
@@ -236,9 +248,15 @@ class AlertTracker:
         waiting = [o for o in observed if o.waiting]
         if not waiting:
             return
+        busy: set[str] = set()  # streams whose outbox another flush holds (cluster): retried like a failure
         try:
             if self._cluster:
-                ids = [await self._flush_in_two_steps(o.stream_id, o.model) for o in waiting]
+                ids = []
+                for o in waiting:
+                    flushed = await self._flush_in_two_steps(o.stream_id, o.model)
+                    if flushed is None:
+                        busy.add(o.stream_id)
+                    ids.append(flushed or {})
             else:
                 trip = RoundTrip(self._redis)
                 for o in waiting:
@@ -255,7 +273,10 @@ class AlertTracker:
             self.stranded.update((o.stream_id, o.model) for o in waiting)
             return
         for o in waiting:
-            self.stranded.pop(o.stream_id, None)
+            if o.stream_id in busy:
+                self.stranded[o.stream_id] = o.model
+            else:
+                self.stranded.pop(o.stream_id, None)
         # By key, not by position: another update of the same stream (another replica) may have published this
         # call's events already, or added its own to the outbox first; those keep id None here.
         for o, published in zip(waiting, ids, strict=True):
@@ -275,19 +296,28 @@ class AlertTracker:
         await self.publish([observed])
         return observed.update
 
-    async def _flush_in_two_steps(self, stream_id: str, model: str) -> dict[EventKey, str]:
-        """On a cluster the outbox and the event stream are in different slots: append, then trim what was
-        appended (a crash in between publishes those events again: at least once)."""
-        entries = await self._redis.lrange(outbox_key(stream_id), 0, -1)
-        ids: dict[EventKey, str] = {}
-        for entry in entries:
-            raw = json.loads(entry)
-            fields = dict(zip(EVENT_FIELDS, (stream_id, model, *raw), strict=True))
-            entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
-            ids[event_key(raw[0], raw[3], raw[6])] = text(entry_id)
-        if entries:
-            await self._redis.ltrim(outbox_key(stream_id), len(entries), -1)
-        return ids
+    async def _flush_in_two_steps(self, stream_id: str, model: str) -> dict[EventKey, str] | None:
+        """On a cluster the outbox and the event stream are in different slots: append each entry, then remove
+        that entry from the outbox by its value (a crash in between publishes it again: at least once). One
+        flush of a stream at a time (a lock in the outbox's slot), so concurrent flushes (a request's and a
+        retry's, or two replicas') neither repeat nor reorder its events; one whose lock lapsed while it paused
+        may append an entry twice, never remove one it did not append. None: another flush holds the lock."""
+        lock, token = flush_lock_key(stream_id), secrets.token_hex(8)
+        if not await self._redis.set(lock, token, nx=True, px=int(FLUSH_LOCK_S * 1000)):
+            return None
+        try:
+            entries = await self._redis.lrange(outbox_key(stream_id), 0, -1)
+            ids: dict[EventKey, str] = {}
+            for entry in entries:
+                raw = json.loads(entry)
+                fields = dict(zip(EVENT_FIELDS, (stream_id, model, *raw), strict=True))
+                entry_id = await self._redis.xadd(EVENTS_KEY, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                await self._redis.lrem(outbox_key(stream_id), 1, entry)  # type: ignore[arg-type]  # bytes as read
+                ids[event_key(raw[0], raw[3], raw[6])] = text(entry_id)
+            return ids
+        finally:
+            with contextlib.suppress(RedisError, OSError):  # unreleased, it lapses after FLUSH_LOCK_S
+                await self._unlock(keys=[lock], args=[token])
 
     async def keep_publishing(
         self, model_of: Callable[[str], Awaitable[str | None]], interval_s: float = 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,9 @@ from fastapi.testclient import TestClient
 from redis.cluster import RedisCluster
 
 from models.runtime import load_bundle
+from service.alerts import EVENTS_KEY, AlertTracker, AlertUpdate, Observed, outbox_key
 from service.app import create_app
+from service.redis_clients import redis_client
 from service.settings import Settings
 from service.windows import window_key
 from tests.service.conftest import auth, make_settings, points_body, scores_by_ts, stream
@@ -119,3 +123,42 @@ def test_cluster_two_replicas_give_one_alert_lifecycle(
 
         assert lifecycle(replicated_id) == lifecycle(single_id)
         assert any(state == "firing" for state, *_ in lifecycle(replicated_id))
+
+
+def test_cluster_concurrent_publishes_of_one_outbox_lose_no_event(cluster_settings: Settings) -> None:
+    """On a cluster an outbox goes to ``vigil:alerts`` in two steps (different slots). Publishes of one stream
+    run concurrently (a request's, and ``keep_publishing``'s retry of a stranded stream; or two replicas') while
+    the stream's updates append to its outbox: every event reaches the stream, none is trimmed unpublished, and
+    each publish keeps the outbox's order."""
+    stream_id = unique("race")
+    n_writers, n_events = 4, 40
+
+    async def run() -> tuple[list[float], int]:
+        redis = redis_client(cluster_settings)
+        tracker = AlertTracker(redis, ttl_s=600, stream_maxlen=100_000, cluster=True)
+        waiting = Observed(stream_id, "tvnet", AlertUpdate([], ""), 1, [])
+
+        async def writer(w: int) -> None:
+            for i in range(n_events):
+                ts = float(w * 1000 + i)  # unique per event: its identity in the stream
+                event = ["firing", "warning", ts, ts, 1.0, "", 0, 1.0]
+                await redis.rpush(outbox_key(stream_id), json.dumps(event))
+                await tracker.publish([waiting])
+
+        try:
+            await asyncio.gather(*(writer(w) for w in range(n_writers)))
+            await tracker.publish([waiting])  # what a stranded retry would still send
+            entries = await redis.xrange(EVENTS_KEY, "-", "+")
+            published = [float(f[b"ts"]) for _, f in entries if f[b"stream_id"].decode() == stream_id]
+            return published, await redis.llen(outbox_key(stream_id))
+        finally:
+            await redis.aclose()
+
+    published, left = asyncio.run(run())
+    assert left == 0
+    assert sorted(set(published)) == sorted(
+        float(w * 1000 + i) for w in range(n_writers) for i in range(n_events)
+    )
+    for w in range(n_writers):  # one writer's events in the order it appended them
+        mine = [ts for ts in published if w * 1000 <= ts < (w + 1) * 1000]
+        assert mine == sorted(mine)
