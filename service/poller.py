@@ -315,6 +315,8 @@ class SourcePoller:
         else:
             first_new = cursor + step
         oldest = math.ceil((end - s.catch_up_s) / step) * step
+        if cursor is None and s.start_at is None:
+            oldest = min(oldest, first_new)  # a first window is always read whole: it is what scores at once
         skipped = first_new < oldest
         if skipped:
             log.warning(

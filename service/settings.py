@@ -161,7 +161,8 @@ class SourceSettings(BaseModel):
     poll_interval_s: float | None = Field(None, gt=0)  # None: every step of the source
     # After an outage the missed range is read back up to this far; older rows are skipped (a gap).
     catch_up_s: float = Field(3600.0, gt=0)
-    # Where a model with no progress in Redis starts: epoch s; None: one window before now (scores at once).
+    # Where a model with no progress in Redis starts: epoch s; None: one window before now, read whole even beyond
+    # catch_up_s (scores at once).
     start_at: float | None = None
     lease_s: float = Field(10.0, gt=0)  # one replica polls a source; another takes over within this
     timeout_s: float = Field(10.0, gt=0)  # per Prometheus request

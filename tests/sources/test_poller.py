@@ -4,6 +4,7 @@ dashboard's source row shows them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -143,5 +144,42 @@ def test_a_retrained_version_is_hot_reloaded_and_one_with_other_sensors_refused(
         models_now = httpx.get(f"{server.url}/models", headers=auth("reader"), timeout=10).json()
         assert [(m["name"], m["version"]) for m in models_now] == [("smd", "prom2")]
         assert source_status(server)["prometheus"].startswith("http://127.0.0.1:")
+    finally:
+        stop_replica(server)
+
+
+def test_a_first_start_reads_a_whole_window_even_past_the_catch_up_limit(
+    smd_fleet: SMDFleet,
+    smd_prometheus: PrometheusProcess,
+    smd_bundles: SMDBundles,
+    redis_url: str,
+    clean_redis: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """No progress in Redis and no ``START_AT``: a replica starts one window before now and reads that window
+    whole even when the catch-up limit is shorter (here 10 rows; with the README's 60 s step a 100-point window
+    reaches 99 minutes back, past the default hour), so its streams score at the first poll."""
+    origin = smd_fleet.test_start + 100 * STEP_S
+    at = time.time()
+    env = source_env(
+        smd_prometheus.url, smd_fleet, speed=60, at=at, VIGIL_SOURCES__CATCH_UP_S=repr(10 * STEP_S)
+    )
+    del env["VIGIL_SOURCES__START_AT"]
+    env["VIGIL_SOURCES__CLOCK"] = json.dumps({"origin": origin, "at": at, "speed": 60})
+    log_path = tmp_path / "serve.log"
+    server = LiveServer(smd_bundles.models_dir, redis_url, log_path, **env).start(90)
+    try:
+        wait_for_cursor(server, origin)
+        window = int(MODEL_ARGS["window"])
+        response = httpx.get(
+            f"{server.url}/streams/machine-a/scores",
+            params={"limit": 1000},
+            headers=auth("reader"),
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        scored = [p["ts"] for p in response.json()["scores"]]
+        assert scored and min(scored) >= origin - (window - 1) * STEP_S and max(scored) >= origin - STEP_S
+        assert "skipped" not in log_path.read_text()
     finally:
         stop_replica(server)
