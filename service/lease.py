@@ -20,6 +20,16 @@ if holder == false or holder == ARGV[1] then
 end
 return 0
 """
+# KEYS: the lease, a key in its slot. ARGV: owner, ttl ms, value. Writes the key only while the owner holds the
+# lease (and extends it): progress a holder that lost the lease must not record.
+WRITE_IF_HELD_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -36,6 +46,7 @@ class Lease:
         self._redis = redis
         self._hold = redis.register_script(HOLD_LUA)
         self._release = redis.register_script(RELEASE_LUA)
+        self._write = redis.register_script(WRITE_IF_HELD_LUA)
 
     async def hold(self) -> bool:
         """True when this owner holds the lease for the next ``ttl_s``."""
@@ -45,6 +56,10 @@ class Lease:
         """True when this owner holds the lease now (nothing renewed)."""
         holder = await self._redis.get(self.key)
         return holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == self.owner
+
+    async def write_if_held(self, key: str, value: str) -> bool:
+        """Set ``key`` (in the lease's slot) to ``value`` and extend the lease, only while this owner holds it."""
+        return bool(await self._write(keys=[self.key, key], args=[self.owner, self._ttl_ms, value]))
 
     async def release(self) -> None:
         """Give the lease up if this owner holds it."""

@@ -209,7 +209,8 @@ class Metrics:
 
         self.source_polls = Counter(
             "vigil_source_polls_total",
-            "Polls of a source-backed model's Prometheus by outcome (ok, failed: unreachable or refused)",
+            "Polls of a source-backed model's Prometheus by outcome (ok, failed: unreachable or refused, lease_lost:"
+            " stopped because another replica holds the lease)",
             ["model", "outcome"],
             registry=r,
         )
@@ -256,7 +257,7 @@ class Metrics:
 
     def initialise_source(self, model: str) -> None:
         """Create a source-backed model's series at 0."""
-        for outcome in ("ok", "failed"):
+        for outcome in ("ok", "failed", "lease_lost"):
             self.source_polls.labels(model, outcome)
         for outcome in ("fed", "refused"):
             self.source_points.labels(model, outcome)

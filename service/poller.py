@@ -3,9 +3,10 @@ each label value's new rows into the stream path (``StreamScorer.score_points``,
 scores, contributions, alerts, history, the feed and Alertmanager delivery work as for ``POST /score``.
 
 - **One poller per source.** Replicas (and workers) compete for a lease per model in Redis
-  (``service.lease``); the holder polls and renews it every third of ``lease_s``, another takes over within
-  ``lease_s`` when it dies, at once when it stops cleanly. Two pollers at once are harmless: the window store
-  drops duplicate and stale points.
+  (``service.lease``); the holder polls and renews it every third of ``lease_s`` and before each stream's rows,
+  another takes over within ``lease_s`` when it dies, at once when it stops cleanly. A poll that finds the lease
+  gone stops, and only a holder writes the cursor; two pollers at once would be harmless to the points (the
+  window store drops duplicate and stale points), not to a window one of them restarts.
 - **Progress in Redis.** The newest grid row fed (``vigil:source:{<model>}:cursor``): a new holder or a restarted
   service continues from there.
 - **A poll** reads ``[cursor, now - settle_s]`` (plus the fill rule's look-back, ``models.prometheus.fetch_rows``)
@@ -75,6 +76,10 @@ def lease_key(model: str) -> str:
 def poller_name() -> str:
     """This process as a lease holder: host, pid and a random suffix (pids repeat across containers)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class LeaseLost(Exception):
+    """Another replica holds the source's lease now: this poll stops where it is."""
 
 
 class Clock:
@@ -249,7 +254,7 @@ class SourcePoller:
                     await self._pause(renew_s)
                     continue
                 if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + await self._attempt(name, client, status)
+                    next_poll = time.monotonic() + await self._attempt(name, client, status, lease)
                     if status.cursor is not None:  # grows while polls fail
                         status.lag_s = round(self._clock.now() - status.cursor, 3)
                         self._metrics.source_lag.labels(name).set(status.lag_s)
@@ -265,11 +270,17 @@ class SourcePoller:
             with contextlib.suppress(RedisError, OSError):
                 await lease.release()
 
-    async def _attempt(self, name: str, client: PrometheusClient, status: SourceStatus) -> float:
+    async def _attempt(
+        self, name: str, client: PrometheusClient, status: SourceStatus, lease: Lease
+    ) -> float:
         """One poll; returns the seconds until the next (the next settled row, or the backoff)."""
         manifest = self._models.get(name).manifest
         try:
-            await self._poll(name, manifest, client, status)
+            await self._poll(name, manifest, client, status, lease)
+        except LeaseLost:
+            log.warning("source %s: the lease passed to another replica during a poll; standing by", name)
+            self._metrics.source_polls.labels(name, "lease_lost").inc()
+            return 0.0
         except (SourceError, VigilError, RedisError, OSError) as exc:
             status.failures += 1
             status.state = "failing"
@@ -298,8 +309,12 @@ class SourcePoller:
         return max(0.0, next_row + s.settle_s - now) / self._clock.speed
 
     async def _poll(
-        self, name: str, manifest: Manifest, client: PrometheusClient, status: SourceStatus
+        self, name: str, manifest: Manifest, client: PrometheusClient, status: SourceStatus, lease: Lease
     ) -> None:
+        """Read the rows since the cursor and feed them. The lease is renewed before each stream's rows and the
+        cursor written only while it is held (one Lua call): a poll longer than the lease (a slow Prometheus, a
+        long catch-up, a pause) stops, unrecorded, once another replica holds it, instead of restarting windows
+        the other has fed or moving the cursor back."""
         s = self._settings
         source = manifest.source
         if source is None:  # a reload cannot drop the source (service.registry); nothing to read if it did
@@ -333,11 +348,14 @@ class SourcePoller:
                     new = segment.since(first_new)
                     if not len(new):
                         continue
+                    if not await lease.hold():
+                        raise LeaseLost(name)
                     continues = cursor is not None and not skipped and segment.ts[0] < first_new
                     if not continues and await self._windows.delete(stream) and cursor is not None:
                         self._metrics.source_gaps.labels(name).inc()
                     await self._feed(name, stream, new)
-            await self._redis.set(cursor_key(name), repr(end))
+            if not await lease.write_if_held(cursor_key(name), repr(end)):
+                raise LeaseLost(name)
             cursor = end
         status.cursor = cursor
 
