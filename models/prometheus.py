@@ -14,7 +14,7 @@ use: a series without the label, several series for one label value, a value tha
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,6 +76,8 @@ class SourceRows:
 
     segments: dict[str, list[Segment]]
     label_values: dict[str, str]  # stream id -> the label value it came from
+    # Label values left out of a lenient read (``fetch_rows(lenient=True)``) -> why; a strict read raises instead.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def n_rows(self) -> int:
         return sum(len(s) for segments in self.segments.values() for s in segments)
@@ -128,9 +130,17 @@ class PrometheusClient:
         self._get(query, "/api/v1/query", {"query": query.expr, "time": _fmt(at)})
 
     def query_range(
-        self, query: SourceQuery, by: str, start: float, end: float, step_s: float
+        self,
+        query: SourceQuery,
+        by: str,
+        start: float,
+        end: float,
+        step_s: float,
+        refused: dict[str, str] | None = None,
     ) -> dict[str, Samples]:
-        """The query's series over the grid of ``[start, end]``, by value of label ``by``."""
+        """The query's series over the grid of ``[start, end]``, by value of label ``by``. A series Vigil cannot
+        use raises :class:`QueryFailed`, or, when ``refused`` is given, is left out and recorded there (its
+        label value, or ``<no by>``, -> why)."""
         first, last = grid_bounds(start, end, step_s)
         pieces: dict[str, list[tuple[list[float], list[float]]]] = {}
         piece_start = first
@@ -146,7 +156,7 @@ class PrometheusClient:
                     "step": _fmt(step_s),
                 },
             )
-            for value, (ts, values) in _parse_matrix(query, by, body).items():
+            for value, (ts, values) in _parse_matrix(query, by, body, refused).items():
                 pieces.setdefault(value, []).append((ts, values))
             piece_start = piece_end + step_s
         return {
@@ -155,6 +165,7 @@ class PrometheusClient:
                 np.asarray([v for _, vs in parts for v in vs], dtype=np.float64),
             )
             for value, parts in pieces.items()
+            if refused is None or value not in refused  # refused in a later piece: left out whole
         }
 
 
@@ -163,62 +174,87 @@ def _fmt(value: float) -> str:
 
 
 def _parse_matrix(
-    query: SourceQuery, by: str, body: dict[str, Any]
+    query: SourceQuery, by: str, body: dict[str, Any], refused: dict[str, str] | None = None
 ) -> dict[str, tuple[list[float], list[float]]]:
     data = body.get("data") or {}
     if data.get("resultType") != "matrix":
         raise QueryFailed(
             query.name, f"{query.expr!r} gave a {data.get('resultType')!r}, not a range of series"
         )
+
+    def refuse(value: str, reason: str) -> None:
+        if refused is None:
+            raise QueryFailed(query.name, reason)
+        refused.setdefault(value, f"{query.name}: {reason}")
+
     out: dict[str, tuple[list[float], list[float]]] = {}
     for series in data.get("result", []):
         labels: dict[str, str] = series.get("metric", {})
         value = labels.get(by)
         if value is None:
-            raise QueryFailed(
-                query.name,
+            refuse(
+                f"<no {by}>",
                 f"{query.expr!r} returned a series without the label {by!r} ({labels}); aggregate with "
                 f"`sum by ({by}) (…)` or keep the label",
             )
-        if value in out:
-            raise QueryFailed(
-                query.name,
+            continue
+        if value in out or (refused is not None and value in refused):
+            refuse(
+                value,
                 f"{query.expr!r} returned several series for {by}={value!r} ({labels} and another); each "
                 f"query must give one series per {by}: aggregate, e.g. `sum by ({by}) (…)`",
             )
+            out.pop(value, None)
+            continue
         ts: list[float] = []
         values: list[float] = []
         for stamp, text in series.get("values", []):
-            try:
-                number = float(text)
-            except (TypeError, ValueError):
-                raise QueryFailed(
-                    query.name,
-                    f"{query.expr!r} returned {text!r} for {by}={value!r} at {stamp}: not a number",
-                ) from None
+            number = _number(text)
+            if number is None:
+                refuse(value, f"{query.expr!r} returned {text!r} for {by}={value!r} at {stamp}: not a number")
+                break
             ts.append(float(stamp))
             values.append(number if math.isfinite(number) else math.nan)
-        out[value] = (ts, values)
+        else:
+            out[value] = (ts, values)
     return out
 
 
+def _number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def fetch_rows(
-    client: PrometheusClient, source: PrometheusSource, start: float, end: float, require_data: bool = False
+    client: PrometheusClient,
+    source: PrometheusSource,
+    start: float,
+    end: float,
+    require_data: bool = False,
+    lenient: bool = False,
 ) -> SourceRows:
     """The source's rows over ``[start, end]``. Queries are read from ``max_fill_steps`` before ``start`` so the
     first rows are filled (and split) exactly as in a longer read. ``require_data``: a query without any series
-    raises :class:`QueryEmpty` (training; a poller takes an empty answer as missing data)."""
+    raises :class:`QueryEmpty` (training; a poller takes an empty answer as missing data). ``lenient`` (the
+    poller): a label value that any query answers unusably (several series, a value that is not a number), or
+    two label values on one stream id, leave those values out (``SourceRows.refused``) instead of failing the
+    read for every value."""
     lookback = start - source.gap.max_fill_steps * source.step_s
+    refused: dict[str, str] | None = {} if lenient else None
     per_query: list[dict[str, Samples]] = []
     for query in source.queries:
-        got = client.query_range(query, source.by, lookback, end, source.step_s)
+        got = client.query_range(query, source.by, lookback, end, source.step_s, refused)
         if require_data and not got:
             raise QueryEmpty(
                 query.name,
                 f"{query.expr!r} returned no series between {start:.0f} and {end:.0f} at {client.name}",
             )
         per_query.append(got)
-    values = sorted({value for got in per_query for value in got})
+    values = sorted({value for got in per_query for value in got} - set(refused or ()))
+    if refused is not None:
+        values = _one_value_per_stream(values, refused)
     streams: dict[str, str] = {}
     segments: dict[str, list[Segment]] = {}
     for value in values:
@@ -229,7 +265,21 @@ def fetch_rows(
         kept = [s for s in (segment.since(start) for segment in rows) if len(s)]
         streams[stream] = value
         segments[stream] = kept
-    return SourceRows(segments, streams)
+    return SourceRows(segments, streams, refused or {})
+
+
+def _one_value_per_stream(values: list[str], refused: dict[str, str]) -> list[str]:
+    """``values`` less those that share a stream id with another (each recorded in ``refused``)."""
+    by_stream: dict[str, list[str]] = {}
+    for value in values:
+        by_stream.setdefault(stream_id_of(value), []).append(value)
+    for stream, shared in by_stream.items():
+        if len(shared) > 1:
+            for value in shared:
+                refused[value] = (
+                    f"label values {', '.join(map(repr, shared))} all map to stream id {stream!r}"
+                )
+    return [value for value in values if value not in refused]
 
 
 def _stream_id(value: str, taken: dict[str, str]) -> str:

@@ -207,6 +207,14 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.source_refused_series = Gauge(
+            "vigil_source_refused_series",
+            "Label values of a source-backed model that its last poll left out: a query answered several series "
+            "for one, or a value that is not a number, or two map to one stream id (/readyz names them)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.source_polls = Counter(
             "vigil_source_polls_total",
             "Polls of a source-backed model's Prometheus by outcome (ok, failed: unreachable or refused, lease_lost:"
@@ -259,6 +267,7 @@ class Metrics:
         """Create a source-backed model's series at 0."""
         for outcome in ("ok", "failed", "lease_lost"):
             self.source_polls.labels(model, outcome)
+        self.source_refused_series.labels(model)
         for outcome in ("fed", "refused"):
             self.source_points.labels(model, outcome)
         self.source_gaps.labels(model)

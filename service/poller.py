@@ -32,7 +32,7 @@ import random
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,7 @@ from models.prometheus import (
     fetch_rows,
     redact,
 )
-from models.source import Segment, SourceError, format_time
+from models.source import Segment, SourceError, format_time, stream_id_of
 from service.codec import PointBatch
 from service.errors import BadInput, ModelMismatch, PayloadTooLarge, UnknownModel, VigilError
 from service.lease import Lease
@@ -62,6 +62,7 @@ from service.windows import WindowStore
 log = logging.getLogger(__name__)
 
 LEVELS = {"normal": 0, "warning": 1, "critical": 2}
+MAX_REFUSED_SHOWN = 20  # refused label values /readyz lists per source (all are counted)
 SUPERVISE_S = 1.0  # how often the set of source-backed models is checked (reloads may add or drop one)
 
 
@@ -107,6 +108,8 @@ class SourceStatus:
     failures: int = 0
     error: str | None = None
     last_success_at: float | None = None  # time.monotonic()
+    # Label values the last poll left out (a query answered them unusably) -> why; the other values are fed.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +125,8 @@ class SourceStatus:
                 if self.last_success_at is not None
                 else None
             ),
+            "refused": dict(sorted(self.refused.items())[:MAX_REFUSED_SHOWN]),
+            "refused_count": len(self.refused),
         }
 
 
@@ -151,6 +156,7 @@ class SourcePoller:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._status: dict[str, SourceStatus] = {}
         self._exported: dict[str, set[str]] = {}
+        self._held_back: dict[str, set[str]] = {}  # by model: streams left out of a poll, not fed since
         self._supervisor: asyncio.Task[None] | None = None
         # Set by stop(): every loop ends on it, even where a cancellation reached a Redis call and came out as
         # a connection error (the loops catch those to keep polling).
@@ -250,7 +256,8 @@ class SourcePoller:
                 status.polling = holding
                 self._metrics.source_leader.labels(name).set(1 if holding else 0)
                 if not holding:
-                    status.state = "standby"
+                    status.state, status.refused = "standby", {}
+                    self._metrics.source_refused_series.labels(name).set(0)
                     await self._pause(renew_s)
                     continue
                 if time.monotonic() >= next_poll:
@@ -342,7 +349,9 @@ class SourcePoller:
             )
             first_new = oldest
         if end >= first_new:
-            rows = await asyncio.to_thread(fetch_rows, client, source, first_new - step, end)
+            rows = await asyncio.to_thread(fetch_rows, client, source, first_new - step, end, False, True)
+            self._note_refused(name, status, rows.refused)
+            held_back = self._held_back.setdefault(name, set())
             for stream, segments in rows.segments.items():
                 for segment in segments:
                     new = segment.since(first_new)
@@ -350,14 +359,31 @@ class SourcePoller:
                         continue
                     if not await lease.hold():
                         raise LeaseLost(name)
-                    continues = cursor is not None and not skipped and segment.ts[0] < first_new
+                    # A stream left out of earlier polls restarts: its rows before this poll were never fed.
+                    continues = (
+                        cursor is not None
+                        and not skipped
+                        and segment.ts[0] < first_new
+                        and stream not in held_back
+                    )
                     if not continues and await self._windows.delete(stream) and cursor is not None:
                         self._metrics.source_gaps.labels(name).inc()
                     await self._feed(name, stream, new)
+                    held_back.discard(stream)
+            held_back.update(stream_id_of(v) for v in rows.refused if not v.startswith("<no "))
             if not await lease.write_if_held(cursor_key(name), repr(end)):
                 raise LeaseLost(name)
             cursor = end
         status.cursor = cursor
+
+    def _note_refused(self, name: str, status: SourceStatus, refused: dict[str, str]) -> None:
+        """Log each label value when a poll first leaves it out, and when it is read again."""
+        for value in refused.keys() - status.refused.keys():
+            log.warning("source %s: %s left out: %s", name, value, refused[value])
+        for value in status.refused.keys() - refused.keys():
+            log.info("source %s: %s read again", name, value)
+        status.refused = refused
+        self._metrics.source_refused_series.labels(name).set(len(refused))
 
     async def _feed(self, name: str, stream: str, rows: Segment) -> None:
         """Send one stream's rows through the stream path. Points it refuses (a value out of range, a stream id

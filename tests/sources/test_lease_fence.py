@@ -15,8 +15,9 @@ from service.app import create_app
 from service.lease import Lease
 from service.poller import LeaseLost, SourcePoller, SourceStatus, cursor_key, lease_key
 from service.windows import window_key
-from tests.service.conftest import auth, make_settings
+from tests.service.conftest import auth
 from tests.sources.conftest import PrometheusProcess, SMDBundles, SMDFleet
+from tests.sources.live import inprocess_settings
 
 MODEL = "smd"
 
@@ -29,17 +30,8 @@ def test_a_poll_stops_unrecorded_once_another_replica_holds_the_lease(
     clean_redis: redis.Redis,
 ) -> None:
     clean_redis.set(lease_key(MODEL), "another-replica", px=120_000)  # the app's own poller stands by
-    settings = make_settings(
-        smd_bundles.models_dir,
-        redis_url,
-        sources={
-            "prometheus_url": smd_prometheus.url,
-            "start_at": smd_fleet.test_start,
-            "settle_s": 0,
-            "catch_up_s": 86_400,
-            "clock": {"origin": smd_fleet.test_end, "at": time.time(), "speed": 1},
-        },
-    )
+    clock = {"origin": smd_fleet.test_end, "at": time.time(), "speed": 1}
+    settings = inprocess_settings(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock)
     with TestClient(create_app(settings), headers=auth("all")) as app:
         poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
         portal = app.portal

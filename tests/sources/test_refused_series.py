@@ -1,0 +1,109 @@
+"""A query that answers one host unusably (two series for one label value) leaves that host out of the read
+and the others in: strictly (training, backtest) the read fails naming the query; leniently (the poller) the
+host is named in ``SourceRows.refused`` and the source's status, the other hosts are fed, and the host's window restarts
+when it is read again. Against the backfilled SMD Prometheus; the poller in-process, step by step."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from models.manifest import Manifest
+from models.prometheus import PrometheusClient, QueryFailed, fetch_rows
+from service.app import create_app
+from service.lease import Lease
+from service.poller import SourcePoller, SourceStatus, lease_key
+from service.windows import window_key
+from tests.service.conftest import auth
+from tests.sources.conftest import STEP_S, PrometheusProcess, SMDBundles, SMDFleet
+from tests.sources.live import inprocess_settings
+
+MODEL = "smd"
+# Machine-b answers two series (sensors s01 and s02) for this query; machine-a one.
+DOUBLED = 'smd_sensor{sensor="s01"} or smd_sensor{sensor="s02", instance="machine-b"}'
+
+
+def with_first_query(manifest: Manifest, expr: str) -> Manifest:
+    source = manifest.source
+    assert source is not None
+    first = source.queries[0].model_copy(update={"expr": expr})
+    return manifest.model_copy(
+        update={"source": source.model_copy(update={"queries": [first, *source.queries[1:]]})}
+    )
+
+
+def test_a_read_leaves_out_only_the_host_a_query_answers_twice(
+    smd_fleet: SMDFleet, smd_prometheus: PrometheusProcess, smd_bundles: SMDBundles
+) -> None:
+    manifest = with_first_query(Manifest.load(smd_bundles.from_prometheus), DOUBLED)
+    assert manifest.source is not None
+    start, end = smd_fleet.test_start, smd_fleet.test_start + 50 * STEP_S
+    client = PrometheusClient(smd_prometheus.url, 10)
+    try:
+        with pytest.raises(QueryFailed, match="several series for instance='machine-b'"):
+            fetch_rows(client, manifest.source, start, end)
+        rows = fetch_rows(client, manifest.source, start, end, lenient=True)
+    finally:
+        client.close()
+    assert list(rows.segments) == ["machine-a"] and rows.n_rows() == 51
+    assert list(rows.refused) == ["machine-b"] and "several series" in rows.refused["machine-b"]
+
+
+def test_the_poller_feeds_the_other_hosts_names_the_left_out_one_and_restarts_its_window(
+    smd_fleet: SMDFleet,
+    smd_prometheus: PrometheusProcess,
+    smd_bundles: SMDBundles,
+    redis_url: str,
+    clean_redis: redis.Redis,
+) -> None:
+    clean_redis.set(lease_key(MODEL), "this-test", px=120_000)  # the app's own poller stands by
+    origin = smd_fleet.test_start + 100 * STEP_S
+    clock = {"origin": origin, "at": time.time(), "speed": 600}  # ten rows a second
+    settings = inprocess_settings(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock)
+    with TestClient(create_app(settings), headers=auth("all")) as app:
+        poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
+        portal = app.portal
+        assert portal is not None
+        good = poller._models.get(MODEL).manifest
+        doubled = with_first_query(good, DOUBLED)
+        status = SourceStatus(smd_prometheus.url)
+
+        async def poll(manifest: Manifest) -> None:
+            client = PrometheusClient(smd_prometheus.url, 10)
+            try:
+                lease = Lease(poller._redis, lease_key(MODEL), "this-test", 60)
+                await poller._poll(MODEL, manifest, client, status, lease)
+            finally:
+                client.close()
+
+        def gaps() -> float:
+            for line in app.get("/metrics").text.splitlines():
+                if line.startswith("vigil_source_gaps_total{") and f'model="{MODEL}"' in line:
+                    return float(line.rsplit(" ", 1)[1])
+            raise AssertionError("no vigil_source_gaps_total for the model")
+
+        def scored(stream: str) -> list[Any]:
+            response = app.get(f"/streams/{stream}/scores", params={"limit": 10_000})
+            assert response.status_code == 200, response.text
+            return [p["ts"] for p in response.json()["scores"]]
+
+        portal.call(poll, good)  # both hosts fed
+        assert clean_redis.exists(window_key("machine-a"), window_key("machine-b")) == 2
+        before = gaps()
+        time.sleep(2.0)
+        portal.call(poll, doubled)  # machine-b left out, machine-a fed
+        assert list(status.refused) == ["machine-b"]
+        shown = status.as_dict()  # what /readyz shows of a polling replica (this app's own poller stands by)
+        assert shown["refused_count"] == 1 and shown["refused"]["machine-b"].startswith("s01: ")
+        a_until, b_until = max(scored("machine-a")), max(scored("machine-b"))
+        assert a_until > b_until
+        time.sleep(2.0)
+        portal.call(poll, good)  # read again: its window restarts, the rows it missed are a gap
+        assert status.refused == {}
+        assert gaps() == before + 1
+        # About 20 rows since the restart, under a window (40): no score of machine-b spans the rows it missed.
+        assert max(scored("machine-b")) == b_until and max(scored("machine-a")) > a_until
