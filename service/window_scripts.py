@@ -168,3 +168,11 @@ if redis.call('HGET', KEYS[1], 'claim') == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: window list, meta hash. ARGV: model. Deletes the stream's window (a restart after a gap) unless another
+# model owns the stream: {-1, bound}; else {keys deleted}.
+RESTART_LUA = """
+local bound = redis.call('HGET', KEYS[2], 'model')
+if bound and bound ~= ARGV[1] then return {-1, bound} end
+return {redis.call('DEL', KEYS[1], KEYS[2])}
+"""

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from models.scoring import F32
 from service.errors import BadInput, ModelMismatch, StoreUnavailable
 from service.roundtrip import LuaScript, RoundTrip, raise_if_error
-from service.window_scripts import APPEND_LUA, APPEND_MANY_LUA, COMMIT_LUA, RELEASE_LUA
+from service.window_scripts import APPEND_LUA, APPEND_MANY_LUA, COMMIT_LUA, RELEASE_LUA, RESTART_LUA
 
 
 def text(value: bytes | str) -> str:
@@ -161,6 +161,7 @@ class WindowStore:
         self._jump_arg = repr(max_ts_jump).encode()
         self._commit = LuaScript(COMMIT_LUA)
         self._release = LuaScript(RELEASE_LUA)
+        self._restart = LuaScript(RESTART_LUA)
         self._stream_args: dict[StreamGeometry, _StreamArgs] = {}
 
     def queue_append(
@@ -322,6 +323,20 @@ class WindowStore:
         info = {text(k): text(v) for k, v in meta.items()}
         info["held"] = str(held)
         return info
+
+    async def restart(self, stream_id: str, model: str) -> bool:
+        """Delete the stream's window and meta (its next point starts a new window) unless another model owns
+        the stream (:class:`ModelMismatch`); True when there was one."""
+        trip = RoundTrip(self._redis)
+        trip.eval(self._restart, [window_key(stream_id), meta_key(stream_id)], [model])
+        try:
+            reply = raise_if_error((await trip.execute())[0])
+        except RedisError as exc:
+            raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+        if int(reply[0]) == -1:
+            bound = text(reply[1])
+            raise ModelMismatch(f"stream {stream_id!r} is bound to model {bound!r}", bound_model=bound)
+        return int(reply[0]) > 0
 
     async def delete(self, stream_id: str, also: list[str] | None = None) -> bool:
         """Delete the stream's window and meta, and the keys ``also`` (the stream's keys in other stores: one

@@ -5,9 +5,14 @@ when it is read again. Against the backfilled SMD Prometheus; the poller in-proc
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -17,8 +22,10 @@ from models.prometheus import PrometheusClient, QueryFailed, fetch_rows
 from service.app import create_app
 from service.lease import Lease
 from service.poller import SourcePoller, SourceStatus, lease_key
-from service.windows import window_key
+from service.windows import meta_key, window_key
+from tests.conftest import free_port
 from tests.service.conftest import auth
+from tests.service.live_alertmanager import wait_until
 from tests.sources.conftest import STEP_S, PrometheusProcess, SMDBundles, SMDFleet
 from tests.sources.live import inprocess_settings
 
@@ -107,3 +114,105 @@ def test_the_poller_feeds_the_other_hosts_names_the_left_out_one_and_restarts_it
         assert gaps() == before + 1
         # About 20 rows since the restart, under a window (40): no score of machine-b spans the rows it missed.
         assert max(scored("machine-b")) == b_until and max(scored("machine-a")) > a_until
+
+
+def test_a_stream_of_another_model_is_refused_never_restarted(
+    smd_fleet: SMDFleet,
+    smd_prometheus: PrometheusProcess,
+    smd_bundles: SMDBundles,
+    redis_url: str,
+    clean_redis: redis.Redis,
+) -> None:
+    """A label value that names a stream another model owns (pushed points, or another source): its points are
+    refused and its window kept; before, the poller's first-poll restart deleted it and took the stream over."""
+    clean_redis.set(lease_key(MODEL), "this-test", px=120_000)
+    clean_redis.hset(meta_key("machine-a"), mapping={"model": "pumps", "count": "7"})
+    clean_redis.rpush(window_key("machine-a"), b"kept")
+    clock = {"origin": smd_fleet.test_start + 60 * STEP_S, "at": time.time(), "speed": 1}
+    settings = inprocess_settings(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock)
+    with TestClient(create_app(settings), headers=auth("all")) as app:
+        poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
+        portal = app.portal
+        assert portal is not None
+
+        async def poll() -> None:
+            client = PrometheusClient(smd_prometheus.url, 10)
+            try:
+                lease = Lease(poller._redis, lease_key(MODEL), "this-test", 60)
+                manifest = poller._models.get(MODEL).manifest
+                await poller._poll(MODEL, manifest, client, SourceStatus(smd_prometheus.url), lease)
+            finally:
+                client.close()
+
+        portal.call(poll)
+        assert clean_redis.hget(meta_key("machine-a"), "model") == b"pumps"
+        assert clean_redis.lrange(window_key("machine-a"), 0, -1) == [b"kept"]
+        assert clean_redis.hget(meta_key("machine-b"), "model") == MODEL.encode()
+        refused = [
+            line
+            for line in app.get("/metrics").text.splitlines()
+            if line.startswith("vigil_source_points_total{") and 'outcome="refused"' in line
+        ]
+        assert refused and float(refused[0].rsplit(" ", 1)[1]) == 61
+
+
+def test_an_answer_the_parser_did_not_foresee_fails_the_poll_not_the_poller(
+    smd_bundles: SMDBundles, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """A peer on the Prometheus URL that answers a value entry that is not a (time, value) pair (a proxy, another
+    service): the poll fails with backoff and is counted, and the poller goes on."""
+    api = tmp_path / "peer" / "api" / "v1"
+    api.mkdir(parents=True)
+    body = {
+        "status": "success",
+        "data": {"resultType": "matrix", "result": [{"metric": {"instance": "x"}, "values": [[1]]}]},
+    }
+    (api / "query_range").write_text(json.dumps(body))
+    port = free_port()
+    peer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(tmp_path / "peer"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until("the peer", lambda: _answers(url), 10)
+        clean_redis.set(lease_key(MODEL), "this-test", px=120_000)
+        clock = {"origin": 1_767_300_000.0, "at": time.time(), "speed": 1}
+        settings = inprocess_settings(smd_bundles, redis_url, url, 1_767_290_000.0, clock)
+        with TestClient(create_app(settings), headers=auth("all")) as app:
+            poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
+            portal = app.portal
+            assert portal is not None
+            status = SourceStatus(url)
+
+            async def attempt() -> float:
+                client = PrometheusClient(url, 5)
+                try:
+                    lease = Lease(poller._redis, lease_key(MODEL), "this-test", 60)
+                    return await poller._attempt(MODEL, client, status, lease)
+                finally:
+                    client.close()
+
+            backoff = portal.call(attempt)
+            assert backoff > 0 and status.state == "failing" and status.failures == 1
+            assert status.error == "ValueError"
+    finally:
+        peer.terminate()
+        peer.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/v1/query_range", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
