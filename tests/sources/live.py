@@ -12,10 +12,9 @@ import httpx
 import numpy as np
 
 from service.poller import LEVELS
-from service.settings import Settings
-from tests.service.conftest import auth, make_settings
+from tests.service.conftest import auth
 from tests.service.live import LiveServer
-from tests.sources.conftest import STEP_S, SMDBundles, SMDFleet
+from tests.sources.conftest import STEP_S, SMDFleet
 from training.backtest import Backtest
 
 
@@ -140,21 +139,3 @@ def stop_replica(server: LiveServer, timeout_s: float = 30) -> None:
         raise AssertionError(
             f"vigil serve ignored SIGTERM for {timeout_s} s:\n{server.log_path.read_text()[-3000:]}"
         ) from exc
-
-
-def inprocess_settings(
-    bundles: SMDBundles, redis_url: str, prometheus_url: str, start_at: float, clock: dict[str, float]
-) -> Settings:
-    """Settings of an in-process app polling ``prometheus_url`` from ``start_at`` on the shifted ``clock``
-    (tests that drive the poller's own steps through the app's event loop)."""
-    return make_settings(
-        bundles.models_dir,
-        redis_url,
-        sources={
-            "prometheus_url": prometheus_url,
-            "start_at": start_at,
-            "settle_s": 0,
-            "catch_up_s": 86_400,
-            "clock": clock,
-        },
-    )

@@ -15,21 +15,16 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from fastapi.testclient import TestClient
 
 from models.manifest import Manifest
 from models.prometheus import PrometheusClient, QueryFailed, fetch_rows
-from service.app import create_app
-from service.lease import Lease
-from service.poller import SourcePoller, SourceStatus, lease_key
+from service.poller import SourceStatus, lease_key
 from service.windows import meta_key, window_key
 from tests.conftest import free_port
-from tests.service.conftest import auth
 from tests.service.live_alertmanager import wait_until
 from tests.sources.conftest import STEP_S, PrometheusProcess, SMDBundles, SMDFleet
-from tests.sources.live import inprocess_settings
+from tests.sources.inprocess import MODEL, poller_steps
 
-MODEL = "smd"
 # Machine-b answers two series (sensors s01 and s02) for this query; machine-a one.
 DOUBLED = 'smd_sensor{sensor="s01"} or smd_sensor{sensor="s02", instance="machine-b"}'
 
@@ -70,46 +65,31 @@ def test_the_poller_feeds_the_other_hosts_names_the_left_out_one_and_restarts_it
     clean_redis.set(lease_key(MODEL), "this-test", px=120_000)  # the app's own poller stands by
     origin = smd_fleet.test_start + 100 * STEP_S
     clock = {"origin": origin, "at": time.time(), "speed": 600}  # ten rows a second
-    settings = inprocess_settings(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock)
-    with TestClient(create_app(settings), headers=auth("all")) as app:
-        poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
-        portal = app.portal
-        assert portal is not None
-        good = poller._models.get(MODEL).manifest
+    with poller_steps(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock) as steps:
+        good = steps.poller._models.get(MODEL).manifest
         doubled = with_first_query(good, DOUBLED)
         status = SourceStatus(smd_prometheus.url)
 
-        async def poll(manifest: Manifest) -> None:
-            client = PrometheusClient(smd_prometheus.url, 10)
-            try:
-                lease = Lease(poller._redis, lease_key(MODEL), "this-test", 60)
-                await poller._poll(MODEL, manifest, client, status, lease)
-            finally:
-                client.close()
-
         def gaps() -> float:
-            for line in app.get("/metrics").text.splitlines():
-                if line.startswith("vigil_source_gaps_total{") and f'model="{MODEL}"' in line:
-                    return float(line.rsplit(" ", 1)[1])
-            raise AssertionError("no vigil_source_gaps_total for the model")
+            return steps.metric("vigil_source_gaps_total", model=MODEL)
 
         def scored(stream: str) -> list[Any]:
-            response = app.get(f"/streams/{stream}/scores", params={"limit": 10_000})
+            response = steps.app.get(f"/streams/{stream}/scores", params={"limit": 10_000})
             assert response.status_code == 200, response.text
             return [p["ts"] for p in response.json()["scores"]]
 
-        portal.call(poll, good)  # both hosts fed
+        steps.poll("this-test", good, status)  # both hosts fed
         assert clean_redis.exists(window_key("machine-a"), window_key("machine-b")) == 2
         before = gaps()
         time.sleep(2.0)
-        portal.call(poll, doubled)  # machine-b left out, machine-a fed
+        steps.poll("this-test", doubled, status)  # machine-b left out, machine-a fed
         assert list(status.refused) == ["machine-b"]
         shown = status.as_dict()  # what /readyz shows of a polling replica (this app's own poller stands by)
         assert shown["refused_count"] == 1 and shown["refused"]["machine-b"].startswith("s01: ")
         a_until, b_until = max(scored("machine-a")), max(scored("machine-b"))
         assert a_until > b_until
         time.sleep(2.0)
-        portal.call(poll, good)  # read again: its window restarts, the rows it missed are a gap
+        steps.poll("this-test", good, status)  # read again: its window restarts, the rows it missed are a gap
         assert status.refused == {}
         assert gaps() == before + 1
         # About 20 rows since the restart, under a window (40): no score of machine-b spans the rows it missed.
@@ -129,31 +109,12 @@ def test_a_stream_of_another_model_is_refused_never_restarted(
     clean_redis.hset(meta_key("machine-a"), mapping={"model": "pumps", "count": "7"})
     clean_redis.rpush(window_key("machine-a"), b"kept")
     clock = {"origin": smd_fleet.test_start + 60 * STEP_S, "at": time.time(), "speed": 1}
-    settings = inprocess_settings(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock)
-    with TestClient(create_app(settings), headers=auth("all")) as app:
-        poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
-        portal = app.portal
-        assert portal is not None
-
-        async def poll() -> None:
-            client = PrometheusClient(smd_prometheus.url, 10)
-            try:
-                lease = Lease(poller._redis, lease_key(MODEL), "this-test", 60)
-                manifest = poller._models.get(MODEL).manifest
-                await poller._poll(MODEL, manifest, client, SourceStatus(smd_prometheus.url), lease)
-            finally:
-                client.close()
-
-        portal.call(poll)
+    with poller_steps(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock) as steps:
+        steps.poll("this-test")
         assert clean_redis.hget(meta_key("machine-a"), "model") == b"pumps"
         assert clean_redis.lrange(window_key("machine-a"), 0, -1) == [b"kept"]
         assert clean_redis.hget(meta_key("machine-b"), "model") == MODEL.encode()
-        refused = [
-            line
-            for line in app.get("/metrics").text.splitlines()
-            if line.startswith("vigil_source_points_total{") and 'outcome="refused"' in line
-        ]
-        assert refused and float(refused[0].rsplit(" ", 1)[1]) == 61
+        assert steps.metric("vigil_source_points_total", model=MODEL, outcome="refused") == 61
 
 
 def test_an_answer_the_parser_did_not_foresee_fails_the_poll_not_the_poller(
@@ -188,22 +149,9 @@ def test_an_answer_the_parser_did_not_foresee_fails_the_poll_not_the_poller(
         wait_until("the peer", lambda: _answers(url), 10)
         clean_redis.set(lease_key(MODEL), "this-test", px=120_000)
         clock = {"origin": 1_767_300_000.0, "at": time.time(), "speed": 1}
-        settings = inprocess_settings(smd_bundles, redis_url, url, 1_767_290_000.0, clock)
-        with TestClient(create_app(settings), headers=auth("all")) as app:
-            poller: SourcePoller = app.app.state.sources  # type: ignore[attr-defined]
-            portal = app.portal
-            assert portal is not None
+        with poller_steps(smd_bundles, redis_url, url, 1_767_290_000.0, clock) as steps:
             status = SourceStatus(url)
-
-            async def attempt() -> float:
-                client = PrometheusClient(url, 5)
-                try:
-                    lease = Lease(poller._redis, lease_key(MODEL), "this-test", 60)
-                    return await poller._attempt(MODEL, client, status, lease)
-                finally:
-                    client.close()
-
-            backoff = portal.call(attempt)
+            backoff = steps.attempt("this-test", status)
             assert backoff > 0 and status.state == "failing" and status.failures == 1
             assert status.error == "ValueError"
     finally:
