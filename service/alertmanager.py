@@ -162,12 +162,17 @@ def describe(event: dict[str, Any], context: EventContext, severity: str, resolv
 
 @dataclass(frozen=True)
 class PostResult:
-    """``accepted`` (2xx), ``rejected`` (a 4xx other than 408/429: retrying the same body cannot help) or
-    ``failed`` (5xx, 408, 429, no answer: worth retrying); ``detail`` holds the body or the error."""
+    """``accepted`` (2xx), ``rejected`` (400, 413, 415, 422: the body itself is refused, so sending it again
+    cannot help) or ``failed`` (anything else, or no answer: worth retrying; a 401, 403 or 404 is a proxy or a
+    path that is wrong for now, as during a redeploy or a credential rotation, and dropping the batch then
+    would lose its alerts); ``detail`` holds the body or the error."""
 
     outcome: Literal["accepted", "rejected", "failed"]
     status: int | None
     detail: str
+
+
+BODY_REFUSED = frozenset((400, 413, 415, 422))  # statuses that refuse the posted alerts themselves
 
 
 class AlertmanagerClient:
@@ -184,8 +189,8 @@ class AlertmanagerClient:
         status = response.status_code
         if 200 <= status < 300:
             return PostResult("accepted", status, "")
-        retryable = status >= 500 or status in (408, 429)
-        return PostResult("failed" if retryable else "rejected", status, response.text[:2000])
+        refused = status in BODY_REFUSED
+        return PostResult("rejected" if refused else "failed", status, response.text[:2000])
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -12,7 +12,9 @@ at least once, across restarts and replicas.
   only its own deliveries. A follower reads only while its replica holds the lease (checked before each read).
 - **Failures.** 5xx or no answer: the same batch again after a capped exponential backoff with jitter; nothing
   after it goes first, so a stream's events stay in order and none is dropped within the stream's retention.
-  4xx: logged with the body, counted, acknowledged (Alertmanager keeps the valid alerts of a refused batch).
+  Every other status is retried the same way (a 401, 403 or 404 is a proxy or a path wrong for now, not a bad
+  alert). 400, 413, 415, 422 (the body refused): logged with the body, counted, acknowledged (Alertmanager keeps
+  the valid alerts of a refused batch).
 - **Re-sends.** What fires at each Alertmanager is kept in a Redis hash per Alertmanager, written after each
   accepted post, and posted again every ``resend_interval_s`` between batches, so a restarted Alertmanager
   relearns it and posts never race the events. An entry whose stream's alert state is gone (the stream was
