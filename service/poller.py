@@ -283,7 +283,7 @@ class SourcePoller:
         """One poll; returns the seconds until the next (the next settled row, or the backoff)."""
         manifest = self._models.get(name).manifest
         try:
-            await self._poll(name, manifest, client, status, lease)
+            behind = await self._poll(name, manifest, client, status, lease)
         except LeaseLost:
             log.warning("source %s: the lease passed to another replica during a poll; standing by", name)
             self._metrics.source_polls.labels(name, "lease_lost").inc()
@@ -298,7 +298,7 @@ class SourcePoller:
         status.failures, status.state, status.error = 0, "ok", None
         status.last_success_at = time.monotonic()
         self._metrics.source_polls.labels(name, "ok").inc()
-        return self._until_next_row(manifest)
+        return 0.0 if behind else self._until_next_row(manifest)
 
     def _failed(self, name: str, status: SourceStatus, exc: Exception) -> float:
         """Count a failed poll; returns the backoff before the next (doubling, with jitter)."""
@@ -324,26 +324,27 @@ class SourcePoller:
 
     async def _poll(
         self, name: str, manifest: Manifest, client: PrometheusClient, status: SourceStatus, lease: Lease
-    ) -> None:
-        """Read the rows since the cursor and feed them. The lease is renewed before each stream's rows and the
-        cursor written only while it is held (one Lua call): a poll longer than the lease (a slow Prometheus, a
-        long catch-up, a pause) stops, unrecorded, once another replica holds it, instead of restarting windows
-        the other has fed or moving the cursor back."""
+    ) -> bool:
+        """Read the rows since the cursor, at most ``max_rows_per_poll`` of them, and feed them; True when more
+        rows have settled (a catch-up goes on at once, a bounded piece at a time). The lease is renewed before
+        each stream's rows and the cursor written only while it is held (one Lua call): a poll longer than the
+        lease (a slow Prometheus, a pause) stops, unrecorded, once another replica holds it, instead of
+        restarting windows the other has fed or moving the cursor back."""
         s = self._settings
         source = manifest.source
         if source is None:  # a reload cannot drop the source (service.registry); nothing to read if it did
-            return
+            return False
         step = source.step_s
         now = self._clock.now()
-        end = math.floor((now - s.settle_s) / step) * step
+        settled = math.floor((now - s.settle_s) / step) * step
         raw = await self._redis.get(cursor_key(name))
         cursor = float(raw) if raw is not None else None
         if cursor is None:
-            start = s.start_at if s.start_at is not None else end - (manifest.window_length - 1) * step
+            start = s.start_at if s.start_at is not None else settled - (manifest.window_length - 1) * step
             first_new = math.ceil(start / step) * step
         else:
             first_new = cursor + step
-        oldest = math.ceil((end - s.catch_up_s) / step) * step
+        oldest = math.ceil((settled - s.catch_up_s) / step) * step
         if cursor is None and s.start_at is None:
             oldest = min(oldest, first_new)  # a first window is always read whole: it is what scores at once
         skipped = first_new < oldest
@@ -355,6 +356,7 @@ class SourcePoller:
                 s.catch_up_s,
             )
             first_new = oldest
+        end = min(settled, first_new + (s.max_rows_per_poll - 1) * step)
         if end >= first_new:
             rows = await asyncio.to_thread(fetch_rows, client, source, first_new - step, end, False, True)
             self._note_refused(name, status, rows.refused)
@@ -388,6 +390,7 @@ class SourcePoller:
                 raise LeaseLost(name)
             cursor = end
         status.cursor = cursor
+        return end < settled
 
     def _note_refused(self, name: str, status: SourceStatus, refused: dict[str, str]) -> None:
         """Log each label value when a poll first leaves it out, and when it is read again."""

@@ -161,6 +161,9 @@ class SourceSettings(BaseModel):
     poll_interval_s: float | None = Field(None, gt=0)  # None: every step of the source
     # After an outage the missed range is read back up to this far; older rows are skipped (a gap).
     catch_up_s: float = Field(3600.0, gt=0)
+    # Rows one poll reads at most: a longer catch-up goes on in pieces, each fed and recorded before the next
+    # (bounded memory: rows x queries x hosts; progress kept if a later piece fails).
+    max_rows_per_poll: int = Field(1000, ge=1)
     # Where a model with no progress in Redis starts: epoch s; None: one window before now, read whole even beyond
     # catch_up_s (scores at once).
     start_at: float | None = None

@@ -183,3 +183,36 @@ def test_a_first_start_reads_a_whole_window_even_past_the_catch_up_limit(
         assert "skipped" not in log_path.read_text()
     finally:
         stop_replica(server)
+
+
+def test_a_catch_up_in_pieces_scores_and_alerts_as_the_backtest(
+    smd_fleet: SMDFleet,
+    smd_prometheus: PrometheusProcess,
+    smd_bundles: SMDBundles,
+    backtest: Backtest,
+    redis_url: str,
+    clean_redis: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """The whole test range (400 rows a host) behind the clock at start, read 25 rows a poll: every piece is
+    fed and recorded before the next, and the streams get the backtest's scores and alerts, as in one read."""
+    env = source_env(
+        smd_prometheus.url,
+        smd_fleet,
+        speed=1,
+        at=time.time() - (smd_fleet.test_end - smd_fleet.test_start),  # the clock at the range's end
+        VIGIL_SOURCES__MAX_ROWS_PER_POLL="25",
+    )
+    server = LiveServer(smd_bundles.models_dir, redis_url, tmp_path / "serve.log", **env).start(90)
+    try:
+        wait_for_cursor(server, smd_fleet.test_end)
+        assert compare_scores(server, backtest)["points"] == 800
+        assert live_events(server, smd_fleet.test_end) == backtest_events(backtest)
+        polls = [
+            line
+            for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+            if line.startswith("vigil_source_polls_total{") and 'outcome="ok"' in line
+        ]
+        assert float(polls[0].rsplit(" ", 1)[1]) >= 400 / 25
+    finally:
+        stop_replica(server)
