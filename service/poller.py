@@ -156,7 +156,7 @@ class SourcePoller:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._status: dict[str, SourceStatus] = {}
         self._exported: dict[str, set[str]] = {}
-        self._held_back: dict[str, set[str]] = {}  # by model: streams left out of a poll, not fed since
+        self._held_back: dict[str, set[str]] = {}  # by model: streams with rows left out or refused since fed
         self._supervisor: asyncio.Task[None] | None = None
         # Set by stop(): every loop ends on it, even where a cancellation reached a Redis call and came out as
         # a connection error (the loops catch those to keep polling).
@@ -383,8 +383,10 @@ class SourcePoller:
                             continue
                         if restarted and cursor is not None:
                             self._metrics.source_gaps.labels(name).inc()
-                    await self._feed(name, stream, new)
-                    held_back.discard(stream)
+                    if await self._feed(name, stream, new):
+                        held_back.discard(stream)
+                    else:  # rows it refused are missing from its window: the next ones start a new one
+                        held_back.add(stream)
             held_back.update(stream_id_of(v) for v in rows.refused if not v.startswith("<no "))
             if not await lease.write_if_held(cursor_key(name), repr(end)):
                 raise LeaseLost(name)
@@ -401,21 +403,23 @@ class SourcePoller:
         status.refused = refused
         self._metrics.source_refused_series.labels(name).set(len(refused))
 
-    async def _feed(self, name: str, stream: str, rows: Segment) -> None:
-        """Send one stream's rows through the stream path. Points it refuses (a value out of range, a stream id
-        bound to another model) are logged and counted, never retried; an overloaded or unreachable store fails
-        the poll, which then retries from the same cursor."""
+    async def _feed(self, name: str, stream: str, rows: Segment) -> bool:
+        """Send one stream's rows through the stream path; False when it refused some. Points it refuses (a value
+        out of range, a stream id bound to another model) are logged and counted, never retried (the rest of the
+        stream's rows in this poll with them: the stream restarts at its next rows); an overloaded or unreachable
+        store fails the poll, which then retries from the same cursor."""
         for first in range(0, len(rows), self._max_points):
             chunk = slice(first, first + self._max_points)
             batch = PointBatch(stream, name, rows.ts[chunk], np.ascontiguousarray(rows.values[chunk]))
             try:
                 result = await self._scorer.score_points(batch)
             except (BadInput, ModelMismatch, PayloadTooLarge) as exc:
-                self._refuse(name, stream, len(batch.ts), exc.detail)
-                return
+                self._refuse(name, stream, len(rows.ts) - first, exc.detail)
+                return False
             self._metrics.source_points.labels(name, "fed").inc(len(batch.ts))
             if len(result.points):
                 self._export(name, stream, result.points.scores[-1], result.points.levels[-1])
+        return True
 
     def _refuse(self, name: str, stream: str, n_points: int, detail: str) -> None:
         log.warning("source %s: stream %s refused %d point(s): %s", name, stream, n_points, detail)

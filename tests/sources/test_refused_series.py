@@ -164,3 +164,30 @@ def _answers(url: str) -> bool:
         return httpx.get(url + "/api/v1/query_range", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_rows_the_stream_path_refuses_restart_the_window_at_the_next_rows(
+    smd_fleet: SMDFleet,
+    smd_prometheus: PrometheusProcess,
+    smd_bundles: SMDBundles,
+    redis_url: str,
+    clean_redis: redis.Redis,
+) -> None:
+    """Rows refused by the stream path (a value 1e30 times its sensor: out of any range the model can score)
+    are missing from the window, so the stream's next rows start a new one instead of continuing over them."""
+    clean_redis.set(lease_key(MODEL), "this-test", px=120_000)
+    clock = {"origin": smd_fleet.test_start + 100 * STEP_S, "at": time.time(), "speed": 600}
+    with poller_steps(smd_bundles, redis_url, smd_prometheus.url, smd_fleet.test_start, clock) as steps:
+        good = steps.poller._models.get(MODEL).manifest
+        source = good.source
+        assert source is not None
+        wild = with_first_query(good, f"({source.queries[0].expr}) * 1e30")
+        steps.poll("this-test", good)
+        before = steps.metric("vigil_source_gaps_total", model=MODEL)
+        refused_before = steps.metric("vigil_source_points_total", model=MODEL, outcome="refused")
+        time.sleep(2.0)
+        steps.poll("this-test", wild)
+        assert steps.metric("vigil_source_points_total", model=MODEL, outcome="refused") > refused_before
+        time.sleep(2.0)
+        steps.poll("this-test", good)
+        assert steps.metric("vigil_source_gaps_total", model=MODEL) == before + 2  # both hosts restarted
