@@ -118,39 +118,51 @@ def bundle_dir(models_dir: Path) -> Path:
     return models_dir / "tvnet" / "test"
 
 
-@pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A three-node Redis Cluster on loopback, built from `redis-server --cluster-enabled yes` processes."""
-    procs, ports = [], []
-    base = tmp_path_factory.mktemp("cluster")
+CLUSTER_NODE_ARGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "no")
+
+
+def start_cluster_node(directory: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """One node of a test Redis Cluster (again on its ``port`` after a stop: nodes.conf keeps its slots)."""
+    return start_redis_server(directory, *CLUSTER_NODE_ARGS, port=port or free_cluster_port())
+
+
+def wait_cluster_ok(port: int, timeout_s: float = 30) -> None:
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout_s
     try:
-        for i in range(3):
-            proc, port = start_redis_server(
-                base / f"node{i}",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--appendonly",
-                "no",
-                port=free_cluster_port(),
-            )
-            procs.append(proc)
-            ports.append(port)
-        nodes = [f"127.0.0.1:{p}" for p in ports]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        client = redis.Redis(port=ports[0])
-        deadline = time.monotonic() + 30
         while client.cluster("info").get("cluster_state") != "ok":  # redis-py parses the reply into a dict
             if time.monotonic() > deadline:
                 raise RuntimeError("the test cluster did not reach cluster_state:ok")
             time.sleep(0.1)
+    finally:
         client.close()
+
+
+def start_redis_cluster(base: Path, procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """A three-node Redis Cluster on loopback under ``base``; its processes are appended to ``procs`` as they
+    start (the caller stops them); returns the nodes' ports."""
+    ports = []
+    for i in range(3):
+        proc, port = start_cluster_node(base / f"node{i}")
+        procs.append(proc)
+        ports.append(port)
+    nodes = [f"127.0.0.1:{p}" for p in ports]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    wait_cluster_ok(ports[0])
+    return ports
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Redis Cluster on loopback, built from `redis-server --cluster-enabled yes` processes."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = start_redis_cluster(tmp_path_factory.mktemp("cluster"), procs)
         yield f"redis://127.0.0.1:{ports[0]}/0"
     finally:
         for proc in procs:

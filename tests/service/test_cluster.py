@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from service.app import create_app
 from service.redis_clients import redis_client
 from service.settings import Settings
 from service.windows import window_key
+from tests.conftest import start_cluster_node, start_redis_cluster, wait_cluster_ok
 from tests.service.conftest import auth, make_settings, points_body, scores_by_ts, stream
 from training.evaluate import score_test_series
 
@@ -162,3 +165,42 @@ def test_cluster_concurrent_publishes_of_one_outbox_lose_no_event(cluster_settin
     for w in range(n_writers):  # one writer's events in the order it appended them
         mine = [ts for ts in published if w * 1000 <= ts < (w + 1) * 1000]
         assert mine == sorted(mine)
+
+
+def test_a_cluster_outage_answers_503_and_the_service_recovers_when_it_returns(
+    models_dir: Path, test_series: np.ndarray, tmp_path: Path
+) -> None:
+    """Every node of the cluster killed: requests are answered 503 ``store_unavailable`` (never a 500), the
+    service stays up, and it serves again once the nodes are back on their ports (nodes.conf keeps the slots)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = start_redis_cluster(tmp_path / "cluster", procs)
+        settings = make_settings(
+            models_dir, f"redis://127.0.0.1:{ports[0]}/0", redis_cluster=True, redis_timeout_s=1.0
+        )
+        with TestClient(create_app(settings), headers=auth("all")) as client:
+            stream_id = unique("outage")
+            assert client.post("/score", json=points_body(stream_id, test_series[:20], 0)).status_code == 200
+            for proc in procs:
+                proc.kill()
+                proc.wait(10)
+            procs.clear()
+            for _ in range(3):  # the first failure and the ones after it (a topology refresh in between)
+                down = client.post("/score", json=points_body(stream_id, test_series[20:40], 20))
+                assert down.status_code == 503 and down.json()["code"] == "store_unavailable", down.text
+            assert client.get("/alerts").status_code == 503
+            assert client.get("/readyz").status_code == 503
+            for i, port in enumerate(ports):
+                procs.append(start_cluster_node(tmp_path / "cluster" / f"node{i}", port)[0])
+            wait_cluster_ok(ports[0])
+            deadline = time.monotonic() + 30
+            while (
+                back := client.post("/score", json=points_body(stream_id, test_series[:20], 0))
+            ).status_code != 200:
+                assert back.status_code == 503 and time.monotonic() < deadline, back.text
+                time.sleep(0.5)
+            assert client.get("/readyz").status_code == 200
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
