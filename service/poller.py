@@ -10,9 +10,10 @@ scores, contributions, alerts, history, the feed and Alertmanager delivery work 
 - **Progress in Redis.** The newest grid row fed (``vigil:source:{<model>}:cursor``): a new holder or a restarted
   service continues from there.
 - **A poll** reads ``[cursor, now - settle_s]`` (plus the fill rule's look-back, ``models.prometheus.fetch_rows``)
-  and feeds the rows after the cursor. A segment that does not continue from the cursor's row (a gap longer than
-  the fill rule, or rows skipped beyond ``catch_up_s``) restarts the stream's window (its alert state and history
-  stay), as ``vigil backtest`` scores each segment from its start: the two agree point for point.
+  and feeds the rows after the cursor. A segment that does not extend the stream's window (a gap longer than
+  the fill rule, rows skipped beyond ``catch_up_s``, rows left out or refused, a window that does not reach the
+  cursor's row) restarts the window (its alert state and history stay), as ``vigil backtest`` scores each
+  segment from its start: the two agree point for point.
 - **Failures** (Prometheus unreachable, a query refused, the stream path overloaded, Redis down) are counted,
   reported by ``/readyz`` per source and retried after a doubling backoff with jitter; the cursor stays, so the
   missed range is read when the source returns (rows older than ``catch_up_s`` are skipped).
@@ -48,7 +49,7 @@ from models.prometheus import (
     fetch_rows,
     redact,
 )
-from models.source import Segment, SourceError, format_time, stream_id_of
+from models.source import Segment, SourceError, format_time
 from service.codec import PointBatch
 from service.errors import BadInput, ModelMismatch, PayloadTooLarge, UnknownModel, VigilError
 from service.lease import Lease
@@ -156,7 +157,6 @@ class SourcePoller:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._status: dict[str, SourceStatus] = {}
         self._exported: dict[str, set[str]] = {}
-        self._held_back: dict[str, set[str]] = {}  # by model: streams with rows left out or refused since fed
         self._supervisor: asyncio.Task[None] | None = None
         # Set by stop(): every loop ends on it, even where a cancellation reached a Redis call and came out as
         # a connection error (the loops catch those to keep polling).
@@ -360,7 +360,6 @@ class SourcePoller:
         if end >= first_new:
             rows = await asyncio.to_thread(fetch_rows, client, source, first_new - step, end, False, True)
             self._note_refused(name, status, rows.refused)
-            held_back = self._held_back.setdefault(name, set())
             for stream, segments in rows.segments.items():
                 for segment in segments:
                     new = segment.since(first_new)
@@ -368,14 +367,7 @@ class SourcePoller:
                         continue
                     if not await lease.hold():
                         raise LeaseLost(name)
-                    # A stream left out of earlier polls restarts: its rows before this poll were never fed.
-                    continues = (
-                        cursor is not None
-                        and not skipped
-                        and segment.ts[0] < first_new
-                        and stream not in held_back
-                    )
-                    if not continues:
+                    if not await self._continues(stream, segment, first_new, step):
                         try:
                             restarted = await self._windows.restart(stream, name)
                         except ModelMismatch as exc:  # a stream of another model: left alone, never deleted
@@ -383,11 +375,7 @@ class SourcePoller:
                             continue
                         if restarted and cursor is not None:
                             self._metrics.source_gaps.labels(name).inc()
-                    if await self._feed(name, stream, new):
-                        held_back.discard(stream)
-                    else:  # rows it refused are missing from its window: the next ones start a new one
-                        held_back.add(stream)
-            held_back.update(stream_id_of(v) for v in rows.refused if not v.startswith("<no "))
+                    await self._feed(name, stream, new)
             if not await lease.write_if_held(cursor_key(name), repr(end)):
                 raise LeaseLost(name)
             cursor = end
@@ -403,11 +391,22 @@ class SourcePoller:
         status.refused = refused
         self._metrics.source_refused_series.labels(name).set(len(refused))
 
-    async def _feed(self, name: str, stream: str, rows: Segment) -> bool:
-        """Send one stream's rows through the stream path; False when it refused some. Points it refuses (a value
-        out of range, a stream id bound to another model) are logged and counted, never retried (the rest of the
-        stream's rows in this poll with them: the stream restarts at its next rows); an overloaded or unreachable
-        store fails the poll, which then retries from the same cursor."""
+    async def _continues(self, stream: str, segment: Segment, first_new: float, step: float) -> bool:
+        """Whether the segment's new rows extend the stream's window: the segment runs through the row before
+        them, and the window already holds that row (its newest point at it or later: rows of a retried poll
+        are dropped as duplicates). Not so after a gap in the data, rows skipped beyond the catch-up limit, rows
+        of the stream a poll left out or the stream path refused, or a stream no replica has fed yet: the
+        window restarts, as the backtest starts each segment anew."""
+        if segment.ts[0] >= first_new:
+            return False
+        newest = await self._windows.last_ts(stream)
+        return newest is not None and newest >= first_new - 1.5 * step  # half a step for float grids
+
+    async def _feed(self, name: str, stream: str, rows: Segment) -> None:
+        """Send one stream's rows through the stream path. Points it refuses (a value out of range, a stream id
+        bound to another model) are logged and counted, never retried (the rest of the stream's rows in this
+        poll with them: its window then ends before them, so its next rows restart it); an overloaded or
+        unreachable store fails the poll, which then retries from the same cursor."""
         for first in range(0, len(rows), self._max_points):
             chunk = slice(first, first + self._max_points)
             batch = PointBatch(stream, name, rows.ts[chunk], np.ascontiguousarray(rows.values[chunk]))
@@ -415,11 +414,10 @@ class SourcePoller:
                 result = await self._scorer.score_points(batch)
             except (BadInput, ModelMismatch, PayloadTooLarge) as exc:
                 self._refuse(name, stream, len(rows.ts) - first, exc.detail)
-                return False
+                return
             self._metrics.source_points.labels(name, "fed").inc(len(batch.ts))
             if len(result.points):
                 self._export(name, stream, result.points.scores[-1], result.points.levels[-1])
-        return True
 
     def _refuse(self, name: str, stream: str, n_points: int, detail: str) -> None:
         log.warning("source %s: stream %s refused %d point(s): %s", name, stream, n_points, detail)

@@ -324,6 +324,14 @@ class WindowStore:
         info["held"] = str(held)
         return info
 
+    async def last_ts(self, stream_id: str) -> float | None:
+        """The ts of the stream's newest point (None: no window)."""
+        try:
+            newest = await self._redis.hget(meta_key(stream_id), "last_ts")
+        except RedisError as exc:
+            raise StoreUnavailable(f"window store unavailable: {type(exc).__name__}") from exc
+        return float(newest) if newest is not None else None
+
     async def restart(self, stream_id: str, model: str) -> bool:
         """Delete the stream's window and meta (its next point starts a new window) unless another model owns
         the stream (:class:`ModelMismatch`); True when there was one."""
