@@ -341,9 +341,8 @@ def test_entries_another_consumer_read_and_left_are_delivered_within_two_leases(
         # Accepted by Alertmanager (the stream has no alert state, so the next re-send posts it resolved: its
         # acceptance, not its presence, is what to wait for).
         wait_until("the stale consumer's entry delivered", lambda: delivered(client, alertmanager) == 1, 15)
-        assert (
-            time.monotonic() - left_at <= 2 * 3 + 2
-        )  # idle a lease, then claimed at the next check (a lease)
+        # Idle a lease (3 s), then claimed at a check (every lease): about 7 s at most; 12 with slack for load.
+        assert time.monotonic() - left_at <= 12
         assert clean_redis.xpending("vigil:alerts", group)["pending"] == 0
 
 
