@@ -39,6 +39,7 @@ from service.poller import SourcePoller, poller_name
 from service.redis_clients import BLOCKING_READ_S, redis_client
 from service.registry import ModelRegistry
 from service.reloads import follow as follow_reloads
+from service.reloads import generation_before_load
 from service.responses import JSONBytesResponse
 from service.routes import feed, health, score, streams, ui
 from service.schemas import BatchScoreRequest, StreamScoreRequest, WindowScoreRequest
@@ -239,6 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
         # connection and answer 503, taking a loaded (healthy) replica out of its load balancer.
         app.state.probe_redis = redis_client(settings.model_copy(update={"redis_pool_size": 2}))
         try:
+            generation = await generation_before_load(redis)
             models.load_all()
             windows = WindowStore(
                 redis,
@@ -299,7 +301,7 @@ def create_app(settings: Settings) -> FastAPI:
             outboxes = asyncio.create_task(
                 alerts.keep_publishing(StreamCatalog(redis).model_of), name="alert-outboxes"
             )
-            reloads = asyncio.create_task(follow_reloads(redis, models), name="model-reloads")
+            reloads = asyncio.create_task(follow_reloads(redis, models, generation), name="model-reloads")
             if settings.gc_freeze:
                 freeze_startup_objects()
             async with looplag.watching(metrics.loop_lag):

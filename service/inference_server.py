@@ -34,6 +34,7 @@ from service.metrics import Metrics
 from service.redis_clients import redis_client
 from service.registry import ModelRegistry
 from service.reloads import follow as follow_reloads
+from service.reloads import generation_before_load
 from service.settings import Settings
 from service.tasks import stop_task
 
@@ -75,6 +76,8 @@ async def answer_requests(
 
 async def serve_inference(settings: Settings, socket_path: Path) -> None:
     registry = ModelRegistry(settings.model_copy(update={"inference": "in_process"}), Metrics())
+    redis = redis_client(settings.model_copy(update={"redis_pool_size": 1}))
+    generation = await generation_before_load(redis)
     registry.load_all()
     socket_path.unlink(missing_ok=True)
     server = await asyncio.start_unix_server(
@@ -90,8 +93,7 @@ async def serve_inference(settings: Settings, socket_path: Path) -> None:
         "inference process %d serving %s on %s", os.getpid(), [h.name for h in registry.all()], socket_path
     )
     watcher = asyncio.create_task(_stop_when_orphaned(stop))
-    redis = redis_client(settings.model_copy(update={"redis_pool_size": 1}))
-    reloads = asyncio.create_task(follow_reloads(redis, registry))  # a reload the API processes answered
+    reloads = asyncio.create_task(follow_reloads(redis, registry, generation))  # reloads others answered
     try:
         await stop.wait()
     finally:

@@ -34,12 +34,30 @@ async def current(redis: Redis) -> int:
     return int(value) if value is not None else 0
 
 
-async def follow(redis: Redis, models: ModelRegistry, interval_s: float = 1.0) -> None:
-    """Reload every model whenever the generation moves past the one seen last (checked every
-    ``interval_s``); runs until cancelled. A version that cannot be served (other sensors) is logged and the
-    current one kept, as the reload route answers 409 for it."""
-    seen: int | None = None
+async def generation_before_load(redis: Redis) -> int | None:
+    """The generation to hand :func:`follow`, read before this process loads its models, so a reload announced
+    while it loads is not missed (None when Redis cannot say: the follower's first read then stands)."""
+    try:
+        return await current(redis)
+    except (RedisError, OSError):
+        return None
+
+
+async def follow(
+    redis: Redis,
+    models: ModelRegistry,
+    seen: int | None = None,
+    interval_s: float = 1.0,
+    max_backoff_s: float = 60.0,
+) -> None:
+    """Reload every model whenever the generation moves past ``seen`` (checked every ``interval_s``); runs until
+    cancelled. A version that cannot be served (other sensors) is logged and the current one kept, as the reload
+    route answers 409 for it. Any other failure (a bundle still being copied here, a graph ONNX Runtime refuses)
+    leaves the generation unseen: tried again after a backoff that doubles up to ``max_backoff_s``, so the
+    bundle is loaded once it is whole, and the follower never stops on it."""
+    pause = interval_s
     while True:
+        generation: int | None = None
         try:
             generation = await current(redis)
             if seen is not None and generation != seen:
@@ -47,10 +65,14 @@ async def follow(redis: Redis, models: ModelRegistry, interval_s: float = 1.0) -
                 changed = [c for c in changes if c["changed"]]
                 if changed:
                     log.info("models reloaded after a reload elsewhere: %s", changed)
-            seen = generation
+            seen, pause = generation, interval_s
         except (RedisError, OSError):
             pass  # Redis down: try again at the next turn
         except VigilError as exc:
             log.error("model reload announced elsewhere refused here: %s", exc.detail)
-            seen = generation
-        await asyncio.sleep(interval_s)
+            seen, pause = generation, interval_s
+        except Exception:  # noqa: BLE001 - a bad bundle must not end reloads for good
+            level = logging.ERROR if pause == interval_s else logging.DEBUG
+            log.log(level, "model reload announced elsewhere failed here; retrying", exc_info=True)
+            pause = min(max_backoff_s, pause * 2)
+        await asyncio.sleep(pause)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -14,6 +15,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.metrics import Metrics
+from service.redis_clients import redis_client
+from service.registry import ModelRegistry
+from service.reloads import GENERATION_KEY, current, follow, generation_before_load
+from service.tasks import stop_task
 from tests.service.conftest import auth, make_settings, points_body
 
 
@@ -169,3 +175,77 @@ def test_a_reload_answered_by_one_replica_reaches_the_others(
             time.sleep(0.2)
         window = {"window": np.zeros((100, 38)).tolist()}
         assert other.post("/score", json=window).json()["version"] == "b"
+
+
+def test_a_reload_of_a_bundle_still_being_copied_is_retried_until_it_is_whole(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """A reload announced while this process's copy of the new version is incomplete (its manifest half
+    written): the follower logs it, keeps the served version and tries again, and serves the new version once
+    the copy is whole. Before, the error ended the follower: every later reload was missed for good."""
+    served = tmp_path / "models"
+    shutil.copytree(models_dir, served)
+    settings = make_settings(served, redis_url)
+    registry = ModelRegistry(settings, Metrics())
+    registry.load_all()
+    staged = served / "tvnet" / "v2"
+
+    async def run() -> list[str]:
+        client = redis_client(settings)
+        try:
+            follower = asyncio.create_task(
+                follow(client, registry, await current(client), interval_s=0.05, max_backoff_s=0.2)
+            )
+            staged.mkdir()
+            (staged / "manifest.json").write_text("{")  # the copy has begun
+            await client.incr(GENERATION_KEY)
+            await asyncio.sleep(1.0)
+            seen = [registry.get("tvnet").manifest.version, f"follower done: {follower.done()}"]
+            shutil.rmtree(staged)
+            shutil.copytree(served / "tvnet" / "test", staged)
+            manifest = json.loads((staged / "manifest.json").read_text())
+            (staged / "manifest.json").write_text(json.dumps({**manifest, "version": "v2"}))
+            for _ in range(100):
+                if registry.get("tvnet").manifest.version == "v2":
+                    break
+                await asyncio.sleep(0.05)
+            seen.append(registry.get("tvnet").manifest.version)
+            await stop_task(follower, 2.0, "model reloads")
+            return seen
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == ["test", "follower done: False", "v2"]
+
+
+def test_a_reload_announced_while_the_process_loads_is_not_missed(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """The follower starts from the generation read before the models were loaded: a reload announced in
+    between (another replica's, while this one started) is acted on, not taken as the starting point."""
+    served = tmp_path / "models"
+    shutil.copytree(models_dir, served)
+    settings = make_settings(served, redis_url)
+    registry = ModelRegistry(settings, Metrics())
+
+    async def run() -> str:
+        client = redis_client(settings)
+        try:
+            before = await generation_before_load(client)
+            registry.load_all()  # serves "test"
+            staged = served / "tvnet" / "v2"
+            shutil.copytree(served / "tvnet" / "test", staged)
+            manifest = json.loads((staged / "manifest.json").read_text())
+            (staged / "manifest.json").write_text(json.dumps({**manifest, "version": "v2"}))
+            await client.incr(GENERATION_KEY)  # announced by a replica that reloaded meanwhile
+            follower = asyncio.create_task(follow(client, registry, before, interval_s=0.05))
+            for _ in range(100):
+                if registry.get("tvnet").manifest.version == "v2":
+                    break
+                await asyncio.sleep(0.05)
+            await stop_task(follower, 2.0, "model reloads")
+            return registry.get("tvnet").manifest.version
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == "v2"
