@@ -13,52 +13,31 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from models.lifecycle import AdaptiveConstants, LevelThresholds, StreamAlertState, stream_thresholds
+from service.alert_events import (
+    EVENT_FIELDS,
+    EVENTS_KEY,
+    LAST_EVENT_ID,
+    decode_event,
+    decode_or_skip,
+    id_key,
+    text,
+)
 from service.alert_scripts import ALERT_LUA, PUBLISH_LUA
-from service.errors import StoreUnavailable
+from service.errors import EventsTrimmed, StoreUnavailable
 from service.lease import RELEASE_LUA
 from service.results import AlertEventData
 from service.roundtrip import LuaScript, RoundTrip, raise_if_error
 
 log = logging.getLogger(__name__)
-
-EVENTS_KEY = "vigil:alerts"
-# The fields of an event as the Lua returns them, after the stream id and model.
-EVENT_FIELDS = (
-    "stream_id",
-    "model",
-    "state",
-    "severity",
-    "started_ts",
-    "ts",
-    "peak_score",
-    "sensors",
-    "escalated",
-    "threshold",
-)
-_EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_UINT64_MAX = 2**64 - 1
-
-
-def is_event_id(value: str) -> bool:
-    """``<ms>-<seq>``, both ASCII digits below 2**64: an id Redis accepts (``\\d`` would admit any Unicode
-    digit, and a longer number makes XRANGE fail)."""
-    if not _EVENT_ID.fullmatch(value):
-        return False
-    ms, seq = value.split("-")
-    return int(ms) <= _UINT64_MAX and int(seq) <= _UINT64_MAX
-
-
-LAST_EVENT_ID = f"{2**64 - 1}-{2**64 - 1}"  # the largest id a Redis stream entry can have
 
 
 def _published(reply: list[Any]) -> dict[EventKey, str]:
@@ -398,6 +377,31 @@ class AlertTracker:
             out.append((current, text(severity) if severity and current != "ok" else None))
         return out
 
+    async def check_resumable(self, since: str) -> None:
+        """Raise :class:`EventsTrimmed` when events after ``since`` may have been trimmed from the retained
+        stream (its retention, ``stream_maxlen``, passed them): ``since`` is older than the oldest event held
+        and the stream has dropped events. Trimming takes the oldest first, so a resume from the oldest held on
+        loses nothing; the one case refused without a loss is a ``since`` that is exactly the last event
+        trimmed (Redis does not name it), and its client resumes with ``since=0`` and gets the same events."""
+        if since == "0-0":
+            return
+        try:
+            info: dict[Any, Any] = await self._redis.xinfo_stream(EVENTS_KEY)
+        except ResponseError:
+            return  # no stream yet: nothing was trimmed
+        except RedisError as exc:
+            raise StoreUnavailable(f"alert events unavailable: {type(exc).__name__}") from exc
+        added = int(info.get("entries-added") or info.get(b"entries-added") or 0)
+        held = int(info.get("length") or info.get(b"length") or 0)
+        first = info.get("first-entry") or info.get(b"first-entry")
+        oldest = text(first[0]) if first else None
+        if added > held and (oldest is None or id_key(since) < id_key(oldest)):
+            raise EventsTrimmed(
+                f"query.since: events after {since} are no longer held ({added - held} of the oldest events "
+                f"were trimmed; the oldest held is {oldest or 'none'}); resume with since=0 for every event "
+                "still held"
+            )
+
     async def read_events(self, since: str | None, stream_id: str | None, limit: int) -> list[dict[str, Any]]:
         """Events after id ``since`` (exclusive; see :func:`is_event_id`) in order, optionally for one stream.
         Raises :class:`StoreUnavailable` when Redis is unreachable."""
@@ -413,32 +417,12 @@ class AlertTracker:
             if not batch:
                 break
             for entry_id, fields in batch:
-                event = decode_event(entry_id, fields or {})
+                event = decode_or_skip(entry_id, fields)
+                if event is None:
+                    continue
                 if stream_id is None or event["stream_id"] == stream_id:
                     out.append(event)
                     if len(out) >= limit:
                         break
             start = f"({text(batch[-1][0] or b'0-0')}"
         return out
-
-
-def text(value: bytes | str) -> str:
-    """Redis replies are bytes (decode_responses is off); the stubs also allow str."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def decode_event(entry_id: bytes | str | None, fields: dict[Any, Any]) -> dict[str, Any]:
-    raw = {text(k): text(v) for k, v in fields.items()}
-    return {
-        "id": text(entry_id or b""),
-        "stream_id": raw["stream_id"],
-        "model": raw["model"],
-        "state": raw["state"],
-        "severity": raw["severity"],
-        "ts": float(raw["ts"]),
-        "started_ts": float(raw["started_ts"]),
-        "peak_score": float(raw["peak_score"]),
-        "threshold": float(raw["threshold"]),
-        "sensors": [s for s in raw.get("sensors", "").split(",") if s],
-        "escalated": raw.get("escalated") == "1",
-    }

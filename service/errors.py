@@ -44,6 +44,12 @@ class UnknownStream(VigilError):
     code, status = "unknown_stream", 404
 
 
+class EventsTrimmed(VigilError):
+    """Events after the client's ``since`` were trimmed from the retained stream: resuming would skip them."""
+
+    code, status = "events_trimmed", 410
+
+
 class ModelMismatch(VigilError):
     code, status = "model_mismatch", 409
 

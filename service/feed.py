@@ -9,22 +9,19 @@ later") and resumes with its last id; so a slow consumer cannot grow memory with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from service.alerts import EVENTS_KEY, AlertTracker, decode_event
+from service.alert_events import EVENTS_KEY, decode_or_skip
+from service.alerts import AlertTracker
 from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass(eq=False)  # compared by identity: each connection is its own subscriber
@@ -42,20 +39,27 @@ class FeedHub:
         self._block_ms = block_ms
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
-        self._last_id = "$"
+        self._last_id: str | None = None  # the newest id fanned out; None until known
 
     @property
     def clients(self) -> int:
         return len(self._subscribers)
 
     async def start(self) -> None:
+        with contextlib.suppress(RedisError, OSError):  # Redis down: the pump finds out where to start
+            await self._find_start()
+        self._task = asyncio.create_task(self._pump(), name="alert-feed")
+
+    async def _find_start(self) -> None:
+        """Live events are those after the newest event held now. Only a stream that does not exist yet means
+        "from the start": a Redis that cannot be asked must not turn every held event into a live one."""
         try:
             info: dict[Any, Any] = await self._redis.xinfo_stream(EVENTS_KEY)
-            last = info.get("last-generated-id") or info.get(b"last-generated-id")
-            self._last_id = last.decode() if isinstance(last, bytes) else str(last)
-        except RedisError:
+        except ResponseError:
             self._last_id = "0-0"  # no stream yet: every event that appears is new
-        self._task = asyncio.create_task(self._pump(), name="alert-feed")
+            return
+        last = info.get("last-generated-id") or info.get(b"last-generated-id")
+        self._last_id = last.decode() if isinstance(last, bytes) else str(last)
 
     async def stop(self, timeout_s: float = 2.0) -> None:
         """Cancel the pump, waiting at most ``timeout_s``: a blocking read does not always give way to a cancel
@@ -65,22 +69,34 @@ class FeedHub:
             await stop_task(self._task, timeout_s, "alert feed")
 
     async def _pump(self) -> None:
+        failures = 0
         while True:
             try:
+                if self._last_id is None:
+                    await self._find_start()
+                    continue
                 reply: Any = await self._redis.xread(
                     {EVENTS_KEY: self._last_id}, count=500, block=self._block_ms
                 )
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError):
-                log.warning("alert feed: Redis unavailable, retrying")
+                failures += 1
+                if failures == 1:
+                    log.warning("alert feed: Redis unavailable, retrying")
+                await asyncio.sleep(0.5)
+                continue
+            except Exception:  # noqa: BLE001 - the feed of every client: log, go on
+                log.exception("alert feed: reading events failed; retrying")
                 await asyncio.sleep(0.5)
                 continue
             for _key, entries in reply or []:
                 for entry_id, fields in entries:
-                    event = decode_event(entry_id, fields)
-                    self._last_id = event["id"]
-                    self._fan_out(event)
+                    self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                    event = decode_or_skip(entry_id, fields)
+                    if event is not None:
+                        self._fan_out(event)
 
     def _fan_out(self, event: dict[str, Any]) -> None:
         for sub in list(self._subscribers):

@@ -40,6 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from service.alert_events import EVENTS_KEY, decode_event, text
 from service.alertmanager import (
     Alert,
     AlertmanagerClient,
@@ -48,7 +49,7 @@ from service.alertmanager import (
     recorded_s,
     target_name,
 )
-from service.alerts import EVENTS_KEY, alert_key, decode_event, text
+from service.alerts import alert_key
 from service.lease import Lease
 from service.metrics import Metrics
 from service.peak import Describe

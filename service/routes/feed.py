@@ -7,10 +7,10 @@ import re
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from service.alerts import is_event_id
+from service.alert_events import id_key, is_event_id
 from service.deps import Components
 from service.errors import TRY_AGAIN_LATER, BadInput, VigilError, close_code
-from service.feed import FeedHub, id_key
+from service.feed import FeedHub
 from service.schemas import STREAM_ID_PATTERN
 
 router = APIRouter(tags=["alerts"])
@@ -46,8 +46,8 @@ async def alerts_feed(websocket: WebSocket) -> None:
     """Query: `since` (last event id seen; `0` for every event held; omit for live events only), `stream_id`,
     `token` (a `read` key; or an `Authorization: Bearer` header). Each message is one event with its `id`.
     A refused connection is accepted, then closed: 1008 for a missing, wrong or under-privileged key, 4422
-    for a bad `since` or `stream_id`, 4503 when the event store is unreachable while catching up; the reason is
-    `"<code>: <detail>"`."""
+    for a bad `since` or `stream_id`, 4410 when events after `since` were trimmed (resume with `since=0`), 4503
+    when the event store is unreachable while catching up; the reason is `"<code>: <detail>"`."""
     components: Components = websocket.app.state.components
     hub: FeedHub = websocket.app.state.feed
     try:
@@ -66,6 +66,7 @@ async def alerts_feed(websocket: WebSocket) -> None:
     try:
         last = since
         if since is not None:
+            await components.alerts.check_resumable(since)
             while True:
                 page = await hub.catch_up(last or since, stream_id)
                 if not page:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from service.alerts import is_event_id
+from service.alert_events import is_event_id
 from service.deps import AdminKey, ComponentsDep, ReadKey, ScoreKey
 from service.errors import BadInput, UnknownStream
 from service.reloads import announce
@@ -99,5 +99,7 @@ async def list_alerts(
         since = "0-0"  # from the start, as on the feed
     if since is not None and not is_event_id(since):
         raise BadInput("query.since: not an event id (<ms>-<seq>, ASCII digits, each below 2**64; or 0)")
+    if since is not None:
+        await components.alerts.check_resumable(since)
     events = await components.alerts.read_events(since, stream_id, limit)
     return JSONBytesResponse({"events": events, "last_id": events[-1]["id"] if events else since})

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -186,3 +187,28 @@ def test_websocket_refusals_are_close_codes_after_the_handshake_and_since_0_repl
     for since in ("0", "0-0"):
         with connect(f"{feed}?token={reader}&stream_id=replayed&since={since}", open_timeout=10) as ws:
             assert [json.loads(ws.recv(timeout=10))["id"] for _ in ids] == ids
+
+
+def test_a_resume_from_before_trimmed_events_is_refused_not_silently_skipped(
+    live_server: Callable[..., LiveServer], redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """Events a client had not read yet were trimmed from the retained stream (its retention passed while the
+    client was away): resuming from its last id answers 410 ``events_trimmed`` (feed: close 4410) naming where
+    to resume, instead of starting at the oldest event held as if nothing were missing. A resume from an event
+    still held is served."""
+    server = live_server(redis_url, VIGIL_LOG_LEVEL="warning")
+    reader = KEYS["reader"][0]
+    ids = produce(clean_redis, 10, "trimmed", pause_s=0)
+    clean_redis.xtrim("vigil:alerts", maxlen=3, approximate=False)  # ids[:7] gone
+    alerts = f"{server.url}/alerts"
+    headers = {"Authorization": f"Bearer {reader}"}
+    refused = httpx.get(alerts, params={"since": ids[2]}, headers=headers, timeout=10)
+    assert refused.status_code == 410, refused.text
+    assert refused.json()["code"] == "events_trimmed" and "since=0" in refused.json()["detail"]
+    feed = server.url.replace("http://", "ws://") + "/ws/alerts"
+    code, reason = closed_with(f"{feed}?token={reader}&since={ids[2]}")
+    assert code == 4410 and reason.startswith("events_trimmed")
+    served = httpx.get(alerts, params={"since": ids[7]}, headers=headers, timeout=10)  # the oldest held
+    assert served.status_code == 200 and [e["id"] for e in served.json()["events"]] == ids[8:]
+    everything = httpx.get(alerts, params={"since": "0"}, headers=headers, timeout=10)
+    assert [e["id"] for e in everything.json()["events"]] == ids[7:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import threading
 import time
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -17,8 +20,11 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from service.alerts import EVENTS_KEY
+from service.alerts import EVENTS_KEY, AlertTracker
 from service.app import create_app
+from service.feed import FeedHub
+from service.redis_clients import redis_client
+from tests.conftest import start_redis_server
 from tests.reliability.conftest import rss_mib
 from tests.reliability.load import cyclic_series
 from tests.service.conftest import KEYS, auth, make_settings, points_body
@@ -179,3 +185,63 @@ def test_websocket_refuses_a_resume_id_redis_cannot_read_with_an_invalid_request
             ws.receive_json()
         assert closed.value.code == 4422  # a bad parameter; 1008 is for a bad token
         assert closed.value.reason.startswith("invalid_request: query.since")
+
+
+def test_an_entry_that_is_no_alert_event_is_skipped_and_the_feed_goes_on(
+    live_server: Callable[..., LiveServer], redis_url: str, clean_redis: redis.Redis
+) -> None:
+    """An entry of ``vigil:alerts`` that is no alert event (written by hand, or by another tool) is logged and
+    passed over by the live feed and by ``GET /alerts``. Before, it ended the feed's reader for good: every
+    client stayed connected and got nothing more, and ``GET /alerts`` answered 500."""
+    server = live_server(redis_url, VIGIL_LOG_LEVEL="warning")
+    reader = KEYS["reader"][0]
+    feed = server.url.replace("http://", "ws://") + f"/ws/alerts?token={reader}&stream_id=after-junk"
+    with connect(feed, open_timeout=10) as ws:
+        time.sleep(0.5)  # the feed's reader is past its start
+        clean_redis.xadd(EVENTS_KEY, {"note": "not an alert event"})
+        ids = produce(clean_redis, 3, "after-junk", pause_s=0)
+        assert [json.loads(ws.recv(timeout=10))["id"] for _ in ids] == ids
+    listed = httpx.get(
+        f"{server.url}/alerts",
+        params={"since": "0"},
+        headers={"Authorization": f"Bearer {reader}"},
+        timeout=10,
+    )
+    assert listed.status_code == 200 and [e["id"] for e in listed.json()["events"]] == ids
+
+
+def test_a_feed_started_while_redis_is_down_sends_no_old_event_as_live(tmp_path: Path) -> None:
+    """The feed's reader starts after the newest event held. Started while Redis cannot be asked, it used to
+    start from the first event held, so every client connected for live events got the whole retained stream
+    (and, with more than its buffer, a 1013 close). It now asks again once Redis answers."""
+    proc, port = start_redis_server(tmp_path / "redis")
+    store = redis.Redis(port=port)
+    old = produce(store, 5, "old", pause_s=0)
+    store.save()  # dump.rdb: the restarted server holds the same events
+    proc.kill()
+    proc.wait(10)
+
+    async def run() -> list[str]:
+        settings = make_settings(Path("unused"), f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.5)
+        client = redis_client(settings)
+        hub = FeedHub(client, AlertTracker(client, 600, 1000), client_buffer=100, block_ms=100)
+        await hub.start()  # Redis is down
+        subscriber = hub.subscribe(None)
+        nonlocal proc
+        proc = await asyncio.to_thread(lambda: start_redis_server(tmp_path / "redis", port=port)[0])
+        await asyncio.sleep(1.5)  # the reader asks where to start, then reads
+        new = await asyncio.to_thread(produce, store, 1, "new", 25, 0)
+        await asyncio.sleep(0.5)
+        got = []
+        while not subscriber.queue.empty():
+            got.append(subscriber.queue.get_nowait()["id"])
+        await hub.stop()
+        await client.aclose()
+        return got + ["new:" + new[0]]
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert got[:-1] == [got[-1].removeprefix("new:")] and not set(got) & set(old)
