@@ -80,6 +80,10 @@ class ModelRegistry:
         self._models: dict[str, ModelHandle] = {}
         self._reload_lock = asyncio.Lock()
 
+    @property
+    def models_dir(self) -> Path:
+        return self._settings.models_dir
+
     def load_all(self) -> None:
         """Load the latest version of every bundle under ``models_dir``; fail fast on a bad one."""
         bundles = find_bundles(self._settings.models_dir)

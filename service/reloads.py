@@ -13,6 +13,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from models.manifest import find_bundles
 from service.errors import VigilError
 from service.registry import ModelRegistry
 
@@ -43,6 +44,20 @@ async def generation_before_load(redis: Redis) -> int | None:
         return None
 
 
+async def _reload_each(models: ModelRegistry) -> None:
+    """Reload every model on disk, one at a time: a version refused here (other sensors, as the reload route
+    answers 409 for it) is logged and its model keeps serving, without holding back the others."""
+    for name in find_bundles(models.models_dir):
+        try:
+            changes = await models.reload(name)
+        except VigilError as exc:
+            log.error("model reload announced elsewhere refused here for %s: %s", name, exc.detail)
+            continue
+        changed = [c for c in changes if c["changed"]]
+        if changed:
+            log.info("models reloaded after a reload elsewhere: %s", changed)
+
+
 async def follow(
     redis: Redis,
     models: ModelRegistry,
@@ -61,16 +76,10 @@ async def follow(
         try:
             generation = await current(redis)
             if seen is not None and generation != seen:
-                changes = await models.reload()
-                changed = [c for c in changes if c["changed"]]
-                if changed:
-                    log.info("models reloaded after a reload elsewhere: %s", changed)
+                await _reload_each(models)
             seen, pause = generation, interval_s
         except (RedisError, OSError):
             pass  # Redis down: try again at the next turn
-        except VigilError as exc:
-            log.error("model reload announced elsewhere refused here: %s", exc.detail)
-            seen, pause = generation, interval_s
         except Exception:  # noqa: BLE001 - a bad bundle must not end reloads for good
             level = logging.ERROR if pause == interval_s else logging.DEBUG
             log.log(level, "model reload announced elsewhere failed here; retrying", exc_info=True)

@@ -249,3 +249,45 @@ def test_a_reload_announced_while_the_process_loads_is_not_missed(
             await client.aclose()
 
     assert asyncio.run(run()) == "v2"
+
+
+def stage_version(model_dir: Path, version: str, **changes: object) -> None:
+    """A copy of the model's "test" bundle as ``version``, its manifest changed by ``changes``."""
+    staged = model_dir / version
+    shutil.copytree(model_dir / "test", staged)
+    manifest = json.loads((staged / "manifest.json").read_text())
+    (staged / "manifest.json").write_text(json.dumps({**manifest, "version": version, **changes}))
+
+
+def test_a_version_refused_here_does_not_hold_back_the_other_models(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """Model "alpha" has a staged version this process refuses (another stride), model "tvnet" a good one: a
+    reload announced elsewhere serves tvnet's and keeps alpha's current version. Before, the refusal of alpha,
+    which comes first, ended the reload and tvnet's new version was never served here."""
+    served = tmp_path / "models"
+    shutil.copytree(models_dir / "tvnet", served / "tvnet")
+    shutil.copytree(models_dir / "tvnet", served / "alpha")
+    alpha = json.loads((served / "alpha" / "test" / "manifest.json").read_text())
+    (served / "alpha" / "test" / "manifest.json").write_text(json.dumps({**alpha, "name": "alpha"}))
+    settings = make_settings(served, redis_url)
+    registry = ModelRegistry(settings, Metrics())
+    registry.load_all()
+    stage_version(served / "alpha", "v2", name="alpha", stride=alpha["stride"] + 1)
+    stage_version(served / "tvnet", "v2")
+
+    async def run() -> tuple[str, str]:
+        client = redis_client(settings)
+        try:
+            follower = asyncio.create_task(follow(client, registry, await current(client), interval_s=0.05))
+            await client.incr(GENERATION_KEY)
+            for _ in range(100):
+                if registry.get("tvnet").manifest.version == "v2":
+                    break
+                await asyncio.sleep(0.05)
+            await stop_task(follower, 2.0, "model reloads")
+            return registry.get("alpha").manifest.version, registry.get("tvnet").manifest.version
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == ("test", "v2")
