@@ -121,6 +121,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = WindowJob(windows=windows, future=loop.create_future(), loop=loop)
         with self._lock:
+            if self._stopping:  # a replaced version, retired after its drain: its worker takes no more jobs
+                raise Overloaded(f"model {self.name!r}: this version was just replaced; retry")
             refusal = self._refusal(count)
             if refusal is not None:
                 raise Overloaded(f"model {self.name!r}: {refusal}")
@@ -132,8 +134,9 @@ class MicroBatcher:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish every queued job, then stop the worker and its supervisor."""
         if self._started:
-            self._stopping = True
-            self._queue.put(_STOP)
+            with self._lock:  # every job admitted before is ahead of the marker; none is admitted after it
+                self._stopping = True
+                self._queue.put(_STOP)
             self._supervisor.join(timeout_s)
 
     def _new_worker(self) -> threading.Thread:

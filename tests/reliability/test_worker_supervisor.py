@@ -25,7 +25,7 @@ from models.scoring import F32, WindowScores, normalise
 from service.app import create_app
 from service.batcher import MicroBatcher, ScoreFn
 from service.engine import ONNXEngine
-from service.errors import InferenceFailed
+from service.errors import InferenceFailed, Overloaded
 from service.registry import scoring_function
 from tests.service.conftest import auth, make_settings, points_body
 
@@ -351,3 +351,25 @@ def test_new_work_is_refused_at_once_while_the_queue_delay_is_over_its_bound(
     assert room_before and not room_over and room_after
     assert isinstance(refused, Overloaded) and "over 100 ms" in refused.detail
     assert isinstance(fresh, WindowScores) and batcher.depth == 0
+
+
+def test_a_job_submitted_to_a_stopped_batcher_is_refused_not_left_waiting(
+    engine: ONNXEngine, windows: tuple[F32, F32], restarts: list[float]
+) -> None:
+    """A request that still holds a replaced version after the reload's drain bound (30 s) submits to a batcher
+    already stopped: it is refused at once (503 overloaded: its retry gets the new version). Before, its job sat
+    behind the stop marker, the request never got an answer and its stream's claim waited out its deadline."""
+    batcher = make_batcher(engine, WorkerKilled, restarts)
+    batcher.start()
+    normal, _ = windows
+    assert asyncio.run(batcher.submit(normal)).scores.shape[0] == 1
+    batcher.stop()
+
+    async def late() -> str:
+        try:
+            await asyncio.wait_for(batcher.submit(normal), 5.0)
+        except Overloaded as exc:
+            return exc.detail
+        return "scored"
+
+    assert "replaced" in asyncio.run(late())
