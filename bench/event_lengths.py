@@ -5,13 +5,15 @@
 Reads the calibrated bundles `bench/evaluate_smd.py` left under ``artifacts/eval/bundles`` (run it first),
 replays each machine's test scores through the reference lifecycle with the bundle's fixed thresholds and with
 per-stream (adaptive) thresholds, exactly as the evaluation does, and counts the labelled events each alert
-overlaps by length class (points; SMD is one point a minute). A diagnostic of where the misses are: the
+overlaps by length class (points; SMD is one point a minute); then, per row, how far above the warning
+threshold the critical one sits (one point over it fires at once). A diagnostic of where the misses are: the
 thresholds are the bundles' own, calibrated without test data; nothing here chooses a setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,15 +92,19 @@ def main() -> int:
     columns = ["row", "thresholds", *(f"{c.label} points" for c in recall_by_length([], np.zeros(0))), "all"]
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
+    summary: list[str] = []
     for row in args.rows.split(","):
         base = CALIBRATIONS.get(row, (row, {}, {}))[0]
         found: dict[str, list[list[LengthClass]]] = {"fixed": [], "adaptive": []}
+        ratios: list[float] = []  # critical over warning threshold, per machine
         for machine in machines:
             bundle_dir = args.out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row
             if not (bundle_dir / "manifest.json").exists():
                 print(f"{row}: no bundle for {machine}", file=sys.stderr)
                 continue
             bundle = load_bundle(bundle_dir, "cpu", 2)
+            t = bundle.manifest.thresholds
+            ratios.append(t.critical / t.warning)
             scored = score_test_series(bundle, args.data / "test" / f"{machine}.txt.gz")
             labels = load_labels(args.data / "test_label" / f"{machine}.txt.gz", n_rows=scored.scores.size)
             for mode, kept in found.items():
@@ -111,6 +117,12 @@ def main() -> int:
             total = LengthClass(1, None, sum(c.events for c in classes), sum(c.detected for c in classes))
             cells = [f"{c.detected}/{c.events} ({c.recall:.2f})" for c in [*classes, total]]
             print(f"| {row} | {mode} | " + " | ".join(cells) + " |")
+        if ratios:
+            summary.append(
+                f"{row}: critical / warning threshold {min(ratios):.1f} to {max(ratios):.1f} over "
+                f"{len(ratios)} machines, median {statistics.median(ratios):.1f}"
+            )
+    print("\n" + "\n".join(summary))
     return 0
 
 
