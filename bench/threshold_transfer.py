@@ -115,6 +115,12 @@ def cross_fitted_auto(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy
     return calibrated_on(s, m, tuple(periods(s)), disturbed_periods="auto")
 
 
+def cross_fitted_critical_half(s: Scores, m: Manifest) -> tuple[float, float, AlertPolicy]:
+    """The default, with the critical threshold at the lowest level whose one-point alerts spend at most half the
+    budget (``--critical-budget-share 0.5``) instead of the point-level tail estimate."""
+    return calibrated_on(s, m, tuple(periods(s)), critical_budget_share=0.5)
+
+
 def periods(s: Scores) -> list[str]:
     """The held-out periods of the cross-fitted calibration: the validation part, then each block."""
     return ["validation", *sorted(k for k in s if k.startswith("fold"))]
@@ -131,6 +137,7 @@ RULES: dict[str, Rule] = {
     "cross-fit": cross_fitted,
     "cross-fit-disturbed1": cross_fitted_disturbed,
     "cross-fit-auto": cross_fitted_auto,
+    "cross-fit-critical-half": cross_fitted_critical_half,
     "train+validation": lambda s, m: calibrated_on(s, m, ("train", "validation")),
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import repeat
 
@@ -272,9 +272,15 @@ def calibrate_alerts(
                 adaptive=config.adaptive,
             )
             within = partial(_within, series, budget, policy, baseline)
-            critical = max(point.critical, float(candidates[0]))
-            if not within(critical, critical):
-                critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
+            if config.critical_budget_share is not None:
+                share = replace(budget, per_day=budget.per_day * config.critical_budget_share)
+                critical = _lowest_within(
+                    candidates, partial(_same, partial(_within, series, share, policy, baseline))
+                )
+            else:
+                critical = max(point.critical, float(candidates[0]))
+                if not within(critical, critical):
+                    critical = _lowest_within(candidates[candidates >= critical], partial(_same, within))
             # The critical threshold itself is the last candidate: it is within the budget (checked above), and a
             # score just under it need not be (a point-level critical is rarely a score value).
             under = np.append(candidates[candidates < critical], critical)
@@ -309,7 +315,18 @@ def calibrate_alerts(
         name="warning", value=best.warning, method="false_alert_rate", params=params
     )
     critical_level = point.levels[1]
-    if best.critical != point.critical:
+    if config.critical_budget_share is not None:
+        critical_level = ThresholdLevel(
+            name="critical",
+            value=best.critical,
+            method="false_alert_rate",
+            params={
+                **params,
+                "critical_budget_share": config.critical_budget_share,
+                "point_level": point.critical,
+            },
+        )
+    elif best.critical != point.critical:
         critical_level = ThresholdLevel(
             name="critical",
             value=best.critical,

@@ -231,6 +231,14 @@ def _calibration_arguments(parser: argparse.ArgumentParser, keeps_bundle: bool) 
         "as a new stream; default fixed; calibrate: the bundle's own)",
     )
     parser.add_argument(
+        "--critical-budget-share",
+        type=float,
+        default=None,
+        help="the critical threshold (one point over it fires at once) as the lowest level whose one-point alerts "
+        "alone spend at most this share of the false-alert budget on the held-out data (0 < share <= 1); "
+        "default: the point-level tail estimate (POT at the critical risk; calibrate: the bundle's own)",
+    )
+    parser.add_argument(
         "--min-incident-points",
         type=int,
         default=default(3),

@@ -124,6 +124,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
         "sampling_interval_s": args.sampling_interval_s,
         "min_incident_points": args.min_incident_points,
         "disturbed_periods": args.disturbed_periods,
+        "critical_budget_share": args.critical_budget_share,
         "thresholds": args.thresholds,
         "cross_fit_folds": args.cross_fit_folds,
     }

@@ -40,6 +40,12 @@ class CalibrationConfig(BaseModel):
     # under 1 % above the whole incident, and with it above every incident of the test period
     # (EVALUATION.md, "Calibration on a validation tail that is not clean").
     max_alert_share: float = Field(0.1, gt=0, le=1)
+    # The critical threshold (one point over it fires at once): None keeps the point-level tail estimate
+    # (POT at critical_risk, raised where one-point alerts alone exceed the budget), which on SMD sits a median
+    # 56-72 times over the warning threshold, out of reach of a short incident (EVALUATION.md, "Which incidents
+    # go unpaged"). A share s: the lowest level whose one-point alerts alone spend at most s of the held-out
+    # budget; the warning threshold then takes what the whole budget leaves.
+    critical_budget_share: float | None = Field(None, gt=0, le=1)
     exit_ratio: float = Field(0.8, gt=0, le=1)
     # 0: thresholds from the validation part alone. F >= 2: cross-fitted (training/crossfit.py): the training part
     # is also scored, cut into F blocks, each by a model trained on every other row (F more trainings), and the
