@@ -323,3 +323,23 @@ def test_infinite_held_out_scores_are_refused_with_the_reason() -> None:
     periods[1][100] = np.inf
     with pytest.raises(CalibrationError, match="1 held-out scores are infinite"):
         calibrate_held_out(periods, CalibrationConfig())
+
+
+def test_a_critical_budget_share_puts_the_one_point_shortcut_within_its_share_of_the_budget() -> None:
+    """With ``critical_budget_share`` the critical threshold is the lowest level whose one-point alerts alone
+    stay within that share of the budget on the held-out data (here half of six a day: three), the warning
+    threshold stays within the whole budget with it, and the manifest records the share and the point level."""
+    scores = _noisy_validation(7)
+    config = CalibrationConfig(false_alerts_per_day=1.0, critical_budget_share=0.5)
+    point = calibrate(scores, config)
+    thresholds, policy = calibrate_alerts(scores, point, config)
+    only_critical, _ = _alerts_by_series([scores], thresholds.critical, thresholds.critical, policy, None)
+    assert sum(only_critical) <= 3
+    below = float(np.max(scores[scores < thresholds.critical]))  # the next lower level fires more often
+    assert sum(_alerts_by_series([scores], below, below, policy, None)[0]) > 3
+    both, _ = _alerts_by_series([scores], thresholds.warning, thresholds.critical, policy, None)
+    assert sum(both) <= 6 and thresholds.warning <= thresholds.critical
+    level = thresholds.levels[1]
+    assert level.params["critical_budget_share"] == 0.5 and level.params["point_level"] == point.critical
+    default, _ = calibrate_alerts(scores, point, CalibrationConfig(false_alerts_per_day=1.0))
+    assert thresholds.critical < default.critical  # the tail estimate sits higher on these scores

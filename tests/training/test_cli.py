@@ -191,3 +191,22 @@ def test_calibrate_keeps_the_bundles_interval_and_refuses_other_training_data(
     assert main(["calibrate", "--bundle", str(bundle), "--version", "v3", "--cross-fit-folds", "0"]) == 2
     assert "not what the bundle was trained on" in capsys.readouterr().err
     assert not (models / "p" / "v3").exists()
+
+
+def test_calibrate_with_a_critical_budget_share_records_it_in_the_manifest(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(bundle_dir, models / "tvnet" / "test")
+    args = ["calibrate", "--bundle", str(models / "tvnet" / "test"), "--critical-budget-share", "0.5"]
+    assert main([*args, "--version", "shared"]) == 0
+    shared = Manifest.load(models / "tvnet" / "shared")
+    assert shared.training.config["calibration"]["critical_budget_share"] == 0.5
+    (warning, critical) = shared.thresholds.levels
+    assert (
+        critical.params["critical_budget_share"] == 0.5
+        and shared.thresholds.critical >= shared.thresholds.warning
+    )
+    refused = [*args[:3], "--critical-budget-share", "0", "--version", "x"]
+    assert main(refused) == 2
+    assert "critical_budget_share" in capsys.readouterr().err
