@@ -47,10 +47,12 @@ SCORINGS: dict[str, dict[str, Any]] = {
 ROWS = [f"{family}{suffix}" for family in FAMILIES for suffix in SCORINGS]
 # Calibration variants of the default scoring, on request (--families naming them; --write elsewhere keeps
 # EVALUATION.md's block): one held-out period of the five free to be disturbed (`disturbed_periods`), and the
-# false-alert budget met by per-stream thresholds (`thresholds` "adaptive": the bundle then serves them).
+# false-alert budget met by per-stream thresholds (`thresholds` "adaptive": the bundle then serves them), and the
+# critical threshold within half the budget (`critical_budget_share`).
 CALIBRATIONS: dict[str, dict[str, Any]] = {
     "_disturbed1": {"disturbed_periods": 1},
     "_adaptive": {"thresholds": "adaptive"},
+    "_critical_half": {"critical_budget_share": 0.5},  # the critical level within half the budget
 }
 ON_REQUEST = [f"{family}+smooth2_blevel{suffix}" for family in FAMILIES for suffix in CALIBRATIONS]
 SAMPLING_INTERVAL_S = 1.0
