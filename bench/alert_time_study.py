@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.smd_rows import CALIBRATIONS, FLEETS, SAMPLING_INTERVAL_S  # noqa: E402
+from bench.smd_rows import SAMPLING_INTERVAL_S, machines_in, row_bundle  # noqa: E402
 from models.lifecycle import AlertSpan, replay_series  # noqa: E402
 from models.runtime import load_bundle  # noqa: E402
 from training.alert_metrics import measure_alerts  # noqa: E402
@@ -63,19 +63,14 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "smd")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "eval")
     args = parser.parse_args()
-    machines = (
-        args.machines.split(",")
-        if args.machines
-        else sorted(p.name.removesuffix(".txt.gz") for p in (args.data / "test").glob("machine-*.txt.gz"))
-    )
+    machines = args.machines.split(",") if args.machines else machines_in(args.data)
     for row in args.rows.split(","):
         print(f"\n### {row}\n")
         print("| machine | " + " | ".join(COLUMNS) + " |")
         print("|---" * (len(COLUMNS) + 1) + "|")
         rows: list[tuple[float, ...]] = []
-        base = CALIBRATIONS.get(row, (row, {}, {}))[0]
         for machine in machines:
-            bundle_dir = args.out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row
+            bundle_dir = row_bundle(args.out, row, machine)
             if not (bundle_dir / "manifest.json").exists():
                 print(f"| {machine} | (no bundle) |")
                 continue

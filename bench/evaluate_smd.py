@@ -36,11 +36,8 @@ from bench.smd_rows import (  # noqa: E402
     ROWS,
     SAMPLING_INTERVAL_S,
     VARIANTS,
+    machines_in,
 )
-
-
-def machines_in(data: Path) -> list[str]:
-    return sorted(p.name.removesuffix(".txt.gz") for p in (data / "train").glob("machine-*.txt.gz"))
 
 
 def train_row(data: Path, out: Path, row: str, machine: str, threads: int, extra: dict[str, Any]) -> Path:

@@ -24,7 +24,7 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.smd_rows import CALIBRATIONS, FLEETS  # noqa: E402
+from bench.smd_rows import machines_in, row_bundle  # noqa: E402
 from models.lifecycle import AlertSpan, replay_series  # noqa: E402
 from models.runtime import load_bundle  # noqa: E402
 from training.alert_metrics import event_runs  # noqa: E402
@@ -84,21 +84,16 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "smd")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "eval")
     args = parser.parse_args()
-    machines = (
-        args.machines.split(",")
-        if args.machines
-        else sorted(p.name.removesuffix(".txt.gz") for p in (args.data / "test").glob("machine-*.txt.gz"))
-    )
+    machines = args.machines.split(",") if args.machines else machines_in(args.data)
     columns = ["row", "thresholds", *(f"{c.label} points" for c in recall_by_length([], np.zeros(0))), "all"]
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
     summary: list[str] = []
     for row in args.rows.split(","):
-        base = CALIBRATIONS.get(row, (row, {}, {}))[0]
         found: dict[str, list[list[LengthClass]]] = {"fixed": [], "adaptive": []}
         ratios: list[float] = []  # critical over warning threshold, per machine
         for machine in machines:
-            bundle_dir = args.out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row
+            bundle_dir = row_bundle(args.out, row, machine)
             if not (bundle_dir / "manifest.json").exists():
                 print(f"{row}: no bundle for {machine}", file=sys.stderr)
                 continue

@@ -3,6 +3,7 @@ rows that recalibrate or rescore a trained graph; the metrics its tables show.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 FAMILIES = ["pca", "dense_ae", "lstm_ae", "tvnet", "convtimenet", "timesnet_ad"]
@@ -270,3 +271,14 @@ METRICS = [
     ("hit_rate_100", "HitRate@100%"),
     ("hit_rate_150", "HitRate@150%"),
 ]
+
+
+def machines_in(data: Path) -> list[str]:
+    """The machines of an SMD directory (its training files), in order."""
+    return sorted(p.name.removesuffix(".txt.gz") for p in (data / "train").glob("machine-*.txt.gz"))
+
+
+def row_bundle(out: Path, row: str, machine: str) -> Path:
+    """Where ``bench/evaluate_smd.py --out OUT`` leaves a row's bundle for a machine (the fleet's under "fleet")."""
+    base = CALIBRATIONS.get(row, (row, {}, {}))[0]
+    return out / "bundles" / ("fleet" if base in FLEETS else machine) / base / row

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from service.alert_events import EVENTS_KEY, decode_or_skip
+from service.alert_events import EVENTS_KEY, decode_or_skip, text
 from service.alerts import AlertTracker
 from service.tasks import stop_task
 
@@ -93,7 +93,7 @@ class FeedHub:
                 continue
             for _key, entries in reply or []:
                 for entry_id, fields in entries:
-                    self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                    self._last_id = text(entry_id)
                     event = decode_or_skip(entry_id, fields)
                     if event is not None:
                         self._fan_out(event)

@@ -347,8 +347,7 @@ class SourcePoller:
         oldest = math.ceil((settled - s.catch_up_s) / step) * step
         if cursor is None and s.start_at is None:
             oldest = min(oldest, first_new)  # a first window is always read whole: it is what scores at once
-        skipped = first_new < oldest
-        if skipped:
+        if first_new < oldest:
             log.warning(
                 "source %s: %d rows older than the catch-up limit (%g s) skipped",
                 name,
@@ -358,7 +357,7 @@ class SourcePoller:
             first_new = oldest
         end = min(settled, first_new + (s.max_rows_per_poll - 1) * step)
         if end >= first_new:
-            rows = await asyncio.to_thread(fetch_rows, client, source, first_new - step, end, False, True)
+            rows = await asyncio.to_thread(fetch_rows, client, source, first_new - step, end, lenient=True)
             self._note_refused(name, status, rows.refused)
             for stream, segments in rows.segments.items():
                 for segment in segments:

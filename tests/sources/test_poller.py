@@ -5,6 +5,7 @@ dashboard's source row shows them."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from tests.sources.live import (
     compare_scores,
     exported,
     live_events,
+    live_scores,
     source_env,
     source_status,
     stop_replica,
@@ -171,14 +173,7 @@ def test_a_first_start_reads_a_whole_window_even_past_the_catch_up_limit(
     try:
         wait_for_cursor(server, origin)
         window = int(MODEL_ARGS["window"])
-        response = httpx.get(
-            f"{server.url}/streams/machine-a/scores",
-            params={"limit": 1000},
-            headers=auth("reader"),
-            timeout=10,
-        )
-        assert response.status_code == 200, response.text
-        scored = [p["ts"] for p in response.json()["scores"]]
+        scored = list(live_scores(server, "machine-a", math.inf))
         assert scored and min(scored) >= origin - (window - 1) * STEP_S and max(scored) >= origin - STEP_S
         assert "skipped" not in log_path.read_text()
     finally:
