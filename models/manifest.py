@@ -375,13 +375,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def find_bundles(models_dir: Path) -> dict[str, Path]:
-    """Latest version directory of each model name under ``models_dir`` (versions sort as strings)."""
-    bundles: dict[str, Path] = {}
+def find_versions(models_dir: Path) -> dict[str, list[Path]]:
+    """The version directories of each model name under ``models_dir``, oldest first (versions sort as
+    strings); names without a version are left out."""
+    found: dict[str, list[Path]] = {}
     if not models_dir.is_dir():
-        return bundles
+        return found
     for name_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         versions = sorted(v for v in name_dir.iterdir() if (v / MANIFEST_FILE).is_file())
         if versions:
-            bundles[name_dir.name] = versions[-1]
-    return bundles
+            found[name_dir.name] = versions
+    return found
+
+
+def find_bundles(models_dir: Path) -> dict[str, Path]:
+    """Latest version directory of each model name under ``models_dir`` (versions sort as strings)."""
+    return {name: versions[-1] for name, versions in find_versions(models_dir).items()}

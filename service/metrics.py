@@ -160,6 +160,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.model_version_refused = Gauge(
+            "vigil_model_version_refused",
+            "Versions on disk not served because they change the model's window or sensors (1 per version)",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.loop_lag = Histogram(
             "vigil_event_loop_lag_seconds",
             "How much later than asked the event loop woke a task that sleeps 50 ms (service/looplag.py)",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.lifecycle import LevelThresholds
-from models.manifest import BundleError, Manifest, find_bundles
+from models.manifest import BundleError, Manifest, find_bundles, find_versions
 from models.scoring import F32, WindowScores, score_windows
 from service.batcher import MicroBatcher, ScoreFn
 from service.engine import ONNXEngine
@@ -85,12 +85,41 @@ class ModelRegistry:
         return self._settings.models_dir
 
     def load_all(self) -> None:
-        """Load the latest version of every bundle under ``models_dir``; fail fast on a bad one."""
-        bundles = find_bundles(self._settings.models_dir)
-        if not bundles:
+        """Load the version of every model under ``models_dir`` that :meth:`_served_at_start` names; fail fast on
+        a bad one."""
+        found = find_versions(self._settings.models_dir)
+        if not found:
             raise BundleError(f"no model bundles under {self._settings.models_dir}")
-        for name, path in bundles.items():
-            self._models[name] = self._open(path)
+        for name, versions in found.items():
+            self._models[name] = self._open(self._served_at_start(name, versions))
+
+    def _served_at_start(self, name: str, versions: list[Path]) -> Path:
+        """The newest version that keeps the window and sensors of the model's oldest readable version on disk:
+        what a chain of reloads would serve, each refusing (409) a version that changes them, since streams keep
+        their windows in Redis across versions and a restart must not serve what a reload refused. Every version
+        that changes them is logged and named in ``vigil_model_version_refused``; an older version whose manifest
+        cannot be read is left out with a warning; the newest one must be readable, as before."""
+        manifests: dict[Path, Manifest] = {}
+        for path in versions[:-1]:
+            try:
+                manifests[path] = Manifest.load(path)
+            except BundleError as exc:
+                log.warning("model %s: version %s left out at start: %s", name, path.name, exc)
+        manifests[versions[-1]] = Manifest.load(versions[-1])
+        anchor = next(iter(manifests.values()))
+        kept = []
+        for path, manifest in manifests.items():
+            try:
+                self._check_compatible(anchor, manifest)
+            except ModelMismatch as exc:
+                self._refuse(name, manifest.version, exc)
+                continue
+            kept.append(path)
+        return kept[-1]  # the anchor itself is always kept
+
+    def _refuse(self, name: str, version: str, exc: ModelMismatch) -> None:
+        log.error("model %s: version %s not served: %s", name, version, exc.detail)
+        self._metrics.model_version_refused.labels(name, version).set(1)
 
     def _open(self, path: Path) -> ModelHandle:
         s = self._settings
@@ -183,7 +212,11 @@ class ModelRegistry:
                     changes.append({"name": name, "version": old.manifest.version, "changed": False})
                     continue
                 if old is not None:
-                    self._check_compatible(old.manifest, incoming)
+                    try:
+                        self._check_compatible(old.manifest, incoming)
+                    except ModelMismatch as exc:
+                        self._refuse(name, incoming.version, exc)
+                        raise
                 new = await asyncio.to_thread(self._open, path)
                 self._models[name] = new
                 if old is not None:

@@ -95,6 +95,42 @@ def test_reload_refuses_a_version_that_changes_the_window(
         assert client.get("/models").json()[0]["version"] == "a"
 
 
+def test_a_restart_serves_the_newest_version_that_keeps_the_window(
+    bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """A version the reload refused (another stride) left on disk beside the served one: a restart serves the
+    newest version that keeps the oldest one's window ("c", not "b"), names the refused version in a gauge, and
+    a reload still refuses it. Before, a restart served "b", whose stride the streams' stored windows do not
+    have. An older version whose manifest cannot be read is left out, not fatal."""
+    models = tmp_path / "models"
+    first = new_version(models, bundle_dir, "a")
+    new_version(models, first, "b", stride=5)
+    new_version(models, first, "c")
+    (models / "tvnet" / "0-partial").mkdir()
+    (models / "tvnet" / "0-partial" / "manifest.json").write_text("{")
+    metrics = Metrics()
+    registry = ModelRegistry(make_settings(models, redis_url), metrics)
+    registry.load_all()
+    try:
+        assert registry.get("tvnet").manifest.version == "c"
+        refused = metrics.registry.get_sample_value
+        assert refused("vigil_model_version_refused", {"model": "tvnet", "version": "b"}) == 1
+        assert refused("vigil_model_version_refused", {"model": "tvnet", "version": "c"}) is None
+    finally:
+        registry.close()
+    (models / "tvnet" / "d").mkdir()
+    shutil.copytree(first, models / "tvnet" / "d", dirs_exist_ok=True)
+    manifest = json.loads((models / "tvnet" / "d" / "manifest.json").read_text())
+    (models / "tvnet" / "d" / "manifest.json").write_text(
+        json.dumps({**manifest, "version": "d", "stride": 5})
+    )
+    with TestClient(create_app(make_settings(models, redis_url)), headers=auth("all")) as client:
+        assert client.get("/models").json()[0]["version"] == "c"
+        response = client.post("/admin/models/reload")
+        assert response.status_code == 409 and "stride" in response.json()["detail"]
+        assert client.get("/models").json()[0]["version"] == "c"
+
+
 def test_a_bundle_whose_manifest_and_graph_disagree_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
     from models.manifest import BundleError
     from models.runtime import load_bundle
