@@ -5,14 +5,16 @@
 Reads the calibrated bundles `bench/evaluate_smd.py` left under ``artifacts/eval/bundles`` (run it first),
 replays each machine's test scores through the reference lifecycle with the bundle's fixed thresholds and with
 per-stream (adaptive) thresholds, exactly as the evaluation does, and counts the labelled events each alert
-overlaps by length class (points; SMD is one point a minute); then, per row, how far above the warning
-threshold the critical one sits (one point over it fires at once). A diagnostic of where the misses are: the
+overlaps by length class (points; SMD is one point a minute); then, per row, how high the events the fixed
+thresholds miss score against the warning threshold (under it: no lifecycle could page them), and how far above
+the warning threshold the critical one sits (one point over it fires at once). A diagnostic of where the misses are: the
 thresholds are the bundles' own, calibrated without test data; nothing here chooses a setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -67,6 +69,39 @@ def recall_by_length(
     ]
 
 
+PEAK_EDGES = (0.0, 0.5, 0.8, 1.0)  # missed events by peak score over the warning threshold: fixed with EDGES
+TAIL = 5  # points after an event still counted as its own (a smoothed score peaks after the anomaly)
+
+
+def missed_peaks(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, spans: list[AlertSpan], warning: float, tail: int = TAIL
+) -> list[tuple[int, float]]:
+    """(length, peak) of each labelled event no firing span overlaps: its highest score from its first point to
+    ``tail`` points after its last, over ``warning`` (NaN where none of those points was scored). A peak under
+    1 is an incident no lifecycle or critical level at this warning threshold could page: only a lower
+    threshold or a better score would."""
+    values = np.asarray(scores, dtype=np.float64)
+    out = []
+    for start, end in event_runs(labels):
+        if any(s.start < end and s.end > start for s in spans):
+            continue
+        around = values[start : end + tail]
+        around = around[np.isfinite(around)]
+        out.append((end - start, float(around.max()) / warning if around.size else float("nan")))
+    return out
+
+
+def peak_classes(missed: list[tuple[int, float]], short_below: int = EDGES[1]) -> list[tuple[str, int, int]]:
+    """(label, missed events, of them shorter than ``short_below`` points) per class of peak over warning."""
+    bounds = [*PEAK_EDGES[1:], math.inf]
+    rows = []
+    for low, high in zip(PEAK_EDGES, bounds, strict=True):
+        inside = [length for length, peak in missed if low <= peak < high]
+        label = f">= {low:g}" if math.isinf(high) else f"{low:g}-{high:g}"
+        rows.append((label, len(inside), sum(length < short_below for length in inside)))
+    return rows
+
+
 def pooled(classes: list[list[LengthClass]]) -> list[LengthClass]:
     """Counts summed class by class over several series (same edges)."""
     return [
@@ -92,6 +127,9 @@ def main() -> int:
     for row in args.rows.split(","):
         found: dict[str, list[list[LengthClass]]] = {"fixed": [], "adaptive": []}
         ratios: list[float] = []  # critical over warning threshold, per machine
+        missed: list[
+            tuple[int, float]
+        ] = []  # (length, peak over warning) of events the fixed thresholds miss
         for machine in machines:
             bundle_dir = row_bundle(args.out, row, machine)
             if not (bundle_dir / "manifest.json").exists():
@@ -105,6 +143,8 @@ def main() -> int:
             for mode, kept in found.items():
                 spans = replay_series(scored.scores, alert_levels(bundle.manifest, mode))
                 kept.append(recall_by_length(spans, labels))
+                if mode == "fixed":
+                    missed.extend(missed_peaks(scored.scores, labels, spans, t.warning))
         for mode, kept in found.items():
             if not kept:
                 continue
@@ -112,6 +152,12 @@ def main() -> int:
             total = LengthClass(1, None, sum(c.events for c in classes), sum(c.detected for c in classes))
             cells = [f"{c.detected}/{c.events} ({c.recall:.2f})" for c in [*classes, total]]
             print(f"| {row} | {mode} | " + " | ".join(cells) + " |")
+        if missed:
+            cells = ", ".join(f"{label}: {n} ({short} short)" for label, n, short in peak_classes(missed))
+            summary.append(
+                f"{row}: events the fixed thresholds miss, by peak score (to {TAIL} points after) over the "
+                f"warning threshold: {cells}; short = under {EDGES[1]} points"
+            )
         if ratios:
             summary.append(
                 f"{row}: critical / warning threshold {min(ratios):.1f} to {max(ratios):.1f} over "

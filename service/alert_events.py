@@ -7,6 +7,8 @@ import logging
 import re
 from typing import Any
 
+from service.redis_clients import text
+
 log = logging.getLogger(__name__)
 
 EVENTS_KEY = "vigil:alerts"
@@ -43,11 +45,6 @@ def id_key(entry_id: str) -> tuple[int, int]:
     """An event id as a number pair, for ordering (as strings, "10-0" < "9-0")."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def text(value: bytes | str) -> str:
-    """Redis replies are bytes (decode_responses is off); the stubs also allow str."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def decode_or_skip(entry_id: bytes | str | None, fields: dict[Any, Any] | None) -> dict[str, Any] | None:

@@ -29,11 +29,11 @@ from service.alert_events import (
     decode_event,
     decode_or_skip,
     id_key,
-    text,
 )
 from service.alert_scripts import ALERT_LUA, PUBLISH_LUA
 from service.errors import EventsTrimmed, StoreUnavailable
 from service.lease import RELEASE_LUA
+from service.redis_clients import text
 from service.results import AlertEventData
 from service.roundtrip import LuaScript, RoundTrip, raise_if_error
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.errors import StoreUnavailable
+from service.redis_clients import text
 from service.schemas import STREAM_ID_PATTERN
 from service.windows import meta_key, window_key
 
@@ -22,10 +23,6 @@ SCAN_COUNT = 1000  # keys the server examines per SCAN step
 # meta_key(id) == _PREFIX + id + _SUFFIX (stream ids never contain braces)
 _PREFIX, _SUFFIX = meta_key("\0").split("\0")
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def stream_id_of(key: bytes | str) -> str | None:

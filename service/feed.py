@@ -17,8 +17,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from service.alert_events import EVENTS_KEY, decode_or_skip, text
+from service.alert_events import EVENTS_KEY, decode_or_skip
 from service.alerts import AlertTracker
+from service.redis_clients import text
 from service.tasks import stop_task
 
 log = logging.getLogger(__name__)

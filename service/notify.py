@@ -40,7 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from service.alert_events import EVENTS_KEY, decode_event, text
+from service.alert_events import EVENTS_KEY, decode_event
 from service.alertmanager import (
     Alert,
     AlertmanagerClient,
@@ -53,6 +53,7 @@ from service.alerts import alert_key
 from service.lease import Lease
 from service.metrics import Metrics
 from service.peak import Describe
+from service.redis_clients import text
 from service.settings import AlertmanagerSettings
 from service.tasks import stop_task, stop_tasks
 

@@ -13,6 +13,11 @@ from service.redis_wire import pack_directly
 from service.settings import Settings
 
 
+def text(value: bytes | str) -> str:
+    """Redis replies are bytes (decode_responses is off); the stubs also allow str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def redis_client(settings: Settings, blocking_s: float = 0.0) -> Redis:
     """A pooled client for one Redis, or a cluster client when ``redis_cluster`` is set. ``blocking_s``: how
     long its blocking reads may wait on the server, added to the socket timeout so that an idle read is not

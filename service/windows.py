@@ -26,12 +26,9 @@ from redis.exceptions import RedisError
 
 from models.scoring import F32
 from service.errors import BadInput, ModelMismatch, StoreUnavailable
+from service.redis_clients import text
 from service.roundtrip import LuaScript, RoundTrip, raise_if_error
 from service.window_scripts import APPEND_LUA, APPEND_MANY_LUA, COMMIT_LUA, RELEASE_LUA, RESTART_LUA
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def window_key(stream_id: str) -> str:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from bench.event_lengths import LengthClass, pooled, recall_by_length
+from bench.event_lengths import LengthClass, missed_peaks, peak_classes, pooled, recall_by_length
 from models.lifecycle import AlertSpan
 
 
@@ -44,3 +44,21 @@ def test_pooled_sums_class_by_class() -> None:
     b = [LengthClass(1, 5, 1, 1), LengthClass(5, None, 0, 0)]
     assert pooled([a, b]) == [LengthClass(1, 5, 4, 2), LengthClass(5, None, 2, 2)]
     assert pooled([a, b])[0].recall == 0.5
+
+
+def test_missed_peaks_are_the_unpaged_events_highest_scores_over_warning() -> None:
+    labels = labels_with([(10, 12), (50, 80), (200, 201)])
+    scores = np.full(400, 1.0)
+    scores[10:12] = 3.0  # paged below
+    scores[60] = 8.0  # inside the second event
+    scores[203] = 6.0  # within the tail after the third
+    scores[206] = 50.0  # past it
+    missed = missed_peaks(scores, labels, [span(11, 20)], warning=10.0)
+    assert missed == [(30, 0.8), (1, 0.6)]
+    scores[200:206] = np.nan
+    assert math.isnan(missed_peaks(scores, labels, [span(11, 20)], warning=10.0)[1][1])
+
+
+def test_peak_classes_count_each_missed_event_once_and_its_short_ones() -> None:
+    missed = [(1, 0.1), (30, 0.49), (2, 0.5), (3, 0.95), (100, 1.0), (4, 12.0)]
+    assert peak_classes(missed) == [("0-0.5", 2, 1), ("0.5-0.8", 1, 1), ("0.8-1", 1, 1), (">= 1", 2, 1)]

@@ -213,6 +213,33 @@ def test_a_reload_answered_by_one_replica_reaches_the_others(
         assert other.post("/score", json=window).json()["version"] == "b"
 
 
+def test_a_reload_elsewhere_of_a_version_not_here_yet_is_waited_for(
+    bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """Two replicas, each with its own copy of the models folder: one gets version "b" and reloads; the other's
+    copy has not synced yet when it sees the announcement. It keeps serving "a" and looks again, and serves "b"
+    once its copy has it. Before, it took the announcement as seen, found nothing new, and served "a" until
+    the next reload."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    new_version(here, bundle_dir, "a")
+    new_version(there, bundle_dir, "a")
+    settings = make_settings(there, redis_url)
+    with (
+        TestClient(create_app(make_settings(here, redis_url)), headers=auth("all")) as one,
+        TestClient(create_app(settings), headers=auth("all")) as other,
+    ):
+        new_version(here, here / "tvnet" / "a", "b")
+        assert one.post("/admin/models/reload").json()["models"][0]["version"] == "b"
+        assert clean_redis.hget("vigil:models:announced", "tvnet") == b"b"
+        time.sleep(2.0)  # the other replica has seen the announcement (it looks every second)
+        assert other.get("/models").json()[0]["version"] == "a"
+        new_version(there, there / "tvnet" / "a", "b")  # its copy catches up
+        deadline = time.monotonic() + 10
+        while other.get("/models").json()[0]["version"] != "b":
+            assert time.monotonic() < deadline, "the other replica never served the announced version"
+            time.sleep(0.2)
+
+
 def test_a_reload_of_a_bundle_still_being_copied_is_retried_until_it_is_whole(
     models_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
