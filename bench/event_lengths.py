@@ -73,11 +73,18 @@ PEAK_EDGES = (0.0, 0.5, 0.8, 1.0)  # missed events by peak score over the warnin
 TAIL = 5  # points after an event still counted as its own (a smoothed score peaks after the anomaly)
 
 
+@dataclass(frozen=True)
+class MissedEvent:
+    start: int
+    length: int  # points
+    peak: float  # its highest score, from its first point to ``tail`` after its last, over warning (NaN: unscored)
+    over: int  # points over warning in that stretch
+
+
 def missed_peaks(
     scores: npt.ArrayLike, labels: npt.ArrayLike, spans: list[AlertSpan], warning: float, tail: int = TAIL
-) -> list[tuple[int, float]]:
-    """(length, peak) of each labelled event no firing span overlaps: its highest score from its first point to
-    ``tail`` points after its last, over ``warning`` (NaN where none of those points was scored). A peak under
+) -> list[MissedEvent]:
+    """Each labelled event no firing span overlaps, with how high it scored against ``warning``. A peak under
     1 is an incident no lifecycle or critical level at this warning threshold could page: only a lower
     threshold or a better score would."""
     values = np.asarray(scores, dtype=np.float64)
@@ -87,16 +94,17 @@ def missed_peaks(
             continue
         around = values[start : end + tail]
         around = around[np.isfinite(around)]
-        out.append((end - start, float(around.max()) / warning if around.size else float("nan")))
+        peak = float(around.max()) / warning if around.size else float("nan")
+        out.append(MissedEvent(start, end - start, peak, int((around >= warning).sum())))
     return out
 
 
-def peak_classes(missed: list[tuple[int, float]], short_below: int = EDGES[1]) -> list[tuple[str, int, int]]:
+def peak_classes(missed: list[MissedEvent], short_below: int = EDGES[1]) -> list[tuple[str, int, int]]:
     """(label, missed events, of them shorter than ``short_below`` points) per class of peak over warning."""
     bounds = [*PEAK_EDGES[1:], math.inf]
     rows = []
     for low, high in zip(PEAK_EDGES, bounds, strict=True):
-        inside = [length for length, peak in missed if low <= peak < high]
+        inside = [e.length for e in missed if low <= e.peak < high]
         label = f">= {low:g}" if math.isinf(high) else f"{low:g}-{high:g}"
         rows.append((label, len(inside), sum(length < short_below for length in inside)))
     return rows
@@ -118,18 +126,20 @@ def main() -> int:
     parser.add_argument("--machines", default=None)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "smd")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "eval")
+    parser.add_argument(
+        "--missed", action="store_true", help="also list each event the fixed thresholds miss"
+    )
     args = parser.parse_args()
     machines = args.machines.split(",") if args.machines else machines_in(args.data)
     columns = ["row", "thresholds", *(f"{c.label} points" for c in recall_by_length([], np.zeros(0))), "all"]
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
     summary: list[str] = []
+    details: list[str] = []
     for row in args.rows.split(","):
         found: dict[str, list[list[LengthClass]]] = {"fixed": [], "adaptive": []}
         ratios: list[float] = []  # critical over warning threshold, per machine
-        missed: list[
-            tuple[int, float]
-        ] = []  # (length, peak over warning) of events the fixed thresholds miss
+        missed: list[MissedEvent] = []  # events the fixed thresholds miss
         for machine in machines:
             bundle_dir = row_bundle(args.out, row, machine)
             if not (bundle_dir / "manifest.json").exists():
@@ -144,7 +154,14 @@ def main() -> int:
                 spans = replay_series(scored.scores, alert_levels(bundle.manifest, mode))
                 kept.append(recall_by_length(spans, labels))
                 if mode == "fixed":
-                    missed.extend(missed_peaks(scored.scores, labels, spans, t.warning))
+                    found_here = missed_peaks(scored.scores, labels, spans, t.warning)
+                    missed.extend(found_here)
+                    if args.missed:
+                        for e in found_here:
+                            details.append(
+                                f"{row} {machine}: missed event at point {e.start}, {e.length} points, peak "
+                                f"{e.peak:.2f}x warning, {e.over} points over it"
+                            )
         for mode, kept in found.items():
             if not kept:
                 continue
@@ -153,10 +170,10 @@ def main() -> int:
             cells = [f"{c.detected}/{c.events} ({c.recall:.2f})" for c in [*classes, total]]
             print(f"| {row} | {mode} | " + " | ".join(cells) + " |")
         if missed:
-            cells = ", ".join(f"{label}: {n} ({short} short)" for label, n, short in peak_classes(missed))
+            peaks = ", ".join(f"{label}: {n} ({short} short)" for label, n, short in peak_classes(missed))
             summary.append(
                 f"{row}: events the fixed thresholds miss, by peak score (to {TAIL} points after) over the "
-                f"warning threshold: {cells}; short = under {EDGES[1]} points"
+                f"warning threshold: {peaks}; short = under {EDGES[1]} points"
             )
         if ratios:
             summary.append(
@@ -164,6 +181,8 @@ def main() -> int:
                 f"{len(ratios)} machines, median {statistics.median(ratios):.1f}"
             )
     print("\n" + "\n".join(summary))
+    if details:
+        print("\n" + "\n".join(details))
     return 0
 
 

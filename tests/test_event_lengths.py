@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from bench.event_lengths import LengthClass, missed_peaks, peak_classes, pooled, recall_by_length
+from bench.event_lengths import LengthClass, MissedEvent, missed_peaks, peak_classes, pooled, recall_by_length
 from models.lifecycle import AlertSpan
 
 
@@ -53,12 +53,15 @@ def test_missed_peaks_are_the_unpaged_events_highest_scores_over_warning() -> No
     scores[60] = 8.0  # inside the second event
     scores[203] = 6.0  # within the tail after the third
     scores[206] = 50.0  # past it
-    missed = missed_peaks(scores, labels, [span(11, 20)], warning=10.0)
-    assert missed == [(30, 0.8), (1, 0.6)]
+    missed = missed_peaks(scores, labels, [span(11, 20)], warning=6.0)
+    assert missed == [MissedEvent(50, 30, 8.0 / 6.0, 1), MissedEvent(200, 1, 1.0, 1)]
     scores[200:206] = np.nan
-    assert math.isnan(missed_peaks(scores, labels, [span(11, 20)], warning=10.0)[1][1])
+    assert math.isnan(missed_peaks(scores, labels, [span(11, 20)], warning=6.0)[1].peak)
 
 
 def test_peak_classes_count_each_missed_event_once_and_its_short_ones() -> None:
-    missed = [(1, 0.1), (30, 0.49), (2, 0.5), (3, 0.95), (100, 1.0), (4, 12.0)]
+    missed = [
+        MissedEvent(0, n, peak, 0)
+        for n, peak in [(1, 0.1), (30, 0.49), (2, 0.5), (3, 0.95), (100, 1.0), (4, 12.0)]
+    ]
     assert peak_classes(missed) == [("0-0.5", 2, 1), ("0.5-0.8", 1, 1), ("0.8-1", 1, 1), (">= 1", 2, 1)]
