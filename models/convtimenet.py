@@ -242,6 +242,9 @@ class ConvBlock(nn.Module):
     aids training; :meth:`merge_small_kernel` folds it into the large one (structural re-parameterisation).
     """
 
+    band_taps: Tensor
+    band_inside: Tensor
+
     def __init__(self, config: ConvTimeNetConfig, kernel_size: int) -> None:
         super().__init__()
         width, small = config.d_model, config.small_kernel

@@ -17,6 +17,8 @@ class WindowNorm(nn.Module):
     sizes on ORT CPU.
     """
 
+    average: Tensor
+
     def __init__(self, window_length: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

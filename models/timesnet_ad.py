@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +157,8 @@ class TimesNetAD(nn.Module):
 
     def content(self, z: Tensor) -> Tensor:
         """Content features ``[B, L, D]`` of normalised windows: the token embedding, no position in it."""
-        return self.token(z.transpose(1, 2)).transpose(1, 2)
+        features: Tensor = self.token(z.transpose(1, 2)).transpose(1, 2)
+        return features
 
     def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Reconstruction ``[B, L, C]`` and per-layer series and prior associations ``[B, H, L, L]``."""
@@ -230,7 +232,7 @@ class TimesNetAD(nn.Module):
         content shifts σ with it, and the position table cannot reach it."""
         z, _, _ = self.norm.normalise(x)
         content = self.content(z)
-        return [layer.attention.scales(content) for layer in self.layers]
+        return [cast(AnomalyEncoderLayer, layer).attention.scales(content) for layer in self.layers]
 
     @torch.no_grad()
     def fit_periods(self, windows: Tensor, chunk: int = 1024) -> None:
@@ -242,5 +244,5 @@ class TimesNetAD(nn.Module):
             amplitude += torch.fft.rfft(z, dim=1).abs().sum(dim=(0, 2)).double()
         periods = top_periods(amplitude, self.config.window_length, self.config.top_k)
         for block in self.blocks:
-            block.set_periods(periods)
+            cast(TimesBlock, block).set_periods(periods)
         self.config = dataclasses.replace(self.config, periods=periods)

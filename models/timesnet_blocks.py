@@ -68,7 +68,7 @@ class InceptionConv2d(nn.Module):
     def merged_kernel(self) -> Tensor:
         """``[c_out, c_in, 2n−1, 2n−1]``: the mean of the kernels, each zero-padded to the largest size."""
         largest = self.n_kernels - 1
-        total = self.kernels[largest]
+        total: Tensor = self.kernels[largest]
         for i in range(largest):
             total = total + F.pad(self.kernels[i], [largest - i] * 4)
         # The static reshape lets the TorchScript exporter see the kernel's shape (it rejects a conv otherwise).
@@ -127,7 +127,7 @@ class TimesBlock(nn.Module):
         if rows * period != length:
             x = F.pad(x, (0, 0, 0, rows * period - length))  # zeros after the last step, as TimesNet
         grid = x.reshape(-1, rows, period, d_model).permute(0, 3, 1, 2)  # [B, D, rows, period]
-        out = self.conv(grid).permute(0, 2, 3, 1).reshape(-1, rows * period, d_model)
+        out: Tensor = self.conv(grid).permute(0, 2, 3, 1).reshape(-1, rows * period, d_model)
         return out[:, :length]
 
     def forward(self, x: Tensor) -> Tensor:

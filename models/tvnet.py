@@ -124,16 +124,19 @@ class DynamicBlock3D(nn.Module):
         """α: ``[B, D, N]`` = 1 + F_intra(pool inside patches) + F_inter(pool across patches)."""
         v_intra = x.mean(dim=(3, 4))  # [B, D, N]
         v_inter = v_intra.mean(dim=2, keepdim=True)  # [B, D, 1]
-        return 1.0 + self.intra(v_intra) + self.inter(v_inter)
+        alpha: Tensor = 1.0 + self.intra(v_intra) + self.inter(v_inter)
+        return alpha
 
     def forward(self, x: Tensor) -> Tensor:
         alpha = self.modulation(x)  # [B, D, N]
         if self.per_patch:
-            return x + self.dropout(self._per_patch(x, alpha))
+            patched: Tensor = x + self.dropout(self._per_patch(x, alpha))
+            return patched
         scale = alpha[..., None, None]  # [B, D, N, 1, 1]
         y = F.conv3d(x, self.weight, padding=self.padding)
         y = F.conv_transpose3d(scale * scale * y, self.weight, padding=self.padding)
-        return x + self.dropout(y)
+        out: Tensor = x + self.dropout(y)
+        return out
 
     def _per_patch(self, x: Tensor, alpha: Tensor) -> Tensor:
         """The same block for kernel (1, kh, kw), as 2D convs over frames ``[B·N, D, 2, P/2]``."""
@@ -183,7 +186,10 @@ class TVNet(nn.Module):
         for block in self.blocks:
             h3 = block(h3)
         flat = h3.flatten(start_dim=2)  # [B, D, N·P]
-        out = self.feature_head(self.time_head(flat).transpose(1, 2))  # [B, L, C]
+        out: Tensor = self.feature_head(self.time_head(flat).transpose(1, 2))  # [B, L, C]
         if not self.config.window_norm:
             return out
-        return self.norm.denormalise(out, self.level(mean, std) if self.level is not None else mean, std)
+        restored: Tensor = self.norm.denormalise(
+            out, self.level(mean, std) if self.level is not None else mean, std
+        )
+        return restored
