@@ -83,7 +83,7 @@ async def reload_models(
     """New requests use the new version at once; requests in flight finish on the old session. The other
     processes (workers, replicas on the same Redis, the shared inference process) follow within a second."""
     changes = await components.models.reload(name)
-    await announce(components.redis, {c["name"]: c["version"] for c in changes})
+    await announce(components.redis, {c["name"]: c["version"] for c in changes if c["changed"]})
     return JSONBytesResponse({"models": changes})
 
 

@@ -99,9 +99,9 @@ def test_a_restart_serves_the_newest_version_that_keeps_the_window(
     bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
     """A version the reload refused (another stride) left on disk beside the served one: a restart serves the
-    newest version that keeps the oldest one's window ("c", not "b"), names the refused version in a gauge, and
-    a reload still refuses it. Before, a restart served "b", whose stride the streams' stored windows do not
-    have. An older version whose manifest cannot be read is left out, not fatal."""
+    newest version that keeps the oldest one's window ("c", not "b"; then "c", not "d"), names each refused
+    version in a gauge, and a reload still refuses it. Before, a restart served "d", whose stride the streams'
+    stored windows do not have. An older version whose manifest cannot be read is left out, not fatal."""
     models = tmp_path / "models"
     first = new_version(models, bundle_dir, "a")
     new_version(models, first, "b", stride=5)
@@ -217,9 +217,9 @@ def test_a_reload_elsewhere_of_a_version_not_here_yet_is_waited_for(
     bundle_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
     """Two replicas, each with its own copy of the models folder: one gets version "b" and reloads; the other's
-    copy has not synced yet when it sees the announcement. It keeps serving "a" and looks again, and serves "b"
-    once its copy has it. Before, it took the announcement as seen, found nothing new, and served "a" until
-    the next reload."""
+    copy has not synced yet when it sees the announcement. It keeps serving "a", looks again, and serves "b"
+    once its copy has it whole (a folder copied before its manifest names "b" is not). Before, it took the
+    announcement as seen, found nothing new, and served "a" until the next reload."""
     here, there = tmp_path / "here", tmp_path / "there"
     new_version(here, bundle_dir, "a")
     new_version(there, bundle_dir, "a")
@@ -354,3 +354,37 @@ def test_a_version_refused_here_does_not_hold_back_the_other_models(
             await client.aclose()
 
     assert asyncio.run(run()) == ("test", "v2")
+
+
+def test_an_announced_version_that_never_arrives_holds_back_no_later_reload(
+    models_dir: Path, redis_url: str, clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """An announcement this folder never gets (the version was deleted elsewhere after its reload) is awaited
+    on its own: the next reload, of a version this folder has, is served at the follower's next turn, not
+    after a backoff."""
+    served = tmp_path / "models"
+    shutil.copytree(models_dir, served)
+    settings = make_settings(served, redis_url)
+    registry = ModelRegistry(settings, Metrics())
+    registry.load_all()
+
+    async def run() -> float:
+        client = redis_client(settings)
+        try:
+            follower = asyncio.create_task(follow(client, registry, await current(client), interval_s=0.05))
+            await client.hset("vigil:models:announced", "tvnet", "zz-deleted")
+            await client.incr(GENERATION_KEY)
+            await asyncio.sleep(4.0)  # a follower backing off would now wait 3.2 s (0.1, 0.2, ... doubling)
+            stage_version(served / "tvnet", "v2")
+            await client.incr(GENERATION_KEY)
+            began = time.monotonic()
+            while registry.get("tvnet").manifest.version != "v2" and time.monotonic() - began < 10:
+                await asyncio.sleep(0.02)
+            took = time.monotonic() - began
+            await stop_task(follower, 2.0, "model reloads")
+            return took
+        finally:
+            await client.aclose()
+            registry.close()
+
+    assert asyncio.run(run()) < 1.5  # a turn is 0.05 s; the backoff's next try would come 2.3 s after
