@@ -134,3 +134,25 @@ end
 redis.call('DEL', KEYS[1])
 return ids
 """
+
+# KEYS: the alert event stream. ARGV: where to start (an exclusive id "(<id>" or "-"), a stream id, how many
+# entries to scan, how many to return at most. The entries of that stream (and any without a stream_id, for the
+# reader to log and skip) among the next ARGV[3] after ARGV[1]; returns {the last entry scanned ("" when none
+# was left), {{id, {field, value, ...}}, ...}}. A filtered read scans the retained stream in Redis, a page per
+# call, so other streams' events never cross the wire (bench.alert_reads).
+FILTER_LUA = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[3]))
+local found, last, most = {}, '', tonumber(ARGV[4])
+for _, entry in ipairs(entries) do
+  last = entry[1]
+  local fields, of = entry[2], nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'stream_id' then of = fields[i + 1] break end
+  end
+  if of == nil or of == ARGV[2] then
+    found[#found + 1] = entry
+    if #found >= most then break end
+  end
+end
+return {last, found}
+"""
