@@ -91,7 +91,8 @@ def test_each_store_route_answers_503_when_redis_was_killed(
         ("GET", f"/streams/{SID}/scores", (HISTORY,)),  # after the model binding's read
         ("GET", "/streams", (ALERT_STATE,)),  # after the SCAN and the summaries
         ("GET", f"/streams/{SID}/window", (WINDOW,)),
-        ("GET", f"/alerts?stream_id={SID}", (b"XRANGE", b"vigil:alerts")),
+        ("GET", f"/alerts?stream_id={SID}", (b"EVALSHA", b"vigil:alerts")),  # scanned in Redis
+        ("GET", "/alerts", (b"XRANGE", b"vigil:alerts")),
     ],
     ids=[
         "stream-alert-state",
@@ -100,6 +101,7 @@ def test_each_store_route_answers_503_when_redis_was_killed(
         "scores-history",
         "list-alert-states",
         "window",
+        "alerts-of-a-stream",
         "alerts",
     ],
 )
@@ -117,6 +119,7 @@ STORE_CALLS: dict[str, StoreCall] = {
     "AlertTracker.state": lambda a, h, c: a.state(SID),
     "AlertTracker.states": lambda a, h, c: a.states([SID]),
     "AlertTracker.read_events": lambda a, h, c: a.read_events(None, None, 10),
+    "AlertTracker.read_events(stream)": lambda a, h, c: a.read_events(None, SID, 10),
     "ScoreHistory.recent": lambda a, h, c: h.recent(SID, 10, ["x"]),
     "StreamCatalog.find": lambda a, h, c: c.find(10),
     "StreamCatalog.summaries": lambda a, h, c: c.summaries([SID]),
