@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.lifecycle import LevelThresholds
-from models.manifest import BundleError, Manifest, find_bundles, find_versions
+from models.manifest import MANIFEST_FILE, BundleError, Manifest, find_bundles, find_versions
 from models.scoring import F32, WindowScores, score_windows
 from service.batcher import MicroBatcher, ScoreFn
 from service.engine import ONNXEngine
@@ -79,6 +79,7 @@ class ModelRegistry:
             self._connection = InferenceConnection(settings.inference_socket)
         self._models: dict[str, ModelHandle] = {}
         self._reload_lock = asyncio.Lock()
+        self._refused: dict[tuple[str, str], Path] = {}  # (model, version) named in the gauge -> its folder
 
     @property
     def models_dir(self) -> Path:
@@ -112,14 +113,23 @@ class ModelRegistry:
             try:
                 self._check_compatible(anchor, manifest)
             except ModelMismatch as exc:
-                self._refuse(name, manifest.version, exc)
+                self._refuse(name, manifest.version, path, exc)
                 continue
             kept.append(path)
         return kept[-1]  # the anchor itself is always kept
 
-    def _refuse(self, name: str, version: str, exc: ModelMismatch) -> None:
+    def _refuse(self, name: str, version: str, path: Path, exc: ModelMismatch) -> None:
         log.error("model %s: version %s not served: %s", name, version, exc.detail)
         self._metrics.model_version_refused.labels(name, version).set(1)
+        self._refused[(name, version)] = path
+
+    def _forget_removed(self) -> None:
+        """Take out of ``vigil_model_version_refused`` the versions no longer on disk (the operator removed
+        them, as the reload's 409 asks), so the gauge does not stay up until the next restart."""
+        for (name, version), path in list(self._refused.items()):
+            if not (path / MANIFEST_FILE).is_file():
+                self._metrics.model_version_refused.remove(name, version)
+                del self._refused[(name, version)]
 
     def _open(self, path: Path) -> ModelHandle:
         s = self._settings
@@ -199,6 +209,7 @@ class ModelRegistry:
     async def reload(self, only: str | None = None, drain_timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Swap in the latest bundle version of each model (or of ``only``); returns what changed."""
         async with self._reload_lock:
+            self._forget_removed()
             bundles = find_bundles(self._settings.models_dir)
             if only is not None and only not in bundles:
                 raise UnknownModel(f"no bundle named {only!r} under {self._settings.models_dir}")
@@ -215,7 +226,7 @@ class ModelRegistry:
                     try:
                         self._check_compatible(old.manifest, incoming)
                     except ModelMismatch as exc:
-                        self._refuse(name, incoming.version, exc)
+                        self._refuse(name, incoming.version, path, exc)
                         raise
                 new = await asyncio.to_thread(self._open, path)
                 self._models[name] = new
