@@ -7,8 +7,8 @@ replays each machine's test scores through the reference lifecycle with the bund
 per-stream (adaptive) thresholds, exactly as the evaluation does, and counts the labelled events each alert
 overlaps by length class (points; SMD is one point a minute); then, per row, how high the events the fixed
 thresholds miss score against the warning threshold (under it: no lifecycle could page them), and how far above
-the warning threshold the critical one sits (one point over it fires at once). A diagnostic of where the misses are: the
-thresholds are the bundles' own, calibrated without test data; nothing here chooses a setting.
+the warning threshold the critical one sits (one point over it fires at once). A diagnostic of where the misses
+are: the thresholds are the bundles' own, calibrated without test data; nothing here chooses a setting.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class LengthClass:
         return self.detected / self.events if self.events else float("nan")
 
 
+def paged(spans: list[AlertSpan], start: int, end: int) -> bool:
+    """A firing span overlaps the event ``[start, end)``."""
+    return any(s.start < end and s.end > start for s in spans)
+
+
 def recall_by_length(
     spans: list[AlertSpan], labels: npt.ArrayLike, edges: tuple[int, ...] = EDGES
 ) -> list[LengthClass]:
@@ -63,7 +68,7 @@ def recall_by_length(
     for start, end in event_runs(labels):
         i = next(j for j, high in enumerate(bounds) if high is None or end - start < high)
         events[i] += 1
-        detected[i] += any(s.start < end and s.end > start for s in spans)
+        detected[i] += paged(spans, start, end)
     return [
         LengthClass(low, high, n, d) for low, high, n, d in zip(edges, bounds, events, detected, strict=True)
     ]
@@ -90,7 +95,7 @@ def missed_peaks(
     values = np.asarray(scores, dtype=np.float64)
     out = []
     for start, end in event_runs(labels):
-        if any(s.start < end and s.end > start for s in spans):
+        if paged(spans, start, end):
             continue
         around = values[start : end + tail]
         around = around[np.isfinite(around)]

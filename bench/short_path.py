@@ -24,8 +24,7 @@ import math
 import statistics
 import sys
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,12 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.smd_rows import SAMPLING_INTERVAL_S  # noqa: E402
-from bench.threshold_transfer import EVAL, cached_scores, periods  # noqa: E402
+from bench.smd_rows import SAMPLING_INTERVAL_S, machines_in, row_bundle  # noqa: E402
+from bench.threshold_transfer import DATA, EVAL, cached_scores, periods  # noqa: E402
 from models.lifecycle import AlertSpan  # noqa: E402
 from models.manifest import Manifest  # noqa: E402
 from training.alert_metrics import measure_alerts  # noqa: E402
+from training.calibrate import AlertBudget, _lowest_within  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,6 @@ def spans_of(scores: npt.ArrayLike, warning: float, critical: float, life: TwoPa
     return out
 
 
-def _lowest(candidates: npt.NDArray[np.float64], within: Callable[[float], bool]) -> float:
-    lo, hi = 0, len(candidates) - 1
-    if within(float(candidates[lo])):
-        return float(candidates[lo])
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if within(float(candidates[mid])) else (mid, hi)
-    return float(candidates[hi])
-
-
 def calibrate(
     series: list[npt.NDArray[np.float64]],
     life: TwoPaths,
@@ -108,25 +98,29 @@ def calibrate(
     critical threshold the point-level one (raised to the budget) or, with ``share``, the lowest whose alerts
     alone spend at most that share of it; then the lowest warning within the whole budget (at most ``per_day``
     alerts a day over all periods, open at most ``max_share`` of the points)."""
-    days = sum(int(np.isfinite(s).sum()) for s in series) * SAMPLING_INTERVAL_S / 86_400.0
-    points = sum(s.size for s in series)
+    budget = AlertBudget(
+        per_day=per_day,
+        days=tuple(int(np.isfinite(s).sum()) * SAMPLING_INTERVAL_S / 86_400.0 for s in series),
+        disturbed=0,
+        max_share=max_share,
+        points=sum(s.size for s in series),
+    )
     finite = np.sort(np.concatenate([s[np.isfinite(s)] for s in series]))
     candidates = np.append(np.unique(finite[finite.size // 2 :]), finite[-1] * (1 + 1e-6) + 1e-12)
 
     def within(warning: float, critical: float, rate: float) -> bool:
         found = [spans_of(s, warning, critical, life) for s in series]
-        alerts = sum(len(f) for f in found)
         open_points = sum(a.end - a.start for f in found for a in f)
-        return alerts <= math.floor(rate * days + 1e-9) and open_points <= max_share * points
+        return replace(budget, per_day=rate).allows([len(f) for f in found], open_points)
 
     if share is None:
         critical = max(point_critical, float(candidates[0]))
         if not within(critical, critical, per_day):
-            critical = _lowest(candidates[candidates >= critical], lambda c: within(c, c, per_day))
+            critical = _lowest_within(candidates[candidates >= critical], lambda c: within(c, c, per_day))
     else:
-        critical = _lowest(candidates, lambda c: within(c, c, per_day * share))
+        critical = _lowest_within(candidates, lambda c: within(c, c, per_day * share))
     under = np.append(candidates[candidates < critical], critical)
-    return _lowest(under, lambda w: within(w, critical, per_day)), critical
+    return _lowest_within(under, lambda w: within(w, critical, per_day)), critical
 
 
 VARIANTS: dict[str, tuple[int, int, float | None]] = {  # ck, cn, share of the budget for the critical path
@@ -143,15 +137,12 @@ def main() -> int:
     parser.add_argument("--row", required=True)
     parser.add_argument("--machines", default=None)
     args = parser.parse_args()
-    family = args.row.split("+")[0]
-    machines = (
-        args.machines.split(",") if args.machines else sorted(p.name for p in (EVAL / "bundles").iterdir())
-    )
+    machines = args.machines.split(",") if args.machines else machines_in(DATA)
     found: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
     print("| machine | variant | warning | critical | event recall | false alerts / day | time in alert |")
     print("|---|---|---|---|---|---|---|")
     for machine in machines:
-        bundle = EVAL / "bundles" / machine / family / args.row
+        bundle = row_bundle(EVAL, args.row, machine)
         if not (bundle / "manifest.json").exists():
             print(f"{args.row}: no bundle for {machine}", file=sys.stderr)
             continue
